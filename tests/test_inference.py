@@ -1,0 +1,336 @@
+"""Tests of bfaseg.inference (tiny volumes and models; CPU only)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import zoom
+
+from bfaseg.errors import BfasegError
+from bfaseg.inference import (
+    gaussian_importance_map,
+    largest_connected_component,
+    predict_slices,
+    predict_volume,
+    sliding_window_probs,
+    window_starts,
+)
+
+
+# ----------------------------------------------------------------- helpers
+def _conv_net(ndim: int, in_ch: int = 1, classes: int = 3, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d
+    net = torch.nn.Sequential(
+        conv(in_ch, 4, 3, padding=1), torch.nn.ReLU(), conv(4, classes, 1)
+    ).eval()
+    return net
+
+
+class _Counting:
+    """Wraps a model and records the batch size of each call."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[int] = []
+
+    def __call__(self, x):
+        self.calls.append(int(x.shape[0]))
+        return self.model(x)
+
+
+def _reference_test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes):
+    """A naive re-implementation of the reference 3-D protocol (numpy, one window at a time)."""
+    w, h, d = image.shape
+    pads = []
+    for size, p in zip((w, h, d), patch_size):
+        pad = p - size if size < p else 0
+        pads.append((pad // 2, pad - pad // 2))
+    add_pad = any(a or b for a, b in pads)
+    if add_pad:
+        image = np.pad(image, pads, mode="constant", constant_values=0)
+    ww, hh, dd = image.shape
+    sx = math.ceil((ww - patch_size[0]) / stride_xy) + 1
+    sy = math.ceil((hh - patch_size[1]) / stride_xy) + 1
+    sz = math.ceil((dd - patch_size[2]) / stride_z) + 1
+    score_map = np.zeros((num_classes,) + image.shape, dtype=np.float32)
+    cnt = np.zeros(image.shape, dtype=np.float32)
+    for x in range(sx):
+        xs = min(stride_xy * x, ww - patch_size[0])
+        for y in range(sy):
+            ys = min(stride_xy * y, hh - patch_size[1])
+            for z in range(sz):
+                zs = min(stride_z * z, dd - patch_size[2])
+                sl = (slice(xs, xs + patch_size[0]), slice(ys, ys + patch_size[1]), slice(zs, zs + patch_size[2]))
+                patch = image[sl][None, None].astype(np.float32)
+                with torch.no_grad():
+                    y_prob = F.softmax(net(torch.from_numpy(np.ascontiguousarray(patch))), dim=1)
+                score_map[(slice(None),) + sl] += y_prob[0].numpy()
+                cnt[sl] += 1
+    score_map = score_map / cnt[None]
+    label_map = np.argmax(score_map, axis=0)
+    if add_pad:
+        crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, (w, h, d)))
+        label_map = label_map[crop]
+        score_map = score_map[(slice(None),) + crop]
+    return label_map, score_map
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.logical_and(a, b).sum()
+    return 2.0 * inter / (a.sum() + b.sum())
+
+
+def _blob_volume(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    centre = [s / 2 for s in shape]
+    r2 = sum(((g - c) / (0.3 * s)) ** 2 for g, c, s in zip(grids, centre, shape))
+    vol = (r2 < 1).astype(np.float32) * 2.0 - 1.0
+    return (vol + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+# ------------------------------------------------------------ window grid
+@pytest.mark.parametrize("patch", [16, 80, 112])
+@pytest.mark.parametrize("stride", [1, 4, 16, 18, 200])
+def test_window_starts_formula(patch, stride):
+    for size in [1, 5, 15, 16, 17, 79, 80, 81, 88, 111, 112, 113, 150, 245]:
+        padded = max(size, patch)
+        n = math.ceil((padded - patch) / stride) + 1
+        expected = [min(stride * i, padded - patch) for i in range(n)]
+        got = window_starts(size, patch, stride)
+        assert got == expected
+        assert got[0] == 0 and got[-1] == padded - patch
+        assert all(b > a for a, b in zip(got, got[1:]))  # no duplicate windows
+
+
+def test_window_starts_la_example():
+    # LA volume axis of 150 voxels, patch 112, stride 18: ceil(38/18)+1 = 4 windows.
+    assert window_starts(150, 112, 18) == [0, 18, 36, 38]
+    assert window_starts(88, 80, 4) == [0, 4, 8]
+    assert window_starts(60, 80, 4) == [0]  # padded to the patch: one window
+    with pytest.raises(BfasegError):
+        window_starts(10, 4, 0)
+
+
+def test_gaussian_importance_map():
+    w = gaussian_importance_map((16, 9, 5))
+    assert w.shape == (16, 9, 5) and w.dtype == torch.float32
+    assert float(w.max()) == pytest.approx(1.0, abs=1e-6) and float(w.min()) > 0
+    assert torch.equal(w, torch.flip(w, dims=(0, 1, 2)))  # symmetric
+
+
+# ------------------------------------------------------------- paper mode
+@pytest.mark.parametrize("shape", [(23, 19, 14), (13, 21, 9)])
+def test_paper_mode_equals_reference_exactly(shape):
+    net = _conv_net(3)
+    vol = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    patch, sxy, sz = (16, 12, 10), 5, 3
+    ref_labels, ref_probs = _reference_test_single_case(net, vol, sxy, sz, patch, num_classes=3)
+    counted = _Counting(net)
+    labels, probs = predict_volume(
+        vol, counted, patch, mode="paper", stride=(sxy, sxy, sz), return_probs=True
+    )
+    assert probs.shape == (3,) + shape and probs.dtype == torch.float32
+    assert np.array_equal(probs.numpy(), ref_probs)
+    assert np.array_equal(labels, ref_labels.astype(np.uint8)) and labels.dtype == np.uint8
+    n_windows = np.prod([len(window_starts(s, p, st)) for s, p, st in zip(shape, patch, (sxy, sxy, sz))])
+    assert counted.calls == [1] * n_windows  # one window per forward pass
+
+
+def test_paper_mode_option_checks():
+    net = _conv_net(3)
+    vol = np.zeros((8, 8, 8), np.float32)
+    with pytest.raises(BfasegError):
+        sliding_window_probs(vol, net, (4, 4, 4), mode="paper")  # stride missing
+    with pytest.raises(BfasegError):
+        sliding_window_probs(vol, net, (4, 4, 4), mode="paper", stride=2, batch_size=4)
+    with pytest.raises(BfasegError):
+        sliding_window_probs(vol, net, (4, 4, 4), mode="paper", stride=2, blend="gaussian")
+    with pytest.raises(BfasegError):
+        sliding_window_probs(vol, net, (4, 4, 4), mode="nope")
+
+
+# -------------------------------------------------------------- fast mode
+def test_fast_agrees_with_paper_on_equivariant_model():
+    # A smoothing conv followed by a threshold: translation-equivariant away from window borders.
+    conv = torch.nn.Conv3d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0 / 27)
+
+    def model(x):
+        s = conv(x)
+        return torch.cat([-4.0 * s, 4.0 * s], dim=1)
+
+    vol = _blob_volume((41, 37, 26))
+    patch = (24, 24, 16)
+    paper_labels, paper_probs = predict_volume(vol, model, patch, mode="paper", stride=(6, 6, 4), return_probs=True)
+    counted = _Counting(model)
+    fast_labels, fast_probs = predict_volume(vol, counted, patch, mode="fast", batch_size=3, return_probs=True)
+    assert fast_labels.shape == paper_labels.shape == vol.shape
+    assert paper_labels.sum() > 100
+    assert _dice(fast_labels == 1, paper_labels == 1) > 0.99
+    assert torch.allclose(fast_probs.sum(0), torch.ones(vol.shape), atol=1e-5)
+    # fast: stride = patch/2 -> 3*3*3 = 27 windows in batches of 3
+    assert counted.calls == [3] * 9
+
+
+def test_pointwise_model_blending_is_exact():
+    # A 1x1 conv is exactly equivariant: any blending of the same values returns them.
+    net = torch.nn.Conv3d(1, 2, 1)
+    vol = np.random.default_rng(2).standard_normal((19, 17, 11)).astype(np.float32)
+    with torch.no_grad():
+        direct = torch.softmax(net(torch.from_numpy(vol)[None, None]), dim=1)[0]
+    for mode, kw in [("fast", {}), ("paper", {"stride": 3}), ("fast", {"blend": "uniform", "overlap": 0.25})]:
+        probs = sliding_window_probs(vol, net, (8, 8, 6), mode=mode, **kw)
+        assert torch.allclose(probs, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["fast", "paper"])
+@pytest.mark.parametrize(
+    "shape,patch",
+    [
+        ((17, 13, 9), (8, 8, 8)),  # odd sizes
+        ((5, 7, 3), (8, 8, 6)),  # smaller than the patch on every axis
+        ((21, 5, 9), (8, 8, 6)),  # smaller on one axis only
+        ((33, 29), (16, 16)),  # 2-D
+        ((7, 40), (16, 16)),  # 2-D, one axis smaller
+    ],
+)
+def test_output_shape_equals_input_shape(mode, shape, patch):
+    net = _conv_net(len(shape), classes=2)
+    vol = torch.randn(shape)  # a tensor input works too
+    kw = {"stride": 3} if mode == "paper" else {}
+    labels, probs = predict_volume(vol, net, patch, mode=mode, return_probs=True, **kw)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    assert probs.shape == (2,) + shape and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(0), torch.ones(shape), atol=1e-5)
+    probs += 1  # an ordinary tensor, not an inference-mode one
+
+
+def test_multichannel_input_and_num_classes():
+    net = _conv_net(2, in_ch=2, classes=4)
+    vol = np.random.default_rng(3).standard_normal((2, 20, 18)).astype(np.float32)
+    probs = sliding_window_probs(vol, net, (8, 8), num_classes=4)
+    assert probs.shape == (4, 20, 18)
+    with pytest.raises(ValueError):
+        sliding_window_probs(vol, net, (8, 8), num_classes=3)
+
+
+def test_bf16_autocast():
+    net = _conv_net(3, classes=2)
+    vol = _blob_volume((20, 18, 12))
+    fp32_labels, _ = predict_volume(vol, net, (12, 12, 8))
+    labels, probs = predict_volume(vol, net, (12, 12, 8), precision="bf16", return_probs=True)
+    assert probs.dtype == torch.float32 and probs.shape == (2, 20, 18, 12)
+    assert torch.isfinite(probs).all()
+    assert (labels == fp32_labels).mean() > 0.95
+
+
+def test_tuple_output_is_rejected():
+    net = _conv_net(3)
+    with pytest.raises(TypeError, match="wrap"):
+        sliding_window_probs(np.zeros((8, 8, 8), np.float32), lambda x: (net(x), x), 4)
+    # wrapped, it works
+    probs = sliding_window_probs(np.zeros((8, 8, 8), np.float32), lambda x: (net(x), x)[0], 4)
+    assert probs.shape == (3, 8, 8, 8)
+
+
+# ---------------------------------------------------------- 2-D slice-wise
+def _reference_acdc_slices(image, net, size):
+    """The reference ACDC loop: zoom order 0 in, argmax, zoom order 0 back, per slice."""
+    prediction = np.zeros(image.shape, dtype=np.uint8)
+    for ind in range(image.shape[0]):
+        sl = image[ind]
+        x, y = sl.shape
+        sl = zoom(sl, (size[0] / x, size[1] / y), order=0)
+        with torch.no_grad():
+            out = torch.argmax(torch.softmax(net(torch.from_numpy(sl)[None, None].float()), dim=1), dim=1)[0]
+        prediction[ind] = zoom(out.numpy(), (x / size[0], y / size[1]), order=0)
+    return prediction
+
+
+def test_predict_slices_matches_reference_nearest():
+    net = _conv_net(2, classes=4)
+    vol = np.random.default_rng(4).random((5, 37, 45)).astype(np.float32)
+    ref = _reference_acdc_slices(vol, net, (32, 32))
+    labels, probs = predict_slices(vol, net, (32, 32), batch_size=2, image_resize="zoom_nearest")
+    assert probs is None
+    assert labels.shape == vol.shape and labels.dtype == np.uint8
+    assert np.array_equal(labels, ref)
+
+
+def test_predict_slices_default_and_options():
+    net = _conv_net(2, classes=4)
+    vol = np.random.default_rng(5).random((3, 37, 45)).astype(np.float32)
+    counted = _Counting(net)
+    labels, probs = predict_slices(vol, counted, (32, 32), batch_size=2, return_probs=True)
+    assert counted.calls == [2, 1]
+    assert labels.shape == (3, 37, 45) and probs.shape == (4, 3, 37, 45)
+    # nearest resize back: probs are resampled with the same mapping as the labels
+    assert np.array_equal(probs.numpy().argmax(0).astype(np.uint8), labels)
+    # labels only take values predicted at the input size (nearest neighbour: no new values)
+    x = F.interpolate(torch.from_numpy(vol)[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        small = net(x).argmax(1).numpy()
+    assert np.array_equal(np.bincount(labels.ravel(), minlength=4) > 0, np.bincount(small.ravel(), minlength=4) > 0)
+
+    labels_b, probs_b = predict_slices(vol, net, (32, 32), resize_back="probs_bilinear", return_probs=True)
+    assert labels_b.shape == (3, 37, 45) and probs_b.shape == (4, 3, 37, 45)
+    assert np.array_equal(probs_b.numpy().argmax(0).astype(np.uint8), labels_b)
+    assert (labels_b == labels).mean() > 0.8
+
+    labels_16, _ = predict_slices(vol, net, (32, 32), precision="bf16")
+    assert labels_16.shape == vol.shape and (labels_16 == labels).mean() > 0.9
+
+    # no resizing when the slice already has the input size
+    same, _ = predict_slices(vol[:, :32, :32], net, (32, 32))
+    with torch.no_grad():
+        direct = net(torch.from_numpy(np.ascontiguousarray(vol[:, None, :32, :32]))).argmax(1).numpy()
+    assert np.array_equal(same, direct)
+    with pytest.raises(BfasegError):
+        predict_slices(vol, net, (32, 32), resize_back="nearest")
+
+
+# --------------------------------------------------------------- post-process
+def test_largest_connected_component_per_class():
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[0:3, 0:3, 0:3] = 1  # 27 voxels: largest of class 1
+    lab[6:8, 6:8, 6:8] = 1  # 8 voxels: removed
+    lab[5, 0, 0] = 2  # class 2: single voxel, kept (only component)
+    lab[0, 9, 9] = 3  # class 3: two components, the larger is kept
+    lab[9, 9, 0:3] = 3
+    out = largest_connected_component(lab)
+    assert out.dtype == lab.dtype and out.shape == lab.shape
+    assert (out == 1).sum() == 27 and out[7, 7, 7] == 0
+    assert out[5, 0, 0] == 2
+    assert (out == 3).sum() == 3 and out[0, 9, 9] == 0
+    # only class 1 filtered: class 3 unchanged
+    only1 = largest_connected_component(lab, classes=[1])
+    assert (only1 == 3).sum() == 4 and (only1 == 1).sum() == 27
+    # an absent class stays absent, input untouched
+    assert not (largest_connected_component(lab, classes=[4]) == 4).any()
+    assert (lab == 1).sum() == 35
+
+
+def test_largest_connected_component_full_connectivity():
+    lab = np.zeros((5, 5, 5), np.uint8)
+    lab[0, 0, 0] = 1
+    lab[1, 1, 1] = 1  # touches (0,0,0) only at a corner
+    lab[4, 4, 4] = 1
+    lab[4, 4, 3] = 1
+    lab[4, 3, 4] = 1
+    full = largest_connected_component(lab)  # corner-connected pair is 2 < 3
+    assert full.sum() == 3 and full[4, 4, 4] == 1
+    lab[2, 2, 2] = 1  # diagonal chain of 3, tie with the other 3: first in raster order wins
+    full = largest_connected_component(lab)
+    assert full[0, 0, 0] == 1 and full[4, 4, 4] == 0
+    faces = largest_connected_component(lab, connectivity=1)
+    assert faces[4, 4, 4] == 1 and faces.sum() == 3
+    assert largest_connected_component(np.zeros((4, 4), np.uint8)).sum() == 0
+    b = largest_connected_component(np.array([[1, 0, 1, 1]], bool))
+    assert b.dtype == bool and b.tolist() == [[False, False, True, True]]
