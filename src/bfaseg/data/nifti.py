@@ -1,0 +1,638 @@
+"""NIfTI datasets in the nnU-Net / Medical Segmentation Decathlon layout.
+
+Layout read by :func:`load_nifti_dataset`::
+
+    ROOT/dataset.json            optional: "modality" (MSD) or "channel_names" (nnU-Net v2),
+                                 "labels" ({"0": "background", ...} or {"background": 0, ...})
+    ROOT/imagesTr/<case>_0000.nii.gz   (nnU-Net)   or   ROOT/imagesTr/<case>.nii.gz   (MSD)
+    ROOT/labelsTr/<case>.nii.gz        a missing label makes the case unlabeled
+    ROOT/imagesUnlabeled/...           optional, always unlabeled
+    ROOT/imagesTs/...                  optional, read by :func:`load_nifti_test`
+
+Every image goes through the same steps, all recorded in ``case.meta`` so that a
+prediction can be written back in the geometry of the source file:
+
+1. reorientation to the closest canonical orientation (RAS, ``nibabel.as_closest_canonical``);
+   the array axis order is then (x, y, z);
+2. optional resampling to ``target_spacing`` (linear for images, nearest for labels),
+   the first voxel centre stays where it was;
+3. intensity normalisation: CT is clipped to a window (default [-125, 275] HU) and scaled
+   to [0, 1]; MR is z-scored over the volume.
+
+:func:`restore_geometry` undoes 2 and 1; :func:`save_nifti_mask` writes the result with the
+original affine and voxel sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bfaseg.data.cases import Case
+from bfaseg.errors import BfasegError
+
+DEFAULT_CT_WINDOW = (-125.0, 275.0)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+__all__ = [
+    "DEFAULT_CT_WINDOW",
+    "load_nifti_image",
+    "load_nifti_label",
+    "load_nifti_dataset",
+    "load_nifti_test",
+    "read_dataset_json",
+    "restore_geometry",
+    "save_nifti_mask",
+    "save_probabilities",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _nib():
+    import nibabel  # local import keeps `import bfaseg` light
+
+    return nibabel
+
+
+def _strip_nifti_suffix(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _is_nifti(path: Path) -> bool:
+    # "._name.nii.gz" files are macOS resource forks shipped inside the MSD archives
+    return path.is_file() and not path.name.startswith(".") and _strip_nifti_suffix(path.name) is not None
+
+
+def _load(path: Path):
+    nib = _nib()
+    if not path.exists():
+        raise BfasegError(f"NIfTI file not found: {path}")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, OSError ...)
+        raise BfasegError(f"cannot read NIfTI file {path}: {exc}") from None
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        img = img.slicer[..., 0]
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise BfasegError(
+            f"{path}: expected a 3-D volume, got shape {shape} "
+            "(multi-channel images are not supported; use one file per case)"
+        )
+    return img
+
+
+def _read_array(img, path: Path, *, as_label: bool) -> np.ndarray:
+    try:
+        if as_label:
+            data = np.asanyarray(img.dataobj)
+            scaled = getattr(img.dataobj, "slope", 1) != 1 or getattr(img.dataobj, "inter", 0) != 0
+            if data.dtype.kind == "f" or scaled:
+                data = np.asarray(img.get_fdata(dtype=np.float32))
+        else:
+            data = img.get_fdata(dtype=np.float32)
+    except Exception as exc:
+        raise BfasegError(f"cannot read the voxel data of {path}: {exc}") from None
+    data = np.asarray(data)
+    if data.ndim == 4:
+        data = data[..., 0]
+    if not as_label and not np.all(np.isfinite(data)):
+        raise BfasegError(f"{path}: image contains NaN or Inf values")
+    return data
+
+
+def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def _parse_spacing(target_spacing, what: str = "target_spacing") -> tuple[float, float, float] | None:
+    if target_spacing is None:
+        return None
+    if np.isscalar(target_spacing):
+        values = [float(target_spacing)] * 3
+    else:
+        values = [float(v) for v in target_spacing]
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise BfasegError(f"{what} must be one positive number or three (x, y, z), got {target_spacing!r}")
+    return tuple(values)
+
+
+def _parse_modality(modality: str) -> str:
+    if modality is None:
+        return "auto"
+    key = str(modality).strip().upper()
+    if key == "AUTO":
+        return "auto"
+    if key == "CT":
+        return "CT"
+    if key in {"MR", "MRI"} or key.startswith(("T1", "T2", "MR", "FLAIR", "ADC", "DWI", "LGE", "CINE", "PD")):
+        return "MR"
+    raise BfasegError(f"modality must be 'auto', 'CT' or 'MR', got {modality!r}")
+
+
+def _resample(array: np.ndarray, out_shape: Sequence[int], step: Sequence[float], order: int) -> np.ndarray:
+    """Sample ``array`` at input coordinates ``i * step`` for output index ``i`` (per axis)."""
+    from scipy import ndimage
+
+    out_shape = tuple(int(s) for s in out_shape)
+    if out_shape == array.shape and np.allclose(step, 1.0):
+        return array.copy()
+    return ndimage.affine_transform(
+        array,
+        np.asarray(step, dtype=np.float64),
+        offset=0.0,
+        output_shape=out_shape,
+        order=order,
+        mode="nearest",
+        prefilter=False,
+    )
+
+
+def _normalise(data: np.ndarray, modality: str, window: tuple[float, float]) -> tuple[np.ndarray, dict]:
+    if modality == "CT":
+        lo, hi = float(window[0]), float(window[1])
+        out = (np.clip(data, lo, hi) - lo) / (hi - lo)
+        return out.astype(np.float32), {"kind": "ct_window", "window": (lo, hi)}
+    mean = float(data.mean(dtype=np.float64))
+    std = float(data.std(dtype=np.float64))
+    out = (data - mean) / (std if std > 1e-8 else 1.0)
+    return out.astype(np.float32), {"kind": "zscore", "mean": mean, "std": std}
+
+
+def _header_int(header, key: str) -> int:
+    try:
+        return int(header[key])
+    except (KeyError, ValueError, TypeError):
+        return 0
+
+
+def _case_id_from_path(path: Path) -> str:
+    stem = _strip_nifti_suffix(path.name) or path.stem
+    m = _CHANNEL_RE.match(stem)
+    return m.group("case") if m else stem
+
+
+# --------------------------------------------------------------------------- images / labels
+
+
+def load_nifti_image(
+    path: str | os.PathLike,
+    target_spacing: float | Sequence[float] | None = None,
+    modality: str = "auto",
+    canonical: bool = True,
+    *,
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
+    case_id: str | None = None,
+) -> Case:
+    """Read one NIfTI image into a :class:`Case` (image only, ``label`` None).
+
+    ``modality``: "CT" (clip to ``ct_window``, scale to [0, 1]), "MR" (z-score) or "auto"
+    (CT when the raw minimum is below -500, i.e. air in Hounsfield units; MR otherwise).
+    The array axis order is the canonical (x, y, z) one when ``canonical`` is true, else the
+    file's own. ``case.spacing`` is the spacing of the returned array (mm).
+    """
+    nib = _nib()
+    path = Path(path)
+    spacing_req = _parse_spacing(target_spacing)
+    mod = _parse_modality(modality)
+    lo, hi = (float(ct_window[0]), float(ct_window[1]))
+    if not hi > lo:
+        raise BfasegError(f"ct_window must be (low, high) with low < high, got {ct_window!r}")
+
+    img = _load(path)
+    original_affine = np.asarray(img.affine, dtype=np.float64)
+    original_shape = tuple(int(s) for s in img.shape[:3])
+    header = img.header
+    original_zooms = tuple(float(z) for z in header.get_zooms()[:3])
+
+    data = _read_array(img, path, as_label=False)
+    if canonical:
+        ornt = nib.orientations.io_orientation(original_affine)
+        data = nib.orientations.apply_orientation(data, ornt)
+        canonical_affine = original_affine @ nib.orientations.inv_ornt_aff(ornt, original_shape)
+    else:
+        ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
+        canonical_affine = original_affine.copy()
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    canonical_shape = tuple(int(s) for s in data.shape)
+    canonical_spacing = _spacing_from_affine(canonical_affine)
+
+    if spacing_req is not None:
+        out_shape = tuple(
+            max(1, int(round(n * s / t))) for n, s, t in zip(canonical_shape, canonical_spacing, spacing_req)
+        )
+        step = tuple(t / s for s, t in zip(canonical_spacing, spacing_req))
+        data = _resample(data, out_shape, step, order=1)
+        resampled_affine = canonical_affine.copy()
+        resampled_affine[:3, :3] = canonical_affine[:3, :3] * np.asarray(step)[None, :]
+        spacing = spacing_req
+    else:
+        out_shape = canonical_shape
+        step = (1.0, 1.0, 1.0)
+        resampled_affine = canonical_affine.copy()
+        spacing = canonical_spacing
+
+    if mod == "auto":
+        mod = "CT" if float(data.min()) < -500.0 else "MR"
+    image, norm = _normalise(data, mod, (lo, hi))
+
+    meta: dict[str, Any] = {
+        "source": str(path),
+        "format": "nifti",
+        "original_affine": original_affine,
+        "original_shape": original_shape,
+        "original_spacing": original_zooms,
+        "qform_code": _header_int(header, "qform_code"),
+        "sform_code": _header_int(header, "sform_code"),
+        "xyzt_units": _header_int(header, "xyzt_units"),
+        "canonical": bool(canonical),
+        "orientation": np.asarray(ornt, dtype=np.float64),
+        "original_axcodes": tuple(nib.aff2axcodes(original_affine)),
+        "canonical_affine": canonical_affine,
+        "canonical_shape": canonical_shape,
+        "canonical_spacing": canonical_spacing,
+        "target_spacing": spacing_req,
+        "resampled_shape": tuple(int(s) for s in image.shape),
+        "resampled_affine": resampled_affine,
+        "resample_step": tuple(float(s) for s in step),
+        "zoom_factors": tuple(float(o) / float(c) for o, c in zip(image.shape, canonical_shape)),
+        "modality": mod,
+        "normalization": norm,
+    }
+    return Case(
+        case_id=case_id or _case_id_from_path(path),
+        image=image,
+        label=None,
+        spacing=tuple(float(s) for s in spacing),
+        meta=meta,
+    )
+
+
+def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarray:
+    """Read the label map of ``reference_case`` with the same reorientation and resampling
+    (nearest neighbour); returns a uint8 array shaped like ``reference_case.image``.
+
+    The label file must have the same shape and affine (to 1e-4) as the image file, else
+    :class:`BfasegError`. The caller assigns the result to ``reference_case.label``.
+    """
+    nib = _nib()
+    path = Path(path)
+    meta = reference_case.meta
+    if "original_affine" not in meta:
+        raise BfasegError(f"{path}: reference case {reference_case.case_id!r} was not read by load_nifti_image")
+    img = _load(path)
+    src = meta.get("source", reference_case.case_id)
+    shape = tuple(int(s) for s in img.shape[:3])
+    if shape != tuple(meta["original_shape"]):
+        raise BfasegError(
+            f"label {path} and image {src} differ in shape: {shape} vs {tuple(meta['original_shape'])}"
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.allclose(affine, meta["original_affine"], atol=1e-4, rtol=0):
+        diff = float(np.abs(affine - meta["original_affine"]).max())
+        raise BfasegError(
+            f"label {path} and image {src} differ in affine (max difference {diff:.4g}; "
+            f"label axes {''.join(nib.aff2axcodes(affine))}, image axes {''.join(meta['original_axcodes'])})"
+        )
+    data = _read_array(img, path, as_label=True)
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)):
+            raise BfasegError(f"label {path} contains NaN or Inf values")
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise BfasegError(f"label {path} has non-integer values (is it a probability map?)")
+        data = rounded
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise BfasegError(f"label {path} has values outside 0..255 (min {data.min()}, max {data.max()})")
+    data = data.astype(np.uint8)
+    if meta.get("canonical", True):
+        data = nib.orientations.apply_orientation(data, meta["orientation"])
+    data = np.ascontiguousarray(data)
+    if tuple(data.shape) != tuple(meta["resampled_shape"]):
+        data = _resample(data, meta["resampled_shape"], meta["resample_step"], order=0)
+    return data.astype(np.uint8, copy=False)
+
+
+# --------------------------------------------------------------------------- back to the source geometry
+
+
+def restore_geometry(array: np.ndarray, meta: dict, order: int = 0) -> np.ndarray:
+    """Map an array in the geometry of ``case.image`` back to the source file's voxel grid.
+
+    Undoes the resampling (``order`` 0 = nearest for labels, 1 = linear for probabilities) to
+    exactly the canonical shape, then the canonical reorientation, so the result has the
+    original shape. A 4-D array is treated as channels-last (X, Y, Z, C).
+    """
+    nib = _nib()
+    array = np.asarray(array)
+    res_shape = tuple(meta["resampled_shape"])
+    if array.ndim == 4:
+        if tuple(array.shape[:3]) != res_shape:
+            raise BfasegError(f"array shape {array.shape[:3]} does not match the case geometry {res_shape}")
+        chans = [restore_geometry(array[..., c], meta, order=order) for c in range(array.shape[3])]
+        return np.stack(chans, axis=-1)
+    if tuple(array.shape) != res_shape:
+        raise BfasegError(
+            f"array shape {tuple(array.shape)} does not match the case geometry {res_shape} "
+            f"(source {meta.get('source', '?')})"
+        )
+    canonical_shape = tuple(meta["canonical_shape"])
+    out = array
+    if res_shape != canonical_shape or not np.allclose(meta["resample_step"], 1.0):
+        inv_step = tuple(1.0 / s for s in meta["resample_step"])
+        work = out if order == 0 else out.astype(np.float32)
+        out = _resample(work, canonical_shape, inv_step, order=order)
+    if meta.get("canonical", True):
+        ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
+        back = nib.orientations.ornt_transform(ras, np.asarray(meta["orientation"]))
+        out = nib.orientations.apply_orientation(out, back)
+    out = np.ascontiguousarray(out)
+    if tuple(out.shape) != tuple(meta["original_shape"]):  # pragma: no cover - internal consistency
+        raise BfasegError(f"restored shape {out.shape} != original shape {tuple(meta['original_shape'])}")
+    return out
+
+
+def _atomic_nifti_save(img, out_path: Path) -> None:
+    nib = _nib()
+    name = out_path.name
+    suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise BfasegError(f"output file {out_path} must end with .nii.gz or .nii")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, out_path)
+    except OSError as exc:
+        raise BfasegError(f"cannot write {out_path}: {exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _make_nifti(data: np.ndarray, meta: dict, dtype):
+    nib = _nib()
+    affine = np.asarray(meta["original_affine"], dtype=np.float64)
+    img = nib.Nifti1Image(data, affine)
+    hdr = img.header
+    hdr.set_data_dtype(dtype)
+    qcode, scode = int(meta.get("qform_code", 1)), int(meta.get("sform_code", 1))
+    if qcode == 0 and scode == 0:
+        # the source had no orientation: nibabel rebuilds the same base affine from the zooms
+        hdr.set_qform(None, code=0)
+        hdr.set_sform(None, code=0)
+    else:
+        hdr.set_qform(affine, code=qcode if qcode else 0)
+        hdr.set_sform(affine, code=scode if scode else 0)
+    hdr.set_zooms(tuple(meta["original_spacing"])[:3] + (1.0,) * (data.ndim - 3))
+    if meta.get("xyzt_units"):
+        hdr["xyzt_units"] = int(meta["xyzt_units"])
+    return img
+
+
+def save_nifti_mask(array: np.ndarray, meta: dict, out_path: str | os.PathLike) -> Path:
+    """Write a label map given in the geometry of ``case.image`` as a uint8 NIfTI in the
+    geometry of the source image (original shape, affine and voxel sizes); atomic."""
+    array = np.asarray(array)
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise BfasegError(f"mask for {out_path} has values outside 0..255")
+    restored = restore_geometry(array.astype(np.uint8), meta, order=0)
+    out_path = Path(out_path)
+    _atomic_nifti_save(_make_nifti(restored.astype(np.uint8), meta, np.uint8), out_path)
+    return out_path
+
+
+def save_probabilities(
+    probs: np.ndarray, meta: dict, out_path: str | os.PathLike, *, channel_axis: int = 0
+) -> Path:
+    """Write class probabilities (C, X, Y, Z) (``channel_axis=0``, the model layout) or
+    (X, Y, Z, C) (``channel_axis=-1``) or a single 3-D map as a float32 NIfTI with channels
+    last, resampled (linear) back to the source geometry; atomic."""
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim == 4:
+        probs = np.moveaxis(probs, channel_axis, -1)
+    elif probs.ndim != 3:
+        raise BfasegError(f"probabilities for {out_path} must be 3-D or 4-D, got shape {probs.shape}")
+    restored = restore_geometry(probs, meta, order=1).astype(np.float32)
+    out_path = Path(out_path)
+    _atomic_nifti_save(_make_nifti(restored, meta, np.float32), out_path)
+    return out_path
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def read_dataset_json(root: str | os.PathLike) -> dict | None:
+    """Parse and check ``ROOT/dataset.json``; None when absent.
+
+    Returns ``{"modality": "CT"|"MR"|None, "labels": set[int]|None, "raw": dict}``.
+    """
+    path = Path(root) / "dataset.json"
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BfasegError(f"{path}: invalid JSON ({exc})") from None
+    except OSError as exc:
+        raise BfasegError(f"cannot read {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BfasegError(f"{path}: expected a JSON object at the top level")
+
+    modality = None
+    for key in ("channel_names", "modality"):
+        if key in raw:
+            chans = raw[key]
+            if isinstance(chans, str):
+                chans = {"0": chans}
+            if not isinstance(chans, dict) or not chans:
+                raise BfasegError(f"{path}: '{key}' must be an object like {{\"0\": \"CT\"}}")
+            if len(chans) > 1:
+                raise BfasegError(
+                    f"{path}: '{key}' lists {len(chans)} channels; only single-channel datasets are supported"
+                )
+            name = str(next(iter(chans.values())))
+            modality = "CT" if name.strip().upper() == "CT" else "MR"
+            break
+
+    labels = None
+    if "labels" in raw:
+        spec = raw["labels"]
+        if not isinstance(spec, dict) or not spec:
+            raise BfasegError(f"{path}: 'labels' must be a non-empty object")
+        labels = set()
+        try:
+            if all(re.fullmatch(r"\d+", str(k)) for k in spec):  # MSD: {"0": "background"}
+                labels = {int(k) for k in spec}
+            else:  # nnU-Net v2: {"background": 0, "tumor": [1, 2]}
+                for v in spec.values():
+                    if isinstance(v, (list, tuple)):
+                        labels.update(int(x) for x in v)
+                    else:
+                        labels.add(int(v))
+        except (TypeError, ValueError):
+            raise BfasegError(f"{path}: 'labels' values must be integers") from None
+        labels.add(0)
+    return {"modality": modality, "labels": labels, "raw": raw, "path": str(path)}
+
+
+def _group_images(folder: Path) -> dict[str, Path]:
+    """case id -> image file for one images folder (nnU-Net `_0000` or MSD naming)."""
+    files = sorted(p for p in folder.iterdir() if _is_nifti(p))
+    stems = {_strip_nifti_suffix(p.name): p for p in files}
+    groups: dict[str, dict[int, Path]] = {}
+    for stem, p in stems.items():
+        m = _CHANNEL_RE.match(stem)
+        if m:
+            groups.setdefault(m.group("case"), {})[int(m.group("channel"))] = p
+    cases: dict[str, Path] = {}
+    used: set[str] = set()
+    for case, chans in groups.items():
+        if 0 not in chans:
+            continue  # e.g. MSD "pat_0003": not a channel suffix
+        if sorted(chans) != list(range(len(chans))):
+            continue
+        if len(chans) > 1:
+            raise BfasegError(
+                f"{folder}: case {case!r} has {len(chans)} channels ({', '.join(p.name for p in chans.values())}); "
+                "only single-channel images are supported"
+            )
+        cases[case] = chans[0]
+        used.add(_strip_nifti_suffix(chans[0].name))
+    for stem, p in stems.items():
+        if stem not in used:
+            if stem in cases:
+                raise BfasegError(f"{folder}: both {p.name} and {cases[stem].name} name case {stem!r}")
+            cases[stem] = p
+    return dict(sorted(cases.items()))
+
+
+def _find_label(labels_dir: Path, case: str, image_path: Path) -> Path | None:
+    if not labels_dir.is_dir():
+        return None
+    for suffix in NIFTI_SUFFIXES:
+        for name in (case, _strip_nifti_suffix(image_path.name)):
+            p = labels_dir / f"{name}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _check_label_values(label: np.ndarray, allowed: set[int] | None, path: Path, ds_path: str | None) -> None:
+    if allowed is None:
+        return
+    present = set(int(v) for v in np.unique(label))
+    bad = sorted(present - allowed)
+    if bad:
+        raise BfasegError(f"label {path} has values {bad} not declared in {ds_path} 'labels' {sorted(allowed)}")
+
+
+def _iter_progress(items, desc: str, progress: bool):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="case")
+
+
+def load_nifti_dataset(
+    root: str | os.PathLike,
+    target_spacing: float | Sequence[float] | None = None,
+    modality: str = "auto",
+    *,
+    canonical: bool = True,
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
+    progress: bool = False,
+) -> tuple[list[Case], list[Case]]:
+    """Read an nnU-Net/MSD folder; returns ``(labeled, unlabeled)`` lists of cases.
+
+    Images in ``imagesTr`` without a label file and everything in ``imagesUnlabeled`` form the
+    unlabeled pool. ``modality="auto"`` takes the modality from dataset.json when given there,
+    else decides per image (see :func:`load_nifti_image`).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BfasegError(f"NIfTI dataset folder not found: {root}")
+    images_dir = root / "imagesTr"
+    unl_dir = root / "imagesUnlabeled"
+    labels_dir = root / "labelsTr"
+    if not images_dir.is_dir() and not unl_dir.is_dir():
+        raise BfasegError(f"{root}: no imagesTr/ (or imagesUnlabeled/) folder")
+    info = read_dataset_json(root)
+    mod = _parse_modality(modality)
+    if mod == "auto" and info and info["modality"]:
+        mod = info["modality"]
+    allowed = info["labels"] if info else None
+    ds_path = info["path"] if info else None
+
+    jobs: list[tuple[str, Path, Path | None]] = []
+    if images_dir.is_dir():
+        tr = _group_images(images_dir)
+        for case, img_path in tr.items():
+            jobs.append((case, img_path, _find_label(labels_dir, case, img_path)))
+        if labels_dir.is_dir():
+            known = set(tr) | {_strip_nifti_suffix(p.name) for p in tr.values()}
+            orphans = [p.name for p in sorted(labels_dir.iterdir()) if _is_nifti(p) and _strip_nifti_suffix(p.name) not in known]
+            if orphans:
+                warnings.warn(f"{labels_dir}: {len(orphans)} label file(s) without an image, ignored: {orphans[:5]}")
+    if unl_dir.is_dir():
+        seen = {j[0] for j in jobs}
+        for case, img_path in _group_images(unl_dir).items():
+            if case in seen:
+                raise BfasegError(f"{unl_dir}: case {case!r} also exists in {images_dir}")
+            jobs.append((case, img_path, None))
+    if not jobs:
+        raise BfasegError(f"{root}: no NIfTI images found in imagesTr/ or imagesUnlabeled/")
+
+    labeled: list[Case] = []
+    unlabeled: list[Case] = []
+    for case, img_path, lab_path in _iter_progress(jobs, "nifti", progress):
+        c = load_nifti_image(img_path, target_spacing, mod, canonical, ct_window=ct_window, case_id=case)
+        if lab_path is None:
+            c.meta["labeled"] = False
+            unlabeled.append(c)
+            continue
+        c.label = load_nifti_label(lab_path, c)
+        _check_label_values(c.label, allowed, lab_path, ds_path)
+        c.meta["label_source"] = str(lab_path)
+        c.meta["labeled"] = True
+        labeled.append(c)
+    return labeled, unlabeled
+
+
+def load_nifti_test(
+    root: str | os.PathLike,
+    target_spacing: float | Sequence[float] | None = None,
+    modality: str = "auto",
+    *,
+    canonical: bool = True,
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
+) -> list[Case]:
+    """Read ``ROOT/imagesTs`` (no labels); an empty list when the folder is absent."""
+    root = Path(root)
+    ts = root / "imagesTs"
+    if not ts.is_dir():
+        return []
+    info = read_dataset_json(root)
+    mod = _parse_modality(modality)
+    if mod == "auto" and info and info["modality"]:
+        mod = info["modality"]
+    return [
+        load_nifti_image(p, target_spacing, mod, canonical, ct_window=ct_window, case_id=case)
+        for case, p in _group_images(ts).items()
+    ]

@@ -1,0 +1,249 @@
+"""Shared pieces of the converters: atomic writes, splits, reading, the integrity check."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from bfaseg.errors import BfasegError
+
+
+@dataclass
+class PrepareSummary:
+    """What a converter wrote."""
+
+    dataset: str
+    out: Path
+    cases: list[str] = field(default_factory=list)
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {len(items)}" for name, items in self.lists.items())
+        dropped = f", {len(self.dropped)} dropped" if self.dropped else ""
+        return (
+            f"{self.dataset}: {len(self.cases)} cases, {len(self.files)} h5 files checked OK "
+            f"({parts}{dropped}) -> {self.out}"
+        )
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def progress(items: Sequence, desc: str, enabled: bool = True) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="case", file=sys.stderr)
+
+
+def require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise BfasegError(f"{what} folder not found: {path}")
+    if not path.is_dir():
+        raise BfasegError(f"{what} is not a folder: {path}")
+    return path
+
+
+def make_out_dir(path: Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BfasegError(f"cannot create output folder {path}: {exc}") from None
+    return path
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> Path:
+    """Write an h5 file through a temporary file in the same folder and ``os.replace``."""
+    import h5py
+
+    path = Path(path)
+    make_out_dir(path.parent)
+    tmp = _tmp_name(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in datasets.items():
+                f.create_dataset(key, data=value)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BfasegError(f"cannot write {path}: {exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_lines(path: Path, lines: Sequence[str]) -> Path:
+    path = Path(path)
+    make_out_dir(path.parent)
+    tmp = _tmp_name(path)
+    try:
+        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BfasegError(f"cannot write {path}: {exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def split_counts(n: int, fractions: Sequence[float], names: Sequence[str]) -> list[int]:
+    """Sizes of the held-out parts (``fractions`` of ``n``, rounded); the rest is training.
+
+    Each part with a positive fraction gets at least one case while training keeps at
+    least one, as far as ``n`` allows (parts listed first are served first).
+    """
+    for frac, name in zip(fractions, names):
+        if not 0.0 <= frac < 1.0:
+            raise BfasegError(f"--{name}-fraction must be in [0, 1), got {frac}")
+    if sum(fractions) >= 1.0:
+        raise BfasegError(f"the held-out fractions ({', '.join(names)}) must sum to less than 1")
+    counts = [_round_half_up(n * f) for f in fractions]
+    for i, frac in enumerate(fractions):
+        if frac > 0 and counts[i] == 0 and n - sum(counts) >= 2:
+            counts[i] = 1
+    while n - sum(counts) < 1 and any(counts):  # keep one training case
+        j = max(range(len(counts)), key=lambda k: counts[k])
+        counts[j] -= 1
+    return counts
+
+
+def read_sitk(path: Path, what: str):
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise BfasegError(f"{what} not found: {path}")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise BfasegError(f"cannot read {what} {path}: {sitk_error_detail(exc)}") from None
+
+
+def sitk_error_detail(exc: Exception) -> str:
+    """The informative last part of a SimpleITK/ITK exception text, on one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return "unreadable file"
+    detail = lines[-1]
+    for marker in ("sitk::ERROR:", "ERROR:"):
+        if marker in detail:
+            detail = detail.split(marker, 1)[1].strip()
+    detail = detail.replace('"', "")
+    return detail[:200] or "unreadable file"
+
+
+def sitk_array(image, path: Path, what: str) -> np.ndarray:
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise BfasegError(f"{what} {path}: expected a scalar image, got a vector image")
+    if image.GetDimension() != 3:
+        raise BfasegError(f"{what} {path}: expected a 3-D image, got {image.GetDimension()}-D")
+    return sitk.GetArrayFromImage(image)
+
+
+def binarize_label(label: np.ndarray, path: Path) -> np.ndarray:
+    """{0,1} or {0,255} -> uint8 {0,1}; other values are an error naming the file."""
+    values = set(np.unique(label).tolist())
+    if values <= {0, 1}:
+        return label.astype(np.uint8)
+    if values <= {0, 255}:
+        return (label == 255).astype(np.uint8)
+    shown = sorted(values)[:8]
+    raise BfasegError(f"label {path} must be binary ({{0,1}} or {{0,255}}), found values {shown}")
+
+
+def bbox(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (lo, hi) per axis of the non-zero voxels."""
+    idx = np.nonzero(mask)
+    return [(int(a.min()), int(a.max())) for a in idx]
+
+
+def crop_or_pad(array: np.ndarray, starts: Sequence[int], sizes: Sequence[int], fill) -> np.ndarray:
+    """Window ``array[start:start+size]`` per axis; parts outside the array are ``fill``."""
+    out = np.full(tuple(int(s) for s in sizes), fill, dtype=array.dtype)
+    src, dst = [], []
+    for start, size, n in zip(starts, sizes, array.shape):
+        lo, hi = max(start, 0), min(start + size, n)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - start, lo - start + max(hi - lo, 0)))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def check_h5(
+    path: Path,
+    *,
+    ndim: int,
+    label_values: set[int],
+    value_range: tuple[float, float] | None = None,
+    attrs: Sequence[str] = (),
+) -> tuple[int, ...]:
+    """Re-open a written file: keys, dtypes, equal shapes, label values, finite image."""
+    import h5py
+
+    problem = None
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("image", "label") if k not in f]
+            if missing:
+                problem = f"missing key(s) {missing}"
+            else:
+                image, label = f["image"][()], f["label"][()]
+                if image.dtype != np.float32:
+                    problem = f"image dtype {image.dtype}, expected float32"
+                elif label.dtype != np.uint8:
+                    problem = f"label dtype {label.dtype}, expected uint8"
+                elif image.ndim != ndim or image.shape != label.shape:
+                    problem = f"shapes image {image.shape} / label {label.shape}, expected equal {ndim}-D"
+                elif not np.all(np.isfinite(image)):
+                    problem = "image has NaN/Inf"
+                elif value_range and (image.min() < value_range[0] - 1e-5 or image.max() > value_range[1] + 1e-5):
+                    problem = f"image values [{image.min()}, {image.max()}] outside {value_range}"
+                elif not set(np.unique(label).tolist()) <= label_values:
+                    problem = f"label values {sorted(set(np.unique(label).tolist()))} not in {sorted(label_values)}"
+                else:
+                    absent = [a for a in attrs if a not in f.attrs]
+                    if absent:
+                        problem = f"missing attribute(s) {absent}"
+                    shape = image.shape
+    except OSError as exc:
+        problem = f"cannot re-open ({exc})"
+    if problem:
+        raise BfasegError(f"integrity check failed for {path}: {problem}")
+    return shape
+
+
+def verify_lists(out: Path, lists: dict[str, list[str]], exists) -> None:
+    """Every list file reads back as written and names existing outputs."""
+    for name, items in lists.items():
+        path = out / name
+        got = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if got != list(items):
+            raise BfasegError(f"integrity check failed for {path}: content differs from what was written")
+        for item in items:
+            if not exists(item):
+                raise BfasegError(f"integrity check failed for {path}: entry {item!r} has no h5 file")
