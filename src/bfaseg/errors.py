@@ -15,3 +15,9 @@ class TrainingDiverged(BfasegError):
     """The loss or the teacher became NaN/Inf; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class Interrupted(BfasegError):
+    """Ctrl-C / SIGTERM during training; a checkpoint was written first."""
+
+    exit_code = 130

@@ -1,0 +1,85 @@
+"""Two-stream batches: each training iteration gets labeled + unlabeled samples.
+
+A batch is a pure function of (seed, iteration, rank): ``TwoStreamBatches[it]``
+draws its own generator from those numbers, so worker processes are seeded
+correctly, a resumed run sees the same batches, and each DDP rank draws from its
+own disjoint shard of the cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bfaseg.data.cases import Case
+from bfaseg.data.transforms import augment
+
+
+def shard(cases: list[Case], rank: int, world_size: int) -> list[Case]:
+    """Disjoint shard for one rank (every rank gets at least one case)."""
+    if world_size <= 1:
+        return cases
+    part = cases[rank::world_size]
+    return part or [cases[rank % len(cases)]]
+
+
+class TwoStreamBatches(Dataset):
+    def __init__(
+        self,
+        labeled: list[Case],
+        unlabeled: list[Case],
+        *,
+        batch_labeled: int,
+        batch_unlabeled: int,
+        patch_size: tuple[int, ...],
+        seed: int,
+        total_iterations: int,
+        rank: int = 0,
+        world_size: int = 1,
+        rotation: str = "both",
+        unlabeled_targets: bool = False,
+    ):
+        self.labeled = shard(labeled, rank, world_size)
+        self.unlabeled = shard(unlabeled, rank, world_size) if unlabeled else []
+        self.batch_labeled = batch_labeled
+        self.batch_unlabeled = batch_unlabeled if self.unlabeled else 0
+        self.patch_size = tuple(patch_size)
+        self.seed, self.rank = seed, rank
+        self.total = total_iterations
+        self.rotation = rotation
+        self.unlabeled_targets = unlabeled_targets  # oracle mode for diagnostics: keep true labels
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _draw(self, pool: list[Case], n: int, rng: np.random.Generator, keep_label: bool):
+        images, labels = [], []
+        for idx in rng.integers(0, len(pool), size=n):
+            case = pool[int(idx)]
+            label = case.label if case.label is not None else np.zeros(case.image.shape, np.uint8)
+            image, label = augment([case.image, label], self.patch_size, rng, self.rotation)
+            images.append(image)
+            labels.append(label)
+        x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
+        y = torch.from_numpy(np.stack(labels).astype(np.int64))
+        return x, (y if keep_label else None)
+
+    def __getitem__(self, iteration: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(iteration), self.rank])
+        batch = {}
+        batch["image_l"], batch["label_l"] = self._draw(self.labeled, self.batch_labeled, rng, True)
+        if self.batch_unlabeled:
+            x_u, y_u = self._draw(self.unlabeled, self.batch_unlabeled, rng, self.unlabeled_targets)
+            batch["image_u"] = x_u
+            if y_u is not None:
+                batch["label_u"] = y_u
+        return batch
+
+
+def make_loader(batches: TwoStreamBatches, start_iteration: int, num_workers: int) -> DataLoader:
+    """Iterate batches ``start_iteration .. total-1`` (prefetched by workers when num_workers > 0)."""
+    kwargs = dict(batch_size=None, sampler=range(start_iteration, len(batches)), num_workers=num_workers)
+    if num_workers > 0:
+        kwargs.update(prefetch_factor=4, persistent_workers=False)
+    return DataLoader(batches, **kwargs)

@@ -1,0 +1,159 @@
+"""Turn a ``DataConfig`` into labeled / unlabeled / validation cases held in memory."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bfaseg.config import DataConfig
+from bfaseg.data.cases import Case
+from bfaseg.data.readers import DEFAULT_LISTS, load_cases, read_list
+from bfaseg.data.synthetic import make_synthetic_cases
+from bfaseg.data.transforms import downsample_case_arrays, resize
+from bfaseg.errors import BfasegError
+
+
+@dataclass
+class DataBundle:
+    labeled: list[Case]
+    unlabeled: list[Case]
+    val: list[Case]
+    train_ndim: int  # 2 = slice-wise network, 3 = volumetric network
+    val_split: str  # what the validation cases are, recorded in summaries
+
+
+def _num_labeled(cfg: DataConfig, n_total: int) -> int:
+    if cfg.labeled is not None:
+        n = cfg.labeled
+    elif cfg.labeled_fraction is not None:
+        n = max(1, int(round(cfg.labeled_fraction * n_total)))
+    else:
+        n = n_total
+    if n <= 0:
+        raise BfasegError("data.labeled: zero labeled cases; at least one labeled case is needed")
+    if n > n_total:
+        raise BfasegError(f"data.labeled: {n} labeled cases requested but the training list has {n_total}")
+    return n
+
+
+def _read_split_file(path: str) -> tuple[list[str], list[str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise BfasegError(f"data.split_file not found: {p}")
+    try:
+        raw = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    except (ValueError, yaml.YAMLError):
+        raise BfasegError(f"{p}: cannot parse split file") from None
+    if not isinstance(raw, dict) or "labeled" not in raw:
+        raise BfasegError(f"{p}: split file needs a 'labeled' list (and optionally 'unlabeled')")
+    labeled = [str(i) for i in raw.get("labeled") or []]
+    if not labeled:
+        raise BfasegError(f"{p}: 'labeled' is empty; at least one labeled case is needed")
+    return labeled, [str(i) for i in raw.get("unlabeled") or []]
+
+
+def _split_ids(cfg: DataConfig, train_ids: list[str]) -> tuple[list[str], list[str]]:
+    if cfg.split_file:
+        labeled, unlabeled = _read_split_file(cfg.split_file)
+        unknown = [i for i in labeled + unlabeled if i not in set(train_ids)]
+        if unknown:
+            raise BfasegError(f"{cfg.split_file}: unknown id {unknown[0]!r} (not in the training list)")
+        return labeled, unlabeled
+    n = _num_labeled(cfg, len(train_ids))
+    return train_ids[:n], train_ids[n:]
+
+
+def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> DataBundle:
+    if cfg.dataset == "synthetic":
+        return _build_synthetic(cfg, num_classes)
+    if cfg.dataset == "nifti":
+        return _build_nifti(cfg, num_classes)
+    if not cfg.root:
+        raise BfasegError(f"data.root: required for dataset {cfg.dataset!r}")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise BfasegError(f"data.root: folder not found: {root}")
+    train_name, val_name = DEFAULT_LISTS[cfg.dataset]
+    train_ids = read_list(root / (cfg.train_list or train_name))
+    val_ids: list[str]
+    if cfg.dataset == "acdc":
+        val_ids = read_list(root / (cfg.val_list or val_name))
+        val_split = cfg.val_list or val_name
+    elif cfg.val_list:
+        val_ids, val_split = read_list(root / cfg.val_list), cfg.val_list
+    else:
+        n_val = cfg.val_cases if cfg.val_cases is not None else max(1, len(train_ids) // 5)
+        if n_val >= len(train_ids):
+            raise BfasegError(f"data.val_cases: {n_val} leaves no training cases out of {len(train_ids)}")
+        val_ids, train_ids = train_ids[-n_val:], train_ids[:-n_val]
+        val_split = f"last {n_val} of {cfg.train_list or train_name}"
+    labeled_ids, unlabeled_ids = _split_ids(cfg, train_ids)
+    load = lambda ids, kind, need: load_cases(  # noqa: E731
+        cfg.dataset, root, ids, kind=kind, need_label=need, num_classes=num_classes, progress=progress
+    )
+    labeled = load(labeled_ids, "train", True)
+    unlabeled = load(unlabeled_ids, "train", False) if unlabeled_ids else []
+    val = load(val_ids, "eval", True)
+    if cfg.dataset == "acdc":
+        size = tuple(cfg.patch_size)
+        if len(size) != 2:
+            raise BfasegError(f"data.patch_size: ACDC trains 2-D slices, got {list(size)}")
+        for c in labeled + unlabeled:  # resize once at load, not every iteration
+            c.image = resize(c.image, size, order=1)
+            if c.label is not None:
+                c.label = resize(c.label, size, order=0)
+        train_ndim = 2
+    else:
+        if len(cfg.patch_size) != 3:
+            raise BfasegError(f"data.patch_size: {cfg.dataset} trains 3-D patches, got {cfg.patch_size}")
+        for c in labeled + unlabeled + val:
+            c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.downsample)
+        train_ndim = 3
+    for c in unlabeled:
+        c.label = None  # the unlabeled pool never carries labels into training
+    return DataBundle(labeled, unlabeled, val, train_ndim, val_split)
+
+
+def _build_synthetic(cfg: DataConfig, num_classes: int) -> DataBundle:
+    size = tuple(cfg.synthetic_size)
+    if len(size) != cfg.synthetic_ndim:
+        raise BfasegError(f"data.synthetic_size: {list(size)} does not match synthetic_ndim={cfg.synthetic_ndim}")
+    if cfg.synthetic_classes != num_classes:
+        raise BfasegError(
+            f"data.synthetic_classes ({cfg.synthetic_classes}) must equal model.num_classes ({num_classes})"
+        )
+    cases = make_synthetic_cases(cfg.synthetic_cases, size, num_classes, seed=1)
+    val = make_synthetic_cases(cfg.synthetic_val_cases, size, num_classes, seed=2, prefix="synth_val")
+    labeled_ids, _ = _split_ids(cfg, [c.case_id for c in cases])
+    labeled = [c for c in cases if c.case_id in set(labeled_ids)]
+    unlabeled = [Case(c.case_id, c.image, None) for c in cases if c.case_id not in set(labeled_ids)]
+    if cfg.synthetic_ndim == 2:  # 2-D cases are validated as one-slice volumes (z, y, x)
+        val = [Case(c.case_id, c.image[None], c.label[None]) for c in val]
+    return DataBundle(labeled, unlabeled, val, cfg.synthetic_ndim, "synthetic validation phantoms")
+
+
+def _build_nifti(cfg: DataConfig, num_classes: int) -> DataBundle:
+    from bfaseg.data.nifti import load_nifti_dataset
+
+    if not cfg.root:
+        raise BfasegError("data.root: required for dataset 'nifti' (a folder with imagesTr/labelsTr)")
+    labeled_all, unlabeled = load_nifti_dataset(cfg.root, target_spacing=cfg.target_spacing, modality=cfg.modality)
+    if not labeled_all:
+        raise BfasegError(f"{cfg.root}: no labeled cases (labelsTr is empty)")
+    for c in labeled_all:
+        if c.label is not None and c.label.max() >= num_classes:
+            raise BfasegError(f"case {c.case_id}: label {int(c.label.max())} >= model.num_classes ({num_classes})")
+    n_val = cfg.val_cases if cfg.val_cases is not None else max(1, math.ceil(len(labeled_all) / 5))
+    if n_val >= len(labeled_all):
+        raise BfasegError(f"data.val_cases: {n_val} leaves no labeled training cases of {len(labeled_all)}")
+    val, train = labeled_all[-n_val:], labeled_all[:-n_val]
+    labeled_ids, extra_unlabeled = _split_ids(cfg, [c.case_id for c in train])
+    labeled = [c for c in train if c.case_id in set(labeled_ids)]
+    unlabeled = unlabeled + [Case(c.case_id, c.image, None, c.spacing, c.meta) for c in train if c not in labeled]
+    for c in labeled + unlabeled + val:
+        c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.downsample)
+    return DataBundle(labeled, unlabeled, val, len(cfg.patch_size), f"last {n_val} labeled cases")

@@ -1,0 +1,86 @@
+"""Protocol augmentations on numpy arrays; image and label always move together.
+
+Every function takes an explicit ``np.random.Generator`` so that a batch is a pure
+function of (seed, iteration, rank): resumed runs and worker processes see exactly
+the same samples as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def pad_to(arrays: list[np.ndarray], size: tuple[int, ...]) -> list[np.ndarray]:
+    """Zero-pad (symmetrically) where an array is smaller than ``size``."""
+    shape = arrays[0].shape
+    pads = [max(p - s, 0) for s, p in zip(shape, size)]
+    if not any(pads):
+        return arrays
+    widths = [(p // 2, p - p // 2) for p in pads]
+    return [np.pad(a, widths, mode="constant") for a in arrays]
+
+
+def random_crop(arrays: list[np.ndarray], size: tuple[int, ...], rng: np.random.Generator) -> list[np.ndarray]:
+    arrays = pad_to(arrays, size)
+    shape = arrays[0].shape
+    starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, size)]
+    sl = tuple(slice(st, st + p) for st, p in zip(starts, size))
+    return [a[sl] for a in arrays]
+
+
+def random_rot90_flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Random rot90 in the first two axes (x-y for LA) then a flip of axis 0 or 1 (as the reference)."""
+    k = int(rng.integers(0, 4))
+    axis = int(rng.integers(0, 2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(0, 1))
+        a = np.flip(a, axis=axis)
+        out.append(a)
+    return out
+
+
+def random_rotate(arrays: list[np.ndarray], rng: np.random.Generator, max_degrees: float = 20.0) -> list[np.ndarray]:
+    """Rotation in [-max, max] degrees in the first two axes; image linear, label nearest."""
+    angle = float(rng.uniform(-max_degrees, max_degrees))
+    image, *labels = arrays
+    image = ndimage.rotate(image, angle, axes=(1, 0), reshape=False, order=1, mode="constant")
+    labels = [ndimage.rotate(lb, angle, axes=(1, 0), reshape=False, order=0, mode="constant") for lb in labels]
+    return [image, *labels]
+
+
+def augment(
+    arrays: list[np.ndarray], patch_size: tuple[int, ...], rng: np.random.Generator, rotation: str = "both"
+) -> list[np.ndarray]:
+    """The protocol augmentation: 3-D = crop + rot90/flip; 2-D = rot90/flip or a small rotation, then crop."""
+    if arrays[0].ndim == 3:
+        arrays = random_crop(arrays, patch_size, rng)
+        arrays = random_rot90_flip(arrays, rng)
+    else:
+        use_rot90 = rotation == "rot90_flip" or (rotation == "both" and rng.random() < 0.5)
+        arrays = random_rot90_flip(arrays, rng) if use_rot90 else random_rotate(arrays, rng)
+        arrays = random_crop(arrays, patch_size, rng)
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def resize(array: np.ndarray, size: tuple[int, ...], order: int) -> np.ndarray:
+    """Resize with scipy zoom (order 1 images, 0 labels), exact output size."""
+    if tuple(array.shape) == tuple(size):
+        return array
+    factors = [t / s for s, t in zip(array.shape, size)]
+    out = ndimage.zoom(array, factors, order=order, grid_mode=False)
+    if out.shape != tuple(size):  # zoom may be off by one; crop/pad to the exact size
+        out = pad_to([out], size)[0]
+        out = out[tuple(slice(0, s) for s in size)]
+    return out.astype(array.dtype)
+
+
+def downsample_case_arrays(image: np.ndarray, label: np.ndarray | None, factor: float):
+    if factor == 1:
+        return image, label
+    size = tuple(max(1, int(round(s / factor))) for s in image.shape)
+    image = resize(image, size, order=1)
+    if label is not None:
+        label = resize(label, size, order=0)
+    return image, label

@@ -1,0 +1,115 @@
+"""Bidirectional copy-paste (BCP, Bai et al. CVPR 2023) in the mean-teacher framework.
+
+Stage 1 (``pretrain``): supervised training on labeled-labeled copy-paste mixes.
+At the end of it the teacher is initialised from the student; stage 2 mixes a
+labeled and an unlabeled image both ways (labeled outside + unlabeled box, and the
+reverse) and trains on ground truth (weight 1) and teacher pseudo-labels (weight
+``pseudo_weight``). Both stages share one schedule and one iteration budget.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bfaseg.methods.base import Method, MethodParams, cuboid_mask, paste, sigmoid_rampup, split_pairs
+from bfaseg.methods.boundary import remove_small_components
+from bfaseg.training.losses import dice_ce_loss
+
+
+class BCPParams(MethodParams):
+    pretrain: float = 0.2  # fraction of the run (or iterations if > 1) of labeled-labeled copy-paste
+    box_fraction: float = 2 / 3  # side of the pasted box relative to the patch
+    pseudo_weight: float = 0.5
+    pseudo_rampup: float = 0.0  # ramp of the pseudo-label weight after pre-training (fraction/iterations)
+    confidence: float = 0.0  # pseudo-label voxels below this teacher confidence get weight 0
+    component_filter: float = 1.0  # keep components >= this fraction of the largest (1.0 = largest only, 0 = off)
+    supervised_weight: float = 0.0  # extra Dice+CE on the un-mixed labeled images (0 = as in BCP)
+
+
+class BCP(Method):
+    name = "bcp"
+    needs_teacher = True
+    uses_unlabeled = True
+    Params = BCPParams
+
+    def __init__(self, params, trainer):
+        super().__init__(params, trainer)
+        self.pretrain_iterations = self.fraction_to_iterations(params.pretrain) if params.pretrain > 0 else 0
+
+    def on_iteration_start(self, iteration: int) -> None:
+        if iteration == self.pretrain_iterations and self.pretrain_iterations > 0:
+            self.t.copy_student_to_teacher()
+
+    def ema_active(self, iteration: int) -> bool:
+        return iteration >= self.pretrain_iterations
+
+    def in_pretrain(self, iteration: int) -> bool:
+        return iteration < self.pretrain_iterations
+
+    def pseudo_weight(self, iteration: int) -> float:
+        ramp = self.fraction_to_iterations(self.p.pseudo_rampup) if self.p.pseudo_rampup > 0 else 0
+        return self.p.pseudo_weight * sigmoid_rampup(iteration - self.pretrain_iterations, ramp)
+
+    @torch.no_grad()
+    def pseudo_labels(self, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher argmax (filtered to its large components) and a 0/1 confidence mask."""
+        probs = torch.softmax(self.t.teacher_forward(x_u), 1)
+        conf, label = probs.max(1)
+        if self.p.component_filter > 0:
+            label = remove_small_components(label, self.t.num_classes, self.p.component_filter)
+        keep = (conf >= self.p.confidence).float()
+        return label, keep
+
+    def mixed_batch(self, batch, iteration):
+        """Images, segmentation targets, per-voxel weights and the GT-origin map of the mixed samples.
+
+        Returns a dict; subclasses (BFA) add boundary targets from the same pieces.
+        """
+        x_l, y_l = batch["image_l"], batch["label_l"]
+        a, b = split_pairs(x_l.shape[0], x_l.shape[0] if self.in_pretrain(iteration) else batch["image_u"].shape[0])
+        spatial = tuple(x_l.shape[2:])
+        n = x_l[a].shape[0]
+        box = cuboid_mask(spatial, n, self.p.box_fraction, x_l.device)
+        one = torch.ones_like(box)
+        if self.in_pretrain(iteration):
+            # labeled-labeled copy-paste: both sources are ground truth
+            parts = [(x_l[a], y_l[a], one, True), (x_l[b], y_l[b], one, True)]
+            pieces = [(parts[0], parts[1])]
+        else:
+            x_u = batch["image_u"]
+            pl_a, keep_a = self.pseudo_labels(x_u[a])
+            pl_b, keep_b = self.pseudo_labels(x_u[b])
+            w = self.pseudo_weight(iteration)
+            lab_a, lab_b = (x_l[a], y_l[a], one, True), (x_l[b], y_l[b], one, True)
+            unl_a, unl_b = (x_u[a], pl_a, w * keep_a, False), (x_u[b], pl_b, w * keep_b, False)
+            pieces = [(lab_a, unl_a), (unl_b, lab_b)]  # (outer, inner): both directions
+        images, targets, weights, gt_origin, sources = [], [], [], [], []
+        for outer, inner in pieces:
+            images.append(paste(outer[0], inner[0], box))
+            targets.append(paste(outer[1], inner[1], box))
+            weights.append(paste(outer[2], inner[2], box))
+            gt_origin.append(paste(float(outer[3]) * one, float(inner[3]) * one, box))
+            sources.append((outer, inner))
+        return {
+            "image": torch.cat(images),
+            "target": torch.cat(targets),
+            "weight": torch.cat(weights),
+            "gt_origin": torch.cat(gt_origin),
+            "box": box,
+            "sources": sources,
+        }
+
+    def training_step(self, batch, iteration):
+        mix = self.mixed_batch(batch, iteration)
+        extra = self.p.supervised_weight > 0
+        inputs = torch.cat([mix["image"], batch["image_l"]]) if extra else mix["image"]
+        logits = self.student(inputs)
+        n_mix = mix["image"].shape[0]
+        seg = dice_ce_loss(logits[:n_mix], mix["target"], mix["weight"])
+        logs = {"seg": seg.detach()}
+        loss = seg
+        if extra:
+            sup = dice_ce_loss(logits[n_mix:], batch["label_l"])
+            loss = loss + self.p.supervised_weight * sup
+            logs["sup"] = sup.detach()
+        return loss, logs

@@ -1,0 +1,171 @@
+"""Boundary feature alignment (BFA) in the copy-paste mean-teacher framework.
+
+Built from the paper's description (its code is not public); each part can be
+switched off for ablation, and with all three off this is the copy-paste mean
+teacher (BCP) it extends:
+
+- ``boundary_head``: a light head on an early decoder stage predicts class-wise
+  boundary maps; its features are fused back into the decoder (early embedding).
+- ``boundary_mixing``: boundary targets of ground truth AND of teacher pseudo-labels,
+  each extracted BEFORE copy-paste mixing (the paste seam is no boundary), are mixed
+  like the images; off = the head learns from ground-truth regions only.
+- ``alignment``: decoder features at boundary voxels give per-class prototypes of
+  ground-truth-origin and pseudo-label-origin boundaries; a cosine loss pulls the
+  pseudo-origin prototypes to the ground-truth ones (or both to an EMA memory),
+  so labeled and unlabeled images share one boundary representation.
+
+Loss = seg + lambda_boundary * ramp * boundary + lambda_align * ramp * align (+ supervised).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from bfaseg.methods.base import paste, sigmoid_rampup
+from bfaseg.methods.bcp import BCP, BCPParams
+from bfaseg.methods.boundary import class_boundaries, downsample_boundaries, downsample_weights
+from bfaseg.training.losses import boundary_loss, dice_ce_loss
+
+
+class BFAParams(BCPParams):
+    # defaults and why:
+    pretrain: float = 0.3  # long supervised warm-up: weak teachers give collapsing pseudo-labels (PROTOCOL.md)
+    pseudo_rampup: float = 0.3  # pseudo-label weight rises smoothly after pre-training instead of a jump
+    confidence: float = 0.0
+    component_filter: float = 0.1  # drop small spurious pseudo-label islands, keep real multi-part structures
+    supervised_weight: float = 1.0  # keep a clean ground-truth signal every step (stabilises self-training)
+    boundary_head: bool = True
+    boundary_mixing: bool = True
+    alignment: bool = True
+    boundary_stage: int = 1  # decoder stage (0 = deepest) of the head: early, 1/4 resolution in the U-Net
+    boundary_thickness: int = 1
+    boundary_fuse: bool = True
+    lambda_boundary: float = 0.5
+    lambda_align: float = 0.1
+    boundary_rampup: float = 0.1
+    align_rampup: float = 0.3
+    align_stage: int | None = None  # default: the boundary stage
+    align_target: Literal["gt", "memory"] = "gt"
+    memory_momentum: float = 0.9
+    min_boundary_voxels: int = 4
+
+
+class BFA(BCP):
+    name = "bfa"
+    Params = BFAParams
+    may_leave_parameters_unused = True
+
+    def __init__(self, params, trainer):
+        super().__init__(params, trainer)
+        self.memory: torch.Tensor | None = None  # (K-1, C) prototype memory for align_target=memory
+
+    def configure_model(self, model):
+        if self.p.boundary_head:
+            model.add_boundary_head(self.p.boundary_stage, self.t.num_classes - 1, fuse=self.p.boundary_fuse)
+
+    def state_dict(self):
+        return {"memory": self.memory}
+
+    def load_state_dict(self, state):
+        self.memory = state.get("memory")
+
+    # -------------------------------------------------------------- pieces
+    def boundaries(self, label: torch.Tensor) -> torch.Tensor:
+        return class_boundaries(label, self.t.num_classes, self.p.boundary_thickness)
+
+    def mixed_boundaries(self, mix) -> torch.Tensor:
+        """Boundary targets extracted from each source label BEFORE pasting, then pasted like the images."""
+        out = []
+        for outer, inner in mix["sources"]:
+            out.append(paste(self.boundaries(outer[1]), self.boundaries(inner[1]), mix["box"]))
+        return torch.cat(out)
+
+    def prototypes(self, features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked mean feature per class: features (N, C, *s), masks (N, K-1, *s) -> (K-1, C), counts (K-1,)."""
+        f = features.float().flatten(2)  # N, C, V
+        m = masks.float().flatten(2)  # N, K-1, V
+        sums = torch.einsum("ncv,nkv->kc", f, m)
+        counts = m.sum((0, 2))
+        return sums / counts.clamp_min(1.0).unsqueeze(1), counts
+
+    def alignment_loss(self, features, boundary, gt_origin, keep) -> torch.Tensor:
+        size = tuple(features.shape[2:])
+        b = downsample_boundaries(boundary, size)
+        origin = downsample_weights(gt_origin, size).unsqueeze(1)
+        kept = downsample_weights(keep, size).unsqueeze(1)
+        proto_gt, n_gt = self.prototypes(features, b * (origin > 0.5))
+        proto_ps, n_ps = self.prototypes(features, b * (origin <= 0.5) * (kept > 0.5))
+        valid = (n_gt >= self.p.min_boundary_voxels) & (n_ps >= self.p.min_boundary_voxels)
+        if self.p.align_target == "memory":
+            with torch.no_grad():
+                current = proto_gt.detach()
+                if self.memory is None:
+                    self.memory = current.clone()
+                else:
+                    upd = (n_gt >= self.p.min_boundary_voxels).unsqueeze(1)
+                    mixed = self.p.memory_momentum * self.memory + (1 - self.p.memory_momentum) * current
+                    self.memory = torch.where(upd, mixed, self.memory)
+            target = self.memory
+            loss_k = (1 - F.cosine_similarity(proto_ps, target, dim=1)) + (1 - F.cosine_similarity(proto_gt, target, dim=1))
+        else:
+            loss_k = 1 - F.cosine_similarity(proto_ps, proto_gt.detach(), dim=1)
+        if not bool(valid.any()):
+            return features.sum() * 0.0  # keeps the graph (and DDP) consistent when nothing is aligned
+        return (loss_k * valid).sum() / valid.sum()
+
+    # ----------------------------------------------------------------- step
+    def training_step(self, batch, iteration):
+        p = self.p
+        mix = self.mixed_batch(batch, iteration)
+        extra = p.supervised_weight > 0
+        inputs = torch.cat([mix["image"], batch["image_l"]]) if extra else mix["image"]
+        want_extras = p.boundary_head or p.alignment
+        out = self.student(inputs, return_extras=want_extras)
+        logits = out["logits"] if want_extras else out
+        n_mix = mix["image"].shape[0]
+        seg = dice_ce_loss(logits[:n_mix], mix["target"], mix["weight"])
+        loss, logs = seg, {"seg": seg.detach()}
+        if extra:
+            sup = dice_ce_loss(logits[n_mix:], batch["label_l"])
+            loss = loss + p.supervised_weight * sup
+            logs["sup"] = sup.detach()
+        if not want_extras:
+            return loss, logs
+
+        boundary = self.mixed_boundaries(mix)
+        gt_origin = mix["gt_origin"]
+        keep = (mix["weight"] > 0).float()  # confident pseudo voxels (and all GT voxels)
+        if extra:
+            boundary = torch.cat([boundary, self.boundaries(batch["label_l"])])
+            gt_origin = torch.cat([gt_origin, torch.ones_like(batch["label_l"], dtype=gt_origin.dtype)])
+            keep = torch.cat([keep, torch.ones_like(gt_origin[n_mix:])])
+
+        if p.boundary_head:
+            b_logits = out["boundary"]
+            size = tuple(b_logits.shape[2:])
+            b_target = downsample_boundaries(boundary, size)
+            weight_full = torch.cat([mix["weight"], torch.ones_like(gt_origin[n_mix:])]) if extra else mix["weight"]
+            w = downsample_weights(weight_full, size)
+            origin = downsample_weights(gt_origin, size)
+            ramp_b = p.lambda_boundary * sigmoid_rampup(iteration, self.fraction_to_iterations(p.boundary_rampup))
+            b_gt = boundary_loss(b_logits, b_target, w * (origin > 0.5))
+            loss = loss + ramp_b * b_gt
+            logs["boundary_gt"] = b_gt.detach()
+            if p.boundary_mixing and not self.in_pretrain(iteration):
+                b_ps = boundary_loss(b_logits, b_target, w * (origin <= 0.5))
+                loss = loss + ramp_b * b_ps
+                logs["boundary_pseudo"] = b_ps.detach()
+
+        if p.alignment and not self.in_pretrain(iteration):
+            stage = p.boundary_stage if p.align_stage is None else p.align_stage
+            feats = out["features"][stage]
+            align = self.alignment_loss(feats, boundary, gt_origin, keep)
+            ramp_a = p.lambda_align * sigmoid_rampup(
+                iteration - self.pretrain_iterations, self.fraction_to_iterations(p.align_rampup)
+            )
+            loss = loss + ramp_a * align
+            logs["align"] = align.detach()
+        return loss, logs

@@ -1,0 +1,68 @@
+"""The boundary extractor of BFA: class-wise morphological boundaries of label maps.
+
+Works the same on ground truth and on teacher pseudo-labels, in 2-D and 3-D, on
+the device: dilation and erosion of the one-hot mask are max-pools.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _max_pool(x: torch.Tensor, radius: int) -> torch.Tensor:
+    k = 2 * radius + 1
+    pool = F.max_pool3d if x.ndim == 5 else F.max_pool2d
+    return pool(x, kernel_size=k, stride=1, padding=radius)
+
+
+def class_boundaries(label: torch.Tensor, num_classes: int, thickness: int = 1) -> torch.Tensor:
+    """Boundary maps of foreground classes 1..K-1: dilation(onehot) - erosion(onehot).
+
+    ``label`` (N, *spatial) integer; returns float (N, K-1, *spatial) in {0, 1}.
+    ``thickness`` is the pooling radius (a 1-voxel radius gives a 2-voxel-wide band
+    straddling the contour: one voxel inside, one outside). Voxels outside the image are
+    treated as "same class" (no boundary is invented at the image border).
+    """
+    onehot = F.one_hot(label.long(), num_classes).movedim(-1, 1).float()[:, 1:]
+    dilated = _max_pool(onehot, thickness)
+    eroded = -_max_pool(-onehot, thickness)
+    return (dilated - eroded).clamp_(0, 1)
+
+
+def downsample_boundaries(boundary: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Boundary target at a decoder stage's resolution: max-pool so thin contours survive."""
+    if tuple(boundary.shape[2:]) == tuple(size):
+        return boundary
+    return F.adaptive_max_pool3d(boundary, size) if boundary.ndim == 5 else F.adaptive_max_pool2d(boundary, size)
+
+
+def downsample_weights(weight: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Per-voxel weights at a lower resolution (average pooling)."""
+    if tuple(weight.shape[1:]) == tuple(size):
+        return weight
+    pool = F.adaptive_avg_pool3d if weight.ndim == 4 else F.adaptive_avg_pool2d
+    return pool(weight.unsqueeze(1), size).squeeze(1)
+
+
+def remove_small_components(label: torch.Tensor, num_classes: int, min_fraction: float = 0.1) -> torch.Tensor:
+    """Drop connected components smaller than ``min_fraction`` of the class's largest one.
+
+    Runs per sample on the CPU with scipy (pseudo-labels are small); the rest stays on device.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    out = label.detach().cpu().numpy().copy()
+    for n in range(out.shape[0]):
+        for k in range(1, num_classes):
+            mask = out[n] == k
+            if not mask.any():
+                continue
+            comps, count = ndimage.label(mask)
+            if count <= 1:
+                continue
+            sizes = np.bincount(comps.ravel())[1:]
+            small = np.flatnonzero(sizes < min_fraction * sizes.max()) + 1
+            out[n][np.isin(comps, small)] = 0
+    return torch.from_numpy(out).to(label.device)

@@ -1,0 +1,37 @@
+"""Mean teacher (Tarvainen & Valpola 2017): EMA teacher, noisy teacher input, MSE consistency
+between softmax outputs, weight ramped up with a sigmoid."""
+
+from __future__ import annotations
+
+import torch
+
+from bfaseg.methods.base import Method, MethodParams, noisy, sigmoid_rampup
+from bfaseg.training.losses import dice_ce_loss
+
+
+class MeanTeacherParams(MethodParams):
+    consistency: float = 0.1
+    rampup: float = 0.4  # fraction of the run (or iterations if > 1); ends well before the last iteration
+    noise_sigma: float = 0.1
+    noise_clip: float = 0.2
+
+
+class MeanTeacher(Method):
+    name = "mean_teacher"
+    needs_teacher = True
+    uses_unlabeled = True
+    Params = MeanTeacherParams
+
+    def consistency_weight(self, iteration: int) -> float:
+        return self.p.consistency * sigmoid_rampup(iteration, self.fraction_to_iterations(self.p.rampup))
+
+    def training_step(self, batch, iteration):
+        x_l, y_l, x_u = batch["image_l"], batch["label_l"], batch["image_u"]
+        n_l = x_l.shape[0]
+        logits = self.student(torch.cat([x_l, x_u]))  # one forward (BatchNorm and DDP see one batch)
+        sup = dice_ce_loss(logits[:n_l], y_l)
+        teacher_probs = torch.softmax(self.t.teacher_forward(noisy(x_u, self.p.noise_sigma, self.p.noise_clip)), 1)
+        student_probs = torch.softmax(logits[n_l:].float(), 1)
+        cons = ((student_probs - teacher_probs) ** 2).mean()
+        w = self.consistency_weight(iteration)
+        return sup + w * cons, {"sup": sup.detach(), "consistency": cons.detach()}

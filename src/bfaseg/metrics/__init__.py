@@ -1,0 +1,39 @@
+"""Segmentation metrics: Dice, Jaccard, HD95, ASD, ASSD, HD (medpy-compatible, fast).
+
+Public API::
+
+    compute(pred, gt, spacing=None, classes=None, policy="strict") -> dict
+    compute_case(pred, gt, spacing=None, classes=None, policy="strict") -> dict  # + status
+    binary_metrics(pred_bool, gt_bool, spacing=None, policy="strict") -> dict
+    aggregate(list_of_results) -> dict   # mean/std per metric (and class), n_failed
+    surface_distances(pred_bool, gt_bool, spacing=None) -> (pred_to_gt, gt_to_pred)
+
+Empty-mask policies: ``"strict"`` (default), ``"worst"``, ``"paper"``; see
+:mod:`bfaseg.metrics.core`.
+"""
+
+from bfaseg.metrics.core import (
+    FAILED,
+    METRICS,
+    POLICIES,
+    aggregate,
+    binary_metrics,
+    compute,
+    compute_case,
+    image_diagonal,
+)
+from bfaseg.metrics.surface import distance_metrics, mask_surface, surface_distances
+
+__all__ = [
+    "FAILED",
+    "METRICS",
+    "POLICIES",
+    "aggregate",
+    "binary_metrics",
+    "compute",
+    "compute_case",
+    "distance_metrics",
+    "image_diagonal",
+    "mask_surface",
+    "surface_distances",
+]

@@ -1,0 +1,1 @@
+"""Training: the shared iteration-based trainer, losses, EMA, checkpoints."""

@@ -1,0 +1,112 @@
+"""Checkpoints: one schema for every method and stage, atomic writes, safe loading.
+
+A checkpoint holds only tensors and plain Python values (dict, list, tuple, str,
+int, float, bool, None), so it loads with ``torch.load(weights_only=True)``: a
+file crafted to run code on unpickling is refused instead of executed. No type
+beyond PyTorch's default allow-list is needed; numpy RNG state is stored as lists.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bfaseg import __version__
+from bfaseg.errors import BfasegError
+
+SCHEMA_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def atomic_write_bytes(path: Path, write_fn) -> None:
+    """Write via ``write_fn(file)`` into a temporary file beside ``path``, fsync, then rename.
+
+    A crash, a full disk or Ctrl-C leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise BfasegError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    state = {"schema": SCHEMA_VERSION, "bfaseg_version": __version__, **state}
+    atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BfasegError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "unsupported object"
+        raise BfasegError(
+            f"{path}: refused to load: the checkpoint contains objects other than tensors and plain values "
+            f"({first}); it may be unsafe"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise BfasegError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(state, dict) or "student" not in state:
+        raise BfasegError(f"{path}: not a bfaseg checkpoint (no 'student' weights)")
+    if state.get("schema", 0) > SCHEMA_VERSION:
+        raise BfasegError(f"{path}: checkpoint schema {state['schema']} is newer than this bfaseg supports")
+    return state
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -1,0 +1,54 @@
+"""Segmentation losses with per-voxel weights; always computed in float32."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(
+    probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """Multi-class soft Dice (mean over classes 0..K-1) of probabilities vs integer targets.
+
+    ``weight`` (N, *spatial) scales each voxel's contribution (0 = ignored).
+    """
+    num_classes = probs.shape[1]
+    onehot = F.one_hot(target.long(), num_classes).movedim(-1, 1).to(probs.dtype)
+    dims = (0,) + tuple(range(2, probs.ndim))
+    w = 1.0 if weight is None else weight.unsqueeze(1).to(probs.dtype)
+    intersect = (w * probs * onehot).sum(dims)
+    denom = (w * probs).sum(dims) + (w * onehot).sum(dims)
+    dice = (2 * intersect + eps) / (denom + eps)
+    return 1 - dice.mean()
+
+
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
+    if weight is None:
+        return ce.mean()
+    return (ce * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(Dice + CE) / 2, the protocol loss of UA-MT, BCP and the ACDC baselines."""
+    logits = logits.float()
+    return 0.5 * (weighted_ce(logits, target, weight) + soft_dice_loss(torch.softmax(logits, 1), target, weight))
+
+
+def boundary_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-wise boundary maps are rare positives: balanced BCE (positives re-weighted by the
+    negative/positive ratio, capped) plus a soft Dice term that ignores the background mass."""
+    logits, target = logits.float(), target.float()
+    w = torch.ones_like(target) if weight is None else weight.unsqueeze(1).expand_as(target).float()
+    pos = (target * w).sum()
+    neg = ((1 - target) * w).sum()
+    pos_weight = (neg / pos.clamp_min(1.0)).clamp(1.0, 50.0)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * w * (1 + (pos_weight - 1) * target)).sum() / (w * (1 + (pos_weight - 1) * target)).sum().clamp_min(1e-6)
+    probs = torch.sigmoid(logits)
+    dims = (0,) + tuple(range(2, probs.ndim))
+    inter = (w * probs * target).sum(dims)
+    denom = (w * probs).sum(dims) + (w * target).sum(dims)
+    dice = 1 - ((2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    return 0.5 * (bce + dice)

@@ -1,0 +1,409 @@
+"""The one training loop every method shares.
+
+The trainer owns the student, the optional EMA teacher, the optimizer and schedule,
+precision, checkpoints, validation, logging and resume. A method only says how one
+iteration turns a two-stream batch into a loss (``bfaseg.methods``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bfaseg.config import RunConfig
+from bfaseg.data.batches import TwoStreamBatches, make_loader
+from bfaseg.data.build import DataBundle, build_data
+from bfaseg.errors import BfasegError, Interrupted, TrainingDiverged
+from bfaseg.methods import build_method
+from bfaseg.models import build_model
+from bfaseg.training import checkpoint as ckpt
+from bfaseg.training.distributed import DistInfo, barrier, init_distributed
+from bfaseg.training.ema import ema_decay, ema_update
+from bfaseg.training.validation import validate
+
+# keys that may differ between the original run and a resume (everything else must match)
+RESUMABLE_CHANGES = {("train", "iterations"), ("train", "num_workers"), ("data", "num_workers"), ("train", "threads")}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BfasegError(f"train.device: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BfasegError("train.device: 'cuda' requested but no CUDA device is available")
+    return device
+
+
+def lr_factor(cfg, iteration: int) -> float:
+    if cfg.schedule == "poly":
+        return (1 - iteration / cfg.iterations) ** cfg.poly_power
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** sum(iteration >= m for m in cfg.step_milestones)
+    return 1.0
+
+
+def set_deterministic(enabled: bool) -> None:
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.deterministic = enabled
+        torch.backends.cudnn.benchmark = not enabled
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    diffs = []
+    for section in set(old) | set(new):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in set(a) | set(b):
+                if a.get(key) != b.get(key) and (section, key) not in RESUMABLE_CHANGES:
+                    diffs.append(f"{section}.{key}")
+        elif a != b and section != "output":
+            diffs.append(section)
+    return sorted(diffs)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        output_dir: str | Path,
+        *,
+        resume: bool = False,
+        data: DataBundle | None = None,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        tc = cfg.train
+        self.device = resolve_device(tc.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        if tc.precision == "fp16" and self.device.type != "cuda":
+            raise BfasegError("train.precision: fp16 needs a CUDA device (use bf16 on CPU)")
+        if tc.deterministic:
+            set_deterministic(True)
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.progress = progress and self.dist.is_main
+        self._prepare_output(resume)
+        torch.manual_seed(tc.seed)
+        np.random.seed(tc.seed % 2**32)
+
+        self.data = data if data is not None else build_data(cfg.data, cfg.model.num_classes, progress=self.progress)
+        self.num_classes = cfg.model.num_classes
+        self.train_ndim = self.data.train_ndim
+        self.patch_size = tuple(cfg.data.patch_size)
+        self.total_iterations = tc.iterations
+
+        self.method = build_method(cfg.method.name, cfg.method_params(), self)
+        if self.method.uses_unlabeled and not self.data.unlabeled:
+            raise BfasegError(f"method {cfg.method.name!r} needs unlabeled data but every training case is labeled")
+        student = build_model(cfg.model)
+        expected = {"vnet": 3, "unet2d": 2}[cfg.model.name]
+        if expected != self.train_ndim:
+            raise BfasegError(f"model.name: {cfg.model.name} is {expected}-D but the data trains {self.train_ndim}-D")
+        self.method.configure_model(student)
+        self.memory_format = (
+            (torch.channels_last_3d if self.train_ndim == 3 else torch.channels_last)
+            if tc.channels_last
+            else torch.contiguous_format
+        )
+        student = student.to(self.device, memory_format=self.memory_format)
+        self.teacher: nn.Module | None = None
+        if self.method.needs_teacher:
+            self.teacher = copy.deepcopy(student)
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.student = student  # the bare module (weights, EMA source, checkpoints)
+        self.forward_model: nn.Module = student  # what the method calls (DDP / compiled wrapper)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                student, device_ids=ids, find_unused_parameters=self.method.may_leave_parameters_unused
+            )
+        if tc.compile:
+            self.forward_model = torch.compile(self.forward_model)
+
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if tc.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(tc, it))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.precision == "fp16")
+
+        self.start_iteration = 0
+        self.best = {"dice": -1.0, "iteration": None}
+        self.history: list[dict] = []
+        if resume:
+            self._resume()
+        self._stop_signal: int | None = None
+        self.tb = None
+
+    # ----------------------------------------------------------------- set-up
+    def _prepare_output(self, resume: bool) -> None:
+        if not self.dist.is_main:
+            return
+        last = self.ckpt_dir / "last.pt"
+        if last.exists() and not resume:
+            raise BfasegError(
+                f"{self.output_dir}: a run already exists here; pass --resume to continue it or choose another --output"
+            )
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.output_dir / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise BfasegError(f"--output {self.output_dir}: not writable ({exc.strerror or exc})") from None
+
+    def _resume(self) -> None:
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            raise BfasegError(f"--resume: no checkpoint to resume at {path}")
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        diffs = _config_diff(state.get("config", {}), self.cfg.model_dump())
+        if diffs:
+            raise BfasegError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
+        self.student.load_state_dict(state["student"])
+        if self.teacher is not None and state.get("teacher") is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state.get("method", {}))
+        ckpt.set_rng_state(state["rng"])
+        self.start_iteration = int(state["iteration"])
+        self.best = dict(state.get("best", self.best))
+
+    # ------------------------------------------------------------ utilities
+    def autocast(self):
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=self.memory_format) if x.ndim in (4, 5) else x
+
+    @torch.no_grad()
+    def teacher_forward(self, x: torch.Tensor, return_extras: bool = False):
+        """Teacher prediction under no_grad and autocast, in eval mode unless ``train.teacher_mode: train``."""
+        assert self.teacher is not None
+        self.teacher.train(self.cfg.train.teacher_mode == "train")
+        with self.autocast():
+            out = self.teacher(x, return_extras=return_extras)
+        if return_extras:
+            return {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
+        return out.float()
+
+    def copy_student_to_teacher(self) -> None:
+        assert self.teacher is not None
+        self.teacher.load_state_dict(self.student.state_dict())
+
+    # -------------------------------------------------------------- the loop
+    def state_dict(self, iteration: int) -> dict[str, Any]:
+        return {
+            "iteration": iteration,
+            "method_name": self.cfg.method.name,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "method": self.method.state_dict(),
+            "rng": ckpt.rng_state(),
+            "config": self.cfg.model_dump(),
+            "best": dict(self.best),
+            "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split},
+        }
+
+    def save(self, name: str, iteration: int) -> Path:
+        path = self.ckpt_dir / f"{name}.pt"
+        if self.dist.is_main:
+            ckpt.save_checkpoint(path, self.state_dict(iteration))
+        return path
+
+    def _save_periodic(self, iteration: int) -> None:
+        self.save("last", iteration)
+        keep = self.cfg.train.keep_checkpoints
+        if keep and self.dist.is_main:
+            self.save(f"iter_{iteration:07d}", iteration)
+            periodic = sorted(self.ckpt_dir.glob("iter_*.pt"))
+            for old in periodic[:-keep]:
+                old.unlink(missing_ok=True)
+
+    def log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        self.history.append(record)
+        with open(self.output_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            it = record["iteration"]
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key.replace("val_", "val/").replace("loss_", "loss/"), value, it)
+
+    def _open_tensorboard(self) -> None:
+        if not self.dist.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional at run time
+            self.tb = None
+
+    def _handle_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def run_validation(self, iteration: int) -> dict:
+        model = self.teacher if (self.teacher is not None and self.cfg.eval.model == "teacher") else self.student
+        result = validate(
+            model, self.data.val, train_ndim=self.train_ndim, patch_size=self.patch_size,
+            num_classes=self.num_classes, eval_cfg=self.cfg.eval, precision=self.cfg.train.precision,
+            device=str(self.device),
+        )
+        record = {"iteration": iteration, "val_dice": result["dice"]}
+        for k, d in enumerate(result["dice_per_class"], start=1):
+            record[f"val_dice_class{k}"] = d
+        if result["dice"] > self.best["dice"]:
+            self.best = {"dice": result["dice"], "iteration": iteration}
+            self.save("best", iteration)
+        record["best_dice"] = self.best["dice"]
+        self.log(record)
+        return record
+
+    def _check_finite(self, iteration: int, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+        if bool(torch.isfinite(loss)):
+            return
+        bad = [k for k, v in logs.items() if torch.is_tensor(v) and not bool(torch.isfinite(v).all())]
+        term = bad[0] if bad else "loss"
+        raise TrainingDiverged(
+            f"iteration {iteration}: loss term '{term}' is {float(logs.get(term, loss))}; "
+            f"stopped, last good checkpoint kept at {self.ckpt_dir / 'last.pt'}"
+        )
+
+    def _check_teacher(self, iteration: int) -> None:
+        if self.teacher is None:
+            return
+        flat = [p for p in self.teacher.parameters()]
+        norms = torch._foreach_norm(flat)
+        if not bool(torch.isfinite(torch.stack(norms)).all()):
+            raise TrainingDiverged(
+                f"iteration {iteration}: the teacher's weights are NaN/Inf (teacher diverged); "
+                f"stopped, last good checkpoint kept at {self.ckpt_dir / 'last.pt'}"
+            )
+
+    def fit(self) -> dict:
+        tc = self.cfg.train
+        batches = TwoStreamBatches(
+            self.data.labeled, self.data.unlabeled if self.method.uses_unlabeled else [],
+            batch_labeled=tc.batch_labeled, batch_unlabeled=tc.batch_unlabeled, patch_size=self.patch_size,
+            seed=tc.seed, total_iterations=self.total_iterations, rank=self.dist.rank,
+            world_size=self.dist.world_size, rotation=self.cfg.data.rotation,
+        )
+        loader = make_loader(batches, self.start_iteration, self.cfg.data.num_workers)
+        self._open_tensorboard()
+        old_int = signal.signal(signal.SIGINT, self._handle_signal)
+        old_term = signal.signal(signal.SIGTERM, self._handle_signal)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=self.total_iterations, initial=self.start_iteration, desc=f"train {self.cfg.method.name}",
+                unit="it", dynamic_ncols=True,
+            )
+        self.student.train()
+        iteration = self.start_iteration
+        t0 = time.perf_counter()
+        running: dict[str, torch.Tensor] = {}
+        try:
+            for iteration, batch in enumerate(loader, start=self.start_iteration):
+                # every iteration draws its randomness (dropout, noise, boxes) from (seed, iteration, rank)
+                torch.manual_seed((tc.seed * 1_000_003 + iteration * 131 + self.dist.rank) % 2**63)
+                batch = {k: self.to_device(v) for k, v in batch.items()}
+                self.method.on_iteration_start(iteration)
+                with self.autocast():
+                    loss, logs = self.method.training_step(batch, iteration)
+                loss = loss.float()
+                if self.device.type == "cpu" or (iteration + 1) % tc.log_every == 0:
+                    self._check_finite(iteration, loss, logs)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                if self.teacher is not None and self.method.ema_active(iteration):
+                    ema_update(self.teacher, self.student, ema_decay(iteration, tc.ema_decay))
+                for k, v in {"loss": loss, **logs}.items():  # accumulate on device; no sync per step
+                    running[k] = running.get(k, 0) + v.detach().float()
+                done = iteration + 1
+                if done % tc.log_every == 0 or done == self.total_iterations:
+                    n = (done - 1) % tc.log_every + 1
+                    record = {"iteration": done, **{f"loss_{k}" if k != "loss" else k: float(v) / n for k, v in running.items()}}
+                    record["lr"] = self.optimizer.param_groups[0]["lr"]
+                    record["time"] = round(time.perf_counter() - t0, 3)
+                    running = {}
+                    self.log(record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"{max(self.best['dice'], 0):.3f}")
+                    self._check_teacher(done)
+                if done % tc.val_every == 0 or done == self.total_iterations:
+                    if self.dist.is_main:
+                        rec = self.run_validation(done)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", val=f"{rec['val_dice']:.3f}")
+                    barrier(self.dist)
+                if done % tc.checkpoint_every == 0 or done == self.total_iterations:
+                    self._save_periodic(done)
+                if bar is not None:
+                    bar.update(1)
+                if self._stop_signal is not None:
+                    self._save_periodic(done)
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            raise Interrupted(
+                f"interrupted at iteration {iteration + 1}; checkpoint kept at {self.ckpt_dir / 'last.pt'} "
+                f"(continue with --resume)"
+            ) from None
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            if bar is not None:
+                bar.close()
+            if self.tb is not None:
+                self.tb.close()
+        summary = {
+            "iterations": self.total_iterations,
+            "best_dice": self.best["dice"],
+            "best_iteration": self.best["iteration"],
+            "val_split": self.data.val_split,
+            "last_checkpoint": str(self.ckpt_dir / "last.pt"),
+            "best_checkpoint": str(self.ckpt_dir / "best.pt") if self.best["iteration"] is not None else None,
+        }
+        if self.dist.is_main:
+            ckpt.atomic_write_bytes(self.output_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        return summary
