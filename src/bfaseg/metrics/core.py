@@ -71,6 +71,8 @@ def binary_metrics(pred, gt, spacing=None, policy: str = "strict", method: str =
     what the metrics are for empty masks is set by ``policy`` (``"strict"``,
     ``"worst"`` or ``"paper"``, see the module docstring). ``spacing`` is the voxel
     size per axis (distances in its units), or None for voxel units.
+    ``method`` (``"fast"`` or ``"edt"``) picks the surface-distance algorithm of
+    :func:`bfaseg.metrics.surface.surface_distances`; both give the same numbers.
     """
     _check_policy(policy)
     pred = np.asarray(pred)

@@ -123,6 +123,18 @@ def _search_offsets(ndim: int, spacing: np.ndarray | None, radius: float):
     return offsets[order], lengths[order], reach
 
 
+def _shell_hits(dst_mask: np.ndarray, points: np.ndarray, steps: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """For each flat index in ``points``: is ``dst_mask`` set at any ``point + step``?
+
+    Works on blocks of points so the (points x steps) index array stays small.
+    """
+    rows = max(1, chunk // steps.size)
+    if points.size <= rows:
+        return np.take(dst_mask, points[:, None] + steps).any(axis=1)
+    return np.concatenate([_shell_hits(dst_mask, points[i:i + rows], steps, chunk)
+                           for i in range(0, points.size, rows)])
+
+
 def _directed_fast(shape, src, dst, dst_mask, shells, spacing) -> np.ndarray:
     """Distances from surface voxels ``src`` to the nearest surface voxel in ``dst``.
 
@@ -134,7 +146,7 @@ def _directed_fast(shape, src, dst, dst_mask, shells, spacing) -> np.ndarray:
     todo = np.arange(src.size)
     current = src
     for steps, length in shells:
-        hit = np.take(dst_mask, current[:, None] + steps).any(axis=1)
+        hit = _shell_hits(dst_mask, current, steps)
         if hit.any():
             dist[todo[hit]] = length
             miss = ~hit
@@ -174,6 +186,8 @@ def surface_distances(
 
     ``method`` is ``"fast"`` (ball search + k-d tree, default) or ``"edt"``
     (distance transform of the padded crop); both give the same numbers.
+    ``radius`` (``"fast"`` only) is the search ball in units of the smallest
+    spacing; it changes the speed, never the result.
     Raises ValueError for empty masks or mismatched shapes.
     """
     pred = np.asarray(pred, dtype=bool)
