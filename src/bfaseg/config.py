@@ -26,7 +26,7 @@ class DataConfig(_Section):
     train_list: str | None = None  # default per dataset (train.list / train_slices.list)
     val_list: str | None = None  # evaluation split used for model selection
     val_cases: int | None = None  # LA/Pancreas: hold out the LAST n cases of train_list for validation
-    labeled: int | None = None  # first N entries of the training list are labeled
+    labeled: int | None = Field(default=None, ge=1)  # first N entries of the training list are labeled
     labeled_fraction: float | None = Field(default=None, gt=0, le=1)
     split_file: str | None = None  # YAML/JSON with `labeled:` and `unlabeled:` id lists
     patch_size: list[int] = Field(default_factory=lambda: [64, 64])
@@ -161,7 +161,8 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
-        raise BfasegError(f"{path}: invalid YAML{where}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or "").split())[:120]
+        raise BfasegError(f"{path}: invalid YAML{where}" + (f": {problem}" if problem else "")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BfasegError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
     if raw is None:

@@ -88,18 +88,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "unsupported object"
+        detail = _unpickler_detail(exc)
+        if "global" in detail.lower():  # a class or function the file wants called on loading
+            raise BfasegError(
+                f"{path}: refused to load: the checkpoint contains objects other than tensors and plain values "
+                f"({detail}); it may be unsafe"
+            ) from None
         raise BfasegError(
-            f"{path}: refused to load: the checkpoint contains objects other than tensors and plain values "
-            f"({first}); it may be unsafe"
+            f"{path}: refused to load: not a checkpoint of tensors and plain values ({detail}); "
+            "the file is corrupt or unsafe"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise BfasegError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:80]})") from None
+        text = str(exc).strip()
+        first = text.splitlines()[0][:80] if text else f"{exc.__class__.__name__}: empty or truncated file"
+        raise BfasegError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(state, dict) or "student" not in state:
         raise BfasegError(f"{path}: not a bfaseg checkpoint (no 'student' weights)")
     if state.get("schema", 0) > SCHEMA_VERSION:
         raise BfasegError(f"{path}: checkpoint schema {state['schema']} is newer than this bfaseg supports")
     return state
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """The one useful sentence of torch's multi-paragraph weights-only error (e.g. 'Unsupported global: ...')."""
+    text = " ".join(str(exc).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    text = text.split(" Check the documentation", 1)[0].split(". ", 1)[0].strip().rstrip(".")
+    return text[:120] or "unsupported object"
 
 
 def checkpoint_digest(path: str | Path) -> str:

@@ -100,7 +100,18 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.progress = progress and self.dist.is_main
+        self._created_dirs: list[Path] = []
         self._prepare_output(resume)
+        try:
+            self._setup(cfg, resume, data)
+        except BaseException:
+            self._remove_created_dirs()
+            raise
+        self._stop_signal: int | None = None
+        self.tb = None
+
+    def _setup(self, cfg: RunConfig, resume: bool, data: DataBundle | None) -> None:
+        tc = cfg.train
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed % 2**32)
 
@@ -150,10 +161,9 @@ class Trainer:
         self.start_iteration = 0
         self.best = {"dice": -1.0, "iteration": None}
         self.history: list[dict] = []
+        self.running: dict[str, torch.Tensor] = {}  # loss sums since the last log record (checkpointed)
         if resume:
             self._resume()
-        self._stop_signal: int | None = None
-        self.tb = None
 
     # ----------------------------------------------------------------- set-up
     def _prepare_output(self, resume: bool) -> None:
@@ -164,13 +174,28 @@ class Trainer:
             raise BfasegError(
                 f"{self.output_dir}: a run already exists here; pass --resume to continue it or choose another --output"
             )
+        if resume and not last.is_file():  # checked before anything is created or loaded
+            raise BfasegError(f"--resume: no checkpoint to resume at {last}")
         try:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            for d in (self.output_dir, self.ckpt_dir):
+                if not d.is_dir():
+                    d.mkdir(parents=True)
+                    self._created_dirs.append(d)
             probe = self.output_dir / ".write_test"
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
+            self._remove_created_dirs()
             raise BfasegError(f"--output {self.output_dir}: not writable ({exc.strerror or exc})") from None
+
+    def _remove_created_dirs(self) -> None:
+        """Start-up failed: remove the (still empty) folders this run created, nothing else."""
+        for d in reversed(self._created_dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        self._created_dirs = []
 
     def _resume(self) -> None:
         path = self.ckpt_dir / "last.pt"
@@ -180,17 +205,43 @@ class Trainer:
         diffs = _config_diff(state.get("config", {}), self.cfg.model_dump())
         if diffs:
             raise BfasegError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
-        self.student.load_state_dict(state["student"])
-        if self.teacher is not None and state.get("teacher") is not None:
-            self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state.get("method", {}))
-        ckpt.set_rng_state(state["rng"])
-        self.start_iteration = int(state["iteration"])
-        self.best = dict(state.get("best", self.best))
+        try:
+            self.student.load_state_dict(state["student"])
+            if self.teacher is not None and state.get("teacher") is not None:
+                self.teacher.load_state_dict(state["teacher"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.method.load_state_dict(state.get("method", {}))
+            ckpt.set_rng_state(state["rng"])
+            self.start_iteration = int(state["iteration"])
+            self.best = dict(state.get("best", self.best))
+            self.running = {k: v.to(self.device) for k, v in (state.get("running") or {}).items()}
+        except KeyError as exc:  # a checkpoint of another schema, or hand-made
+            raise BfasegError(f"{path}: cannot resume from this checkpoint (no {exc})") from None
+        except (RuntimeError, ValueError, TypeError) as exc:
+            detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:160]
+            raise BfasegError(f"{path}: cannot resume from this checkpoint ({detail})") from None
+        if self.dist.is_main:
+            self._truncate_log(self.start_iteration)
+            for tmp in self.ckpt_dir.glob(".*.tmp"):  # temp files of a write cut short by a kill
+                tmp.unlink(missing_ok=True)
+
+    def _truncate_log(self, iteration: int) -> None:
+        """Drop log records after the checkpoint (they are produced again) and any torn last line."""
+        path = self.output_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and int(record.get("iteration", 0)) <= iteration:
+                keep.append(line + "\n")
+        ckpt.atomic_write_bytes(path, lambda f: f.write("".join(keep).encode()))
 
     # ------------------------------------------------------------ utilities
     def autocast(self):
@@ -202,7 +253,8 @@ class Trainer:
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=self.memory_format) if x.ndim in (4, 5) else x
+        # images (N, C, *spatial) only: 3-D labels (N, D, H, W) are rank 4 but not channels_last material
+        return x.contiguous(memory_format=self.memory_format) if x.ndim == self.train_ndim + 2 else x
 
     @torch.no_grad()
     def teacher_forward(self, x: torch.Tensor, return_extras: bool = False):
@@ -233,6 +285,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "config": self.cfg.model_dump(),
             "best": dict(self.best),
+            "running": {k: v.detach().float().cpu() for k, v in self.running.items()},
             "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split},
         }
 
@@ -243,6 +296,7 @@ class Trainer:
         return path
 
     def _save_periodic(self, iteration: int) -> None:
+        self._check_weights(iteration)  # never replace the last good checkpoint with NaN weights
         self.save("last", iteration)
         keep = self.cfg.train.keep_checkpoints
         if keep and self.dist.is_main:
@@ -269,7 +323,8 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+            # drop events logged after the checkpoint (resume) or by a run that never checkpointed
+            self.tb = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.start_iteration + 1)
         except ImportError:  # tensorboard is optional at run time
             self.tb = None
 
@@ -299,7 +354,7 @@ class Trainer:
         bad = [k for k, v in logs.items() if torch.is_tensor(v) and not bool(torch.isfinite(v).all())]
         term = bad[0] if bad else "loss"
         raise TrainingDiverged(
-            f"iteration {iteration}: loss term '{term}' is {float(logs.get(term, loss))}; "
+            f"iteration {iteration}: loss term '{term}' is {float(logs.get(term, loss).detach())}; "
             f"stopped, last good checkpoint kept at {self.ckpt_dir / 'last.pt'}"
         )
 
@@ -314,6 +369,27 @@ class Trainer:
                 f"stopped, last good checkpoint kept at {self.ckpt_dir / 'last.pt'}"
             )
 
+    def _check_weights(self, iteration: int) -> None:
+        """Before a checkpoint: losses since the last log record, student and teacher weights all finite.
+
+        On GPU the loss is checked only every ``log_every`` iterations (no host sync per step),
+        so this keeps a diverged state out of ``last.pt``.
+        """
+        bad = [k for k, v in self.running.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            term = next((k for k in bad if k != "loss"), "loss")
+            raise TrainingDiverged(
+                f"iteration {iteration}: loss term '{term}' became NaN/Inf since the last log record; "
+                f"stopped, last good checkpoint kept at {self.ckpt_dir / 'last.pt'}"
+            )
+        norms = torch._foreach_norm([p.detach() for p in self.student.parameters()])
+        if not bool(torch.isfinite(torch.stack(norms)).all()):
+            raise TrainingDiverged(
+                f"iteration {iteration}: the student's weights are NaN/Inf; "
+                f"stopped, last good checkpoint kept at {self.ckpt_dir / 'last.pt'}"
+            )
+        self._check_teacher(iteration)
+
     def fit(self) -> dict:
         tc = self.cfg.train
         batches = TwoStreamBatches(
@@ -323,6 +399,9 @@ class Trainer:
             world_size=self.dist.world_size, rotation=self.cfg.data.rotation,
         )
         loader = make_loader(batches, self.start_iteration, self.cfg.data.num_workers)
+        if self.start_iteration == 0 and self.dist.is_main:
+            # a fresh run: a log left by an earlier run that never reached a checkpoint describes nothing kept
+            (self.output_dir / "log.jsonl").unlink(missing_ok=True)
         self._open_tensorboard()
         old_int = signal.signal(signal.SIGINT, self._handle_signal)
         old_term = signal.signal(signal.SIGTERM, self._handle_signal)
@@ -337,7 +416,7 @@ class Trainer:
         self.student.train()
         iteration = self.start_iteration
         t0 = time.perf_counter()
-        running: dict[str, torch.Tensor] = {}
+        running = self.running  # restored on resume, so the first record after it averages the same steps
         try:
             for iteration, batch in enumerate(loader, start=self.start_iteration):
                 # every iteration draws its randomness (dropout, noise, boxes) from (seed, iteration, rank)
@@ -348,7 +427,7 @@ class Trainer:
                     loss, logs = self.method.training_step(batch, iteration)
                 loss = loss.float()
                 if self.device.type == "cpu" or (iteration + 1) % tc.log_every == 0:
-                    self._check_finite(iteration, loss, logs)
+                    self._check_finite(iteration + 1, loss, logs)  # 1-based, as in log.jsonl
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -364,7 +443,7 @@ class Trainer:
                     record = {"iteration": done, **{f"loss_{k}" if k != "loss" else k: float(v) / n for k, v in running.items()}}
                     record["lr"] = self.optimizer.param_groups[0]["lr"]
                     record["time"] = round(time.perf_counter() - t0, 3)
-                    running = {}
+                    running.clear()
                     self.log(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"{max(self.best['dice'], 0):.3f}")
