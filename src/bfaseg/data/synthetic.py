@@ -44,8 +44,12 @@ def make_phantom(
     fg = label > 0
     rim = ndimage.binary_dilation(fg, iterations=1) & ~fg
     intensity[rim] = 0.1
-    bias = 1.0 + 0.3 * sum(g * b for g, b in zip(grids, rng.uniform(-1, 1, size=len(shape))))
-    image = intensity * bias + rng.normal(0, 0.12, size=shape).astype(np.float32)
+    # per-case appearance varies (contrast, bias strength, noise), so a few labeled cases do not
+    # cover the population and unlabeled cases carry real information
+    contrast = rng.uniform(0.5, 1.5)
+    intensity = intensity ** rng.uniform(0.6, 1.6) * contrast
+    bias = 1.0 + rng.uniform(0.1, 0.6) * sum(g * b for g, b in zip(grids, rng.uniform(-1, 1, size=len(shape))))
+    image = intensity * bias + rng.normal(0, rng.uniform(0.08, 0.3), size=shape).astype(np.float32)
     image = ndimage.gaussian_filter(image, 0.7)
     image = (image - image.mean()) / (image.std() + 1e-6)
     return image.astype(np.float32), label

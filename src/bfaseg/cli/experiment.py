@@ -1,0 +1,43 @@
+"""``bfaseg experiment``: the comparison tables of docs/RESULTS.md, resumable."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="train and evaluate several methods/seeds under one budget; write a results table",
+        description="Train each method variant with each seed from one base config (same budget for all), "
+        "evaluate the last and best checkpoints, write results.json, results.md and val_curves.png. "
+        "Re-running skips finished runs and resumes interrupted ones.",
+    )
+    p.add_argument("config", help="base config shared by every run, e.g. configs/acdc/cpu.yaml")
+    p.add_argument("--methods", default="supervised,mean_teacher,ua_mt,bcp,bfa,full",
+                   help="comma-separated variants (also bfa_no_head, bfa_no_mixing, bfa_no_align, bfa_all_off)")
+    p.add_argument("--seeds", default="1,2", help="comma-separated seeds")
+    p.add_argument("--iterations", type=int, help="override train.iterations for every run")
+    p.add_argument("--data", help="override data.root")
+    p.add_argument("--labeled", type=int, help="override data.labeled (first N of the training list)")
+    p.add_argument("--eval-list", help="list (relative to the data root) to evaluate on; default: the validation split")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--output", required=True, help="experiment folder (one sub-folder per run)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from bfaseg.experiments import run_experiment
+
+    overrides = list(args.overrides)
+    if args.iterations:
+        overrides.append(f"train.iterations={args.iterations}")
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    if args.labeled:
+        overrides.append(f"data.labeled={args.labeled}")
+    variants = [v.strip() for v in args.methods.split(",") if v.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    run_experiment(args.config, variants, seeds, args.output, overrides=overrides, eval_list=args.eval_list,
+                   progress=not args.no_progress)
+    print((__import__("pathlib").Path(args.output) / "results.md").read_text())
+    return 0

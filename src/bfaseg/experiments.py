@@ -1,0 +1,221 @@
+"""Comparison tables under one shared budget: train each (variant, seed), evaluate the last and
+the best checkpoint on an evaluation list, write results.json / results.md / plots.
+
+Every run lives in ``<output>/<variant>_s<seed>``; finished runs are skipped and
+interrupted ones resumed, so the whole table can be rebuilt by re-running the command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from bfaseg.config import apply_overrides, load_yaml, validate_config
+from bfaseg.errors import BfasegError
+
+# name -> config overrides; every variant shares the base config's budget
+VARIANTS: dict[str, dict] = {
+    "supervised": {"method": {"name": "supervised"}},
+    "full": {"method": {"name": "supervised"}, "data": {"labeled": None, "labeled_fraction": None}},
+    "mean_teacher": {"method": {"name": "mean_teacher"}},
+    "ua_mt": {"method": {"name": "ua_mt"}},
+    "bcp": {"method": {"name": "bcp"}},
+    "bfa": {"method": {"name": "bfa"}},
+    "bfa_no_head": {"method": {"name": "bfa", "boundary_head": False}},
+    "bfa_no_mixing": {"method": {"name": "bfa", "boundary_mixing": False}},
+    "bfa_no_align": {"method": {"name": "bfa", "alignment": False}},
+    "bfa_all_off": {"method": {"name": "bfa", "boundary_head": False, "boundary_mixing": False, "alignment": False}},
+}
+METRICS = ("dice", "jaccard", "hd95", "asd")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def variant_config(base_raw: dict, variant: str, seed: int, overrides: list[str]):
+    if variant not in VARIANTS:
+        raise BfasegError(f"--methods: unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    raw = _merge(base_raw, VARIANTS[variant])
+    if variant != "full" or True:
+        raw = _merge(raw, {"train": {"seed": seed}})
+    if variant == "full":  # all labeled, but keep the method's own params off
+        raw["method"] = {"name": "supervised"}
+    raw = apply_overrides(raw, overrides)
+    return validate_config(raw, source=f"variant {variant}")
+
+
+def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:
+    """Per-case metrics (voxels) of one checkpoint on in-memory cases; classes 1..K-1."""
+    import torch
+
+    from bfaseg.config import RunConfig
+    from bfaseg.metrics import compute
+    from bfaseg.models import build_model
+    from bfaseg.training.checkpoint import load_checkpoint
+    from bfaseg.training.validation import predict_case
+
+    state = load_checkpoint(path)
+    cfg = RunConfig.model_validate(state["config"])
+    model = build_model(cfg.model)
+    if any(k.startswith("boundary_head.") for k in state["student"]):
+        params = cfg.method_params()
+        model.add_boundary_head(params.get("boundary_stage", 1), cfg.model.num_classes - 1,
+                                fuse=params.get("boundary_fuse", True))
+    model.load_state_dict(state["student"])
+    model.eval()
+    k = cfg.model.num_classes
+    per_case = []
+    with torch.no_grad():
+        for case in cases:
+            labels, _ = predict_case(
+                model, case.image, train_ndim=state["data"]["train_ndim"], patch_size=tuple(cfg.data.patch_size),
+                num_classes=k, eval_cfg=eval_cfg_override or cfg.eval, precision=cfg.train.precision,
+            )
+            res = compute(labels, case.label, classes=list(range(1, k)))
+            row = {"case": case.case_id}
+            for m in METRICS:
+                vals = res[m] if isinstance(res[m], dict) else {1: res[m]}
+                for c, v in vals.items():
+                    row[f"{m}_{c}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+                finite = [v for v in vals.values() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+                row[m] = float(np.mean(finite)) if finite else None
+            per_case.append(row)
+    mean = {}
+    for key in per_case[0]:
+        if key == "case":
+            continue
+        vals = [r[key] for r in per_case if r[key] is not None]
+        mean[key] = float(np.mean(vals)) if vals else None
+    n_failed = sum(1 for r in per_case for m in ("hd95",) if r[m] is None)
+    return {"iteration": int(state["iteration"]), "mean": mean, "per_case": per_case, "n_failed": n_failed}
+
+
+def run_experiment(
+    base_config: str,
+    variants: list[str],
+    seeds: list[int],
+    output: str,
+    *,
+    overrides: list[str] | None = None,
+    eval_list: str | None = None,
+    progress: bool = True,
+) -> dict:
+    from bfaseg.data.build import build_data
+    from bfaseg.data.readers import load_cases, read_list
+    from bfaseg.training.trainer import Trainer
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    base_raw = load_yaml(base_config)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    eval_cases = None
+    for variant in variants:
+        for seed in seeds:
+            name = f"{variant}_s{seed}"
+            cfg = variant_config(base_raw, variant, seed, overrides or [])
+            run_dir = out / name
+            if name in results and (run_dir / "train_summary.json").exists():
+                print(f"[skip] {name}: done")
+                continue
+            print(f"[run] {name}")
+            if not (run_dir / "train_summary.json").exists():
+                resume = (run_dir / "checkpoints" / "last.pt").exists()
+                Trainer(cfg, run_dir, resume=resume, progress=progress).fit()
+            if eval_cases is None:
+                if eval_list:
+                    ids = read_list(Path(cfg.data.root) / eval_list)
+                    kind = "eval"
+                    eval_cases = load_cases(cfg.data.dataset, cfg.data.root, ids, kind=kind,
+                                            num_classes=cfg.model.num_classes)
+                    from bfaseg.data.transforms import downsample_case_arrays
+
+                    for c in eval_cases:
+                        c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.data.downsample)
+                    eval_split = eval_list
+                else:
+                    bundle = build_data(cfg.data, cfg.model.num_classes, progress=False)
+                    eval_cases, eval_split = bundle.val, bundle.val_split
+            entry = {"variant": variant, "seed": seed, "eval_split": eval_split}
+            for which in ("last", "best"):
+                path = run_dir / "checkpoints" / f"{which}.pt"
+                if path.exists():
+                    entry[which] = evaluate_checkpoint(path, eval_cases)
+            entry["train_summary"] = json.loads((run_dir / "train_summary.json").read_text())
+            results[name] = entry
+            tmp = results_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1))
+            tmp.replace(results_path)
+    write_tables(results, out)
+    return results
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    vals = [v * scale for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+
+
+def write_tables(results: dict, out: Path) -> None:
+    """results.md: mean ± std over seeds of the LAST and the BEST (validation-selected) checkpoints."""
+    variants = []
+    for entry in results.values():
+        if entry["variant"] not in variants:
+            variants.append(entry["variant"])
+    lines = []
+    for which in ("last", "best"):
+        title = "last checkpoint" if which == "last" else "best checkpoint (selected by validation Dice during training)"
+        lines += [f"### {title}", "", "| method | seeds | Dice % | Jaccard % | 95HD (vox) | ASD (vox) | per-class Dice % |",
+                  "|---|---|---|---|---|---|---|"]
+        for v in variants:
+            entries = [e for e in results.values() if e["variant"] == v and which in e]
+            if not entries:
+                continue
+            means = [e[which]["mean"] for e in entries]
+            classes = sorted({k.split("_")[1] for k in means[0] if k.startswith("dice_")})
+            per_class = " / ".join(_fmt([m.get(f"dice_{c}") for m in means], 100, 1) for c in classes)
+            lines.append(
+                f"| {v} | {len(entries)} | {_fmt([m['dice'] for m in means], 100)} | {_fmt([m['jaccard'] for m in means], 100)} "
+                f"| {_fmt([m['hd95'] for m in means])} | {_fmt([m['asd'] for m in means])} | {per_class} |"
+            )
+        lines.append("")
+    split = next(iter(results.values()))["eval_split"] if results else "?"
+    lines.insert(0, f"Evaluated on: {split}. Metrics in voxels (medpy definitions; ASD directed pred->gt).\n")
+    (out / "results.md").write_text("\n".join(lines))
+    _plot_curves(results, out)
+
+
+def _plot_curves(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in sorted(results):
+        log = out / name / "log.jsonl"
+        if not log.exists():
+            continue
+        pts = [json.loads(line) for line in log.read_text().splitlines() if '"val_dice"' in line]
+        if pts:
+            ax.plot([p["iteration"] for p in pts], [p["val_dice"] for p in pts], marker="o", ms=3, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation Dice (mean over classes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "val_curves.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def real_data_root() -> Path | None:
+    root = os.environ.get("BFASEG_DATA")
+    return Path(root) if root and Path(root).is_dir() else None
+
+
+@pytest.fixture
+def real_data():
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real data not available: set BFASEG_DATA to the folder holding la/ and acdc/ (e.g. ../shared/data)")
+    return root
+
+
+def tiny_config(method: str = "supervised", **train) -> dict:
+    """A few-iteration synthetic 2-D config for fast tests."""
+    cfg = {
+        "data": {"dataset": "synthetic", "synthetic_ndim": 2, "synthetic_size": [32, 32], "patch_size": [32, 32],
+                 "synthetic_cases": 10, "synthetic_val_cases": 2, "labeled_fraction": 0.2},
+        "model": {"name": "unet2d", "num_classes": 3},
+        "train": {"iterations": 6, "batch_labeled": 2, "batch_unlabeled": 2, "val_every": 3, "log_every": 3,
+                  "checkpoint_every": 3, "threads": 1},
+        "method": {"name": method},
+    }
+    cfg["train"].update(train)
+    return cfg

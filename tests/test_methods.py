@@ -1,0 +1,138 @@
+import copy
+
+import pytest
+import torch
+
+from bfaseg.config import validate_config
+from bfaseg.data.build import build_data
+from bfaseg.methods.base import cuboid_mask, paste, sigmoid_rampup
+from bfaseg.methods.boundary import class_boundaries, remove_small_components
+from bfaseg.models import UNet2D
+from bfaseg.training.ema import ema_decay, ema_update
+from bfaseg.training.trainer import Trainer
+
+from conftest import tiny_config
+
+
+def test_cube_boundary_3d():
+    label = torch.zeros(1, 12, 12, 12, dtype=torch.long)
+    label[0, 3:9, 3:9, 3:9] = 1
+    b = class_boundaries(label, 2, thickness=1)[0, 0]
+    inner_shell = torch.zeros_like(b)
+    inner_shell[3:9, 3:9, 3:9] = 1
+    inner_shell[4:8, 4:8, 4:8] = 0
+    outer_shell = torch.zeros_like(b)
+    outer_shell[2:10, 2:10, 2:10] = 1
+    outer_shell[3:9, 3:9, 3:9] = 0
+    # dilation - erosion with a 3x3x3 box: one voxel inside + one voxel outside the cube
+    assert torch.equal(b, inner_shell + outer_shell)
+
+
+def test_thickness_and_image_border_2d():
+    label = torch.zeros(1, 10, 10, dtype=torch.long)
+    label[0, :, :5] = 1  # touches the image border: the border is no boundary
+    b1 = class_boundaries(label, 2, thickness=1)[0, 0]
+    assert b1[:, 4:6].sum() == 20 and b1.sum() == 20  # one voxel each side of the contour
+    b2 = class_boundaries(label, 2, thickness=2)[0, 0]
+    assert b2[:, 3:7].sum() == 40 and b2.sum() == 40
+
+
+def test_two_touching_classes():
+    label = torch.zeros(1, 8, 8, dtype=torch.long)
+    label[0, :, :4] = 1
+    label[0, :, 4:] = 2
+    b = class_boundaries(label, 3)[0]
+    assert b.shape == (2, 8, 8)
+    # each class has a boundary band at the shared contour, nothing else
+    assert torch.equal(b[0], b[1]) and b[0][:, 3:5].sum() == 16 and b[0].sum() == 16
+
+
+def test_remove_small_components():
+    label = torch.zeros(1, 20, 20, dtype=torch.long)
+    label[0, 2:12, 2:12] = 1
+    label[0, 15, 15] = 1
+    out = remove_small_components(label, 2, 0.1)
+    assert out[0, 15, 15] == 0 and out[0, 5, 5] == 1
+
+
+def test_mixing_keeps_everything_aligned():
+    torch.manual_seed(0)
+    box = cuboid_mask((16, 16), 2, 0.5, "cpu")
+    assert box[0].sum() == 64
+    a_img, b_img = torch.zeros(2, 1, 16, 16), torch.ones(2, 1, 16, 16)
+    a_lab, b_lab = torch.zeros(2, 16, 16, dtype=torch.long), torch.full((2, 16, 16), 2)
+    img = paste(a_img, b_img, box)
+    lab = paste(a_lab, b_lab, box)
+    w = paste(torch.ones(2, 16, 16), torch.full((2, 16, 16), 0.5), box)
+    assert torch.equal(img[:, 0] == 1, lab == 2)
+    assert torch.equal(lab == 2, w == 0.5)
+
+
+def test_ema_update_matches_formula():
+    torch.manual_seed(0)
+    student, teacher = UNet2D(1, 2), UNet2D(1, 2)
+    before = [p.clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.9)
+    for t, b, s in zip(teacher.parameters(), before, student.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * s, atol=1e-6)
+    assert ema_decay(0, 0.99) == 0.0 and ema_decay(9, 0.99) == pytest.approx(0.9) and ema_decay(10**6, 0.99) == 0.99
+    assert sigmoid_rampup(0, 10) == pytest.approx(0.0067, abs=1e-3) and sigmoid_rampup(10, 10) == 1.0
+
+
+def _trainer(tmp_path, method, **method_params):
+    raw = tiny_config(method, iterations=8)
+    raw["method"].update(method_params)
+    cfg = validate_config(raw)
+    return Trainer(cfg, tmp_path / method, progress=False)
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "ua_mt", "bcp", "bfa"])
+def test_each_method_step_lowers_its_loss(tmp_path, method):
+    t = _trainer(tmp_path, method, **({"pretrain": 0.0} if method in ("bcp", "bfa") else {}))
+    batch = {k: t.to_device(v) for k, v in __import__("bfaseg.data.batches", fromlist=["x"]).TwoStreamBatches(
+        t.data.labeled, t.data.unlabeled, batch_labeled=2, batch_unlabeled=2, patch_size=t.patch_size, seed=0,
+        total_iterations=10)[0].items()}
+    if t.teacher is not None:
+        t.copy_student_to_teacher()
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(0)  # same noise/boxes each step: the loss must fall on a fixed batch
+        loss, logs = t.method.training_step(batch, 5)
+        t.optimizer.zero_grad()
+        loss.backward()
+        t.optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_bfa_switches_remove_exactly_their_terms(tmp_path):
+    full = _trainer(tmp_path, "bfa", pretrain=0.0)
+    batch = {k: full.to_device(v) for k, v in __import__("bfaseg.data.batches", fromlist=["x"]).TwoStreamBatches(
+        full.data.labeled, full.data.unlabeled, batch_labeled=2, batch_unlabeled=2, patch_size=full.patch_size,
+        seed=0, total_iterations=10)[0].items()}
+    full.copy_student_to_teacher()
+    _, logs = full.method.training_step(batch, 4)
+    assert {"seg", "sup", "boundary_gt", "boundary_pseudo", "align"} == set(logs)
+    expected_missing = {
+        "boundary_head": {"boundary_gt", "boundary_pseudo"},
+        "boundary_mixing": {"boundary_pseudo"},
+        "alignment": {"align"},
+    }
+    for switch, missing in expected_missing.items():
+        t = _trainer(tmp_path / switch, "bfa", pretrain=0.0, **{switch: False})
+        t.copy_student_to_teacher()
+        _, logs_off = t.method.training_step(batch, 4)
+        assert set(logs) - set(logs_off) == missing, switch
+    off = _trainer(tmp_path / "off", "bfa", pretrain=0.0, boundary_head=False, boundary_mixing=False, alignment=False)
+    assert not hasattr(off.student, "boundary_head")
+
+
+def test_training_learns_synthetic(tmp_path):
+    """A short supervised run on synthetic phantoms reaches Dice > 0.8."""
+    raw = tiny_config("supervised", iterations=150, val_every=150, log_every=50, checkpoint_every=150,
+                      batch_labeled=4, precision="bf16", threads=2)
+    raw["data"].update(labeled_fraction=1.0, synthetic_cases=16, synthetic_size=[32, 32])
+    summary = Trainer(validate_config(raw), tmp_path / "run", progress=False).fit()
+    assert summary["best_dice"] > 0.8
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert (tmp_path / "run" / "log.jsonl").exists() and (tmp_path / "run" / "tensorboard").is_dir()
