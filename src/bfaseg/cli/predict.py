@@ -1,0 +1,363 @@
+"""``bfaseg predict``: segment new images with a checkpoint.
+
+    bfaseg predict --checkpoint best.pt --input imagesTs/ --output preds/
+    bfaseg predict --checkpoint best.pt --input case.nii.gz --output preds/ --probabilities --labels labelsTs/
+
+Inputs: NIfTI files (``.nii``/``.nii.gz``; a folder such as an nnU-Net ``imagesTs/`` with
+``<case>_0000.nii.gz``) and h5 files (dataset ``image``; a folder is searched recursively,
+e.g. an LA root). Preprocessing follows the run's config (NIfTI: reorientation,
+``data.target_spacing``, ``data.modality`` normalisation; LA/Pancreas-style runs:
+``data.downsample``), and every prediction is mapped back to the input's grid:
+
+* NIfTI in -> ``<case>.nii.gz`` (uint8 labels) with the input's affine, voxel size and shape;
+  ``--probabilities`` adds ``<case>_probs.nii.gz`` (float32, classes last);
+* h5 in -> ``<case>_pred.h5`` (dataset ``label``, uint8, the input's shape; ``probabilities``
+  (K, ...) float32 with ``--probabilities``), or ``<case>.nii.gz`` with ``--h5-format nifti``.
+
+2-D (slice-wise) networks predict the slices of axis 0 of h5 volumes (ACDC (Z, Y, X)) and the
+z-slices of NIfTI volumes. Every file is written atomically. With ``--labels DIR`` (label files
+named ``<case>.nii.gz`` / ``<case>.nii`` / ``<case>.h5``; or ``--labels input`` for the ``label``
+dataset of input h5 files) each case is scored and ``summary.json`` gets the metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bfaseg.cli.evaluate import (
+    case_row,
+    jsonable,
+    progress_iter,
+    read_nifti_label_raw,
+    resolve_device,
+    score_case,
+    summarize,
+    write_json_atomic,
+)
+from bfaseg.errors import BfasegError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment NIfTI or h5 images with a checkpoint",
+        description="Predict label maps for new images; outputs keep the input's geometry.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (runs/<run>/checkpoints/best.pt)")
+    p.add_argument("--input", required=True, metavar="FILE_OR_DIR",
+                   help="a .nii/.nii.gz/.h5 file or a folder of them (e.g. imagesTs/)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the predictions")
+    p.add_argument("--mode", choices=("fast", "paper"), default="fast", help="3-D sliding-window mode")
+    p.add_argument("--stride", type=int, nargs="+", metavar="S", help="window stride per axis (3-D)")
+    p.add_argument("--probabilities", action="store_true", help="also write the softmax probabilities")
+    p.add_argument("--largest-component", action="store_true", help="keep the largest connected component per class")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
+                   help="forward-pass precision (auto: fp32 for paper; bf16 for fast where it is fast)")
+    p.add_argument("--model", choices=("student", "teacher"), help="which weights (default: the run's eval.model)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--h5-format", choices=("h5", "nifti"), default="h5",
+                   help="output format for h5 inputs: <case>_pred.h5 (default) or <case>.nii.gz")
+    p.add_argument("--labels", metavar="DIR",
+                   help="reference labels (<case>.nii.gz/.nii/.h5) to score the predictions, or 'input' for "
+                   "the 'label' dataset of input h5 files; metrics go to OUTPUT/summary.json")
+    p.add_argument("--policy", choices=("strict", "worst", "paper"), default="strict", help="empty-mask policy")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- inputs
+def _strip(name: str, suffixes) -> str | None:
+    low = name.lower()
+    for s in suffixes:
+        if low.endswith(s):
+            return name[: -len(s)]
+    return None
+
+
+def _nifti_case_id(path: Path) -> str:
+    stem = _strip(path.name, NIFTI_SUFFIXES) or path.stem
+    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():  # nnU-Net channel suffix _0000
+        if stem[-4:] != "0000":
+            raise BfasegError(f"{path}: only single-channel images are supported (channel {stem[-4:]})")
+        stem = stem[:-5]
+    return stem
+
+
+def collect_inputs(path: Path) -> list[tuple[str, Path, str]]:
+    """``(case_id, file, "nifti"|"h5")`` for a file or a folder (h5 searched recursively)."""
+    if not path.exists():
+        raise BfasegError(f"--input: not found: {path}")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.iterdir() if p.is_file() and _strip(p.name, NIFTI_SUFFIXES) is not None)
+        files += sorted(p for p in path.rglob("*") if p.is_file() and _strip(p.name, H5_SUFFIXES) is not None)
+        files = [p for p in files if not p.name.startswith(".")]
+        if not files:
+            raise BfasegError(f"--input: no .nii/.nii.gz/.h5 files in {path}")
+    out: list[tuple[str, Path, str]] = []
+    for f in files:
+        if _strip(f.name, NIFTI_SUFFIXES) is not None:
+            out.append((_nifti_case_id(f), f, "nifti"))
+        elif _strip(f.name, H5_SUFFIXES) is not None:
+            out.append((_strip(f.name, H5_SUFFIXES), f, "h5"))
+        else:
+            raise BfasegError(f"--input: {f}: unsupported file type (use .nii, .nii.gz or .h5)")
+    # h5 files of the LA layout are all called mri_norm2.h5: name them by their folder
+    ids = [c for c, _, _ in out]
+    if len(set(ids)) != len(ids):
+        out = [(f.parent.name if ids.count(c) > 1 else c, f, k) for c, f, k in out]
+        ids = [c for c, _, _ in out]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise BfasegError(f"--input: two inputs map to the same case id {dup!r}; predict them separately")
+    return out
+
+
+def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "image" not in f:
+                raise BfasegError(f"{path}: missing dataset 'image' (keys: {sorted(f.keys())})")
+            image = np.asarray(f["image"][()], dtype=np.float32)
+            label = np.asarray(f["label"][()]) if "label" in f else None
+            spacing = f.attrs.get("spacing")
+    except BfasegError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
+    if image.ndim not in (2, 3):
+        raise BfasegError(f"{path}: 'image' must be 2-D or 3-D, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
+    sp = tuple(float(s) for s in spacing) if spacing is not None else None
+    return image, label, sp
+
+
+def _find_label(labels_dir: Path, case_id: str) -> Path | None:
+    for name in (f"{case_id}.nii.gz", f"{case_id}.nii", f"{case_id}.h5", f"{case_id}_gt.nii.gz"):
+        p = labels_dir / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    if _strip(path.name, NIFTI_SUFFIXES) is not None:
+        return read_nifti_label_raw(path)
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "label" not in f:
+                raise BfasegError(f"{path}: missing dataset 'label'")
+            spacing = f.attrs.get("spacing")
+            return np.asarray(f["label"][()]), (tuple(float(s) for s in spacing) if spacing is not None else None)
+    except BfasegError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
+
+
+# ----------------------------------------------------------------------------- writing
+def _write_h5_atomic(path: Path, label: np.ndarray, probs: np.ndarray | None, attrs: dict) -> None:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("label", data=label.astype(np.uint8), compression="gzip")
+            if probs is not None:
+                f.create_dataset("probabilities", data=probs.astype(np.float32), compression="gzip")
+            for k, v in attrs.items():
+                if v is not None:
+                    f.attrs[k] = v
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BfasegError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _h5_meta(shape: tuple[int, ...], spacing: tuple[float, ...] | None, source: Path) -> dict[str, Any]:
+    """A geometry record for writing an h5 volume as NIfTI (diagonal affine from the spacing)."""
+    sp = tuple(spacing) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
+    affine = np.diag([*sp, 1.0])
+    return {
+        "source": str(source), "original_affine": affine, "original_shape": tuple(shape),
+        "original_spacing": sp, "canonical": False, "canonical_shape": tuple(shape),
+        "resampled_shape": tuple(shape), "resample_step": (1.0, 1.0, 1.0), "qform_code": 1, "sform_code": 1,
+        "xyzt_units": 2,
+    }
+
+
+# ----------------------------------------------------------------------------- command
+def run(args) -> int:
+    from bfaseg.data.transforms import downsample_case_arrays, resize
+    from bfaseg.inference.checkpoints import (
+        describe_checkpoint,
+        inference_fn,
+        load_model_from_checkpoint,
+        model_ndim,
+        predict_array,
+        resolve_precision,
+    )
+
+    inputs = collect_inputs(Path(args.input))
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BfasegError(f"--output: {out_dir} exists and is not a folder")
+    labels_dir = None
+    if args.labels and args.labels != "input":
+        labels_dir = Path(args.labels)
+        if not labels_dir.is_dir():
+            raise BfasegError(f"--labels: folder not found: {labels_dir}")
+    device = resolve_device(args.device)
+    ckpt_path = Path(args.checkpoint)
+    model, cfg, state = load_model_from_checkpoint(ckpt_path, device, which=args.model)
+    ndim = model_ndim(cfg, state)
+    if args.stride is not None:
+        if len(args.stride) == 1:
+            args.stride = args.stride * 3
+        if ndim == 2 or len(args.stride) != 3 or min(args.stride) < 1:
+            raise BfasegError("--stride: expected 3 positive integers, for a 3-D network")
+    precision = resolve_precision(args.precision, args.mode, device)
+    fwd = inference_fn(model, ndim, device)
+    num_classes = cfg.model.num_classes
+    downsample = cfg.data.downsample
+
+    def predict(image: np.ndarray, layout: str):
+        """labels (uint8) and probs ((K, *shape) numpy or None) in the geometry of ``image``."""
+        work = image
+        if downsample != 1 and work.ndim == 3 and ndim == 3:
+            work, _ = downsample_case_arrays(work, None, downsample)
+        if ndim == 2 and layout == "xyz":  # NIfTI (x, y, z): 2-D networks see z-slices as (z, y, x)
+            work = np.ascontiguousarray(work.transpose(2, 1, 0))
+        if ndim == 3 and work.ndim != 3:
+            raise BfasegError("a 3-D network needs 3-D images")
+        labels, probs, settings = predict_array(
+            model, cfg, work, ndim=ndim, mode=args.mode, stride=args.stride, precision=precision, device=device,
+            largest_component=args.largest_component, return_probs=args.probabilities, forward=fwd,
+        )
+        probs = probs.numpy() if probs is not None else None
+        if ndim == 2 and layout == "xyz":
+            labels = np.ascontiguousarray(labels.transpose(2, 1, 0))
+            probs = np.ascontiguousarray(probs.transpose(0, 3, 2, 1)) if probs is not None else None
+        if labels.shape != image.shape:  # undo data.downsample
+            labels = resize(labels, image.shape, order=0)
+            if probs is not None:
+                probs = np.stack([resize(p, image.shape, order=1) for p in probs])
+        return labels, probs, settings
+
+    rows, results, written = [], [], []
+    settings: dict[str, Any] = {}
+    units = None
+    for case_id, path, kind in progress_iter(inputs, "predict", not args.no_progress):
+        t0 = time.perf_counter()
+        gt = gt_spacing = None
+        if kind == "nifti":
+            from bfaseg.data.nifti import load_nifti_image, restore_geometry, save_nifti_mask, save_probabilities
+
+            case = load_nifti_image(path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
+            labels, probs, settings = predict(case.image, "xyz")
+            out = save_nifti_mask(labels, case.meta, out_dir / f"{case_id}.nii.gz")
+            written.append(str(out))
+            if probs is not None:
+                written.append(str(save_probabilities(probs, case.meta, out_dir / f"{case_id}_probs.nii.gz")))
+            if labels_dir is not None:
+                pred = restore_geometry(labels, case.meta, order=0)
+                spacing = tuple(case.meta["original_spacing"])
+        else:
+            image, inline_label, spacing = _read_h5(path)
+            if image.ndim == 2:
+                if ndim == 3:
+                    raise BfasegError(f"{path}: a 3-D network needs 3-D images, got shape {image.shape}")
+                image = image[None]
+                squeeze = True
+            else:
+                squeeze = False
+            labels, probs, settings = predict(image, "h5")
+            if squeeze:
+                labels, probs = labels[0], (probs[:, 0] if probs is not None else None)
+                image = image[0]
+            if args.h5_format == "nifti":
+                if labels.ndim != 3:
+                    raise BfasegError(f"{path}: --h5-format nifti needs 3-D volumes")
+                from bfaseg.data.nifti import save_nifti_mask, save_probabilities
+
+                meta = _h5_meta(labels.shape, spacing, path)
+                written.append(str(save_nifti_mask(labels, meta, out_dir / f"{case_id}.nii.gz")))
+                if probs is not None:
+                    written.append(str(save_probabilities(probs, meta, out_dir / f"{case_id}_probs.nii.gz")))
+            else:
+                out = out_dir / f"{case_id}_pred.h5"
+                _write_h5_atomic(out, labels, probs, {"spacing": spacing, "source": str(path)})
+                written.append(str(out))
+            pred = labels
+            if args.labels == "input":
+                if inline_label is None:
+                    raise BfasegError(f"--labels input: {path} has no 'label' dataset")
+                gt = inline_label
+        if args.labels is not None:
+            if gt is None:
+                if labels_dir is None:
+                    raise BfasegError(f"--labels input: {path} is not an h5 file with a 'label' dataset")
+                lab_path = _find_label(labels_dir, case_id)
+                if lab_path is None:
+                    raise BfasegError(f"--labels: no label for case {case_id!r} in {labels_dir} "
+                                      f"({case_id}.nii.gz, {case_id}.nii or {case_id}.h5)")
+                gt, gt_spacing = _read_label_file(lab_path)
+                if kind == "h5" and gt_spacing is not None and spacing is None:
+                    spacing = gt_spacing
+            gt = np.asarray(gt)
+            if gt.shape != pred.shape:
+                raise BfasegError(f"--labels: the label of case {case_id!r} has shape {gt.shape}, "
+                                  f"the prediction {pred.shape}")
+            if gt.size and (gt.min() < 0 or gt.max() >= num_classes):
+                raise BfasegError(f"--labels: the label of case {case_id!r} has values outside 0..{num_classes - 1}")
+            result = score_case(pred, gt.astype(np.int32), num_classes, spacing, args.policy)
+            units = result["units"]
+            results.append(result)
+            row = case_row(case_id, result)
+        else:
+            row = {"case": case_id}
+        row.update(input=str(path), seconds=round(time.perf_counter() - t0, 3))
+        rows.append(row)
+
+    doc: dict[str, Any] = {
+        "n_cases": len(rows),
+        "per_case": rows,
+        "outputs": written,
+        "inference": {**settings, "device": device, "weights": state.get("_loaded_weights")},
+        "mode": args.mode,
+        "checkpoint": describe_checkpoint(ckpt_path, state),
+        "input": str(Path(args.input)),
+    }
+    if results:
+        summary = summarize(results)
+        units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"
+        doc.update(mean=summary["mean"], std=summary["std"], n_failed=summary["n_failed"],
+                   n_both_empty=summary["n_both_empty"], policy=args.policy, units=units, units_source=units_note)
+        if "n_failed_per_class" in summary:
+            doc["n_failed_per_class"] = summary["n_failed_per_class"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "summary.json", jsonable(doc))
+    msg = f"wrote {len(written)} file(s) to {out_dir}"
+    if results:
+        m = doc["mean"]
+        msg += f"; mean Dice {m['dice']:.4f}, HD95 {m['hd95']:.2f} {units}"
+    print(msg, file=sys.stdout)
+    return 0

@@ -1,0 +1,166 @@
+"""``bfaseg report RUN_DIR [RUN_DIR ...]``: training curves, a comparison table, overlays.
+
+Writes to ``--output`` (default ``report/``):
+
+* ``loss.png`` and ``val_dice.png``: training loss and validation Dice vs iteration, one line per run;
+* ``comparison.md``: run, method, best validation Dice @ iteration, last validation Dice, iterations;
+* with ``--data ROOT`` (or for runs on synthetic data) and a checkpoint in the run:
+  ``overlays/<run>_<case>.png`` for the first ``--overlay-cases`` cases of the run's validation
+  split: the slice with the most ground truth, image in gray, ground truth solid, prediction dashed.
+  ``--tensorboard`` also adds these figures to the run's TensorBoard log (tag ``overlay/<case>``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bfaseg.errors import BfasegError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="training curves, comparison table and prediction overlays of runs",
+        description="Summarise one or more run folders (log.jsonl, checkpoints) into PNG figures and markdown.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `bfaseg train`")
+    p.add_argument("--output", default="report", metavar="DIR", help="output folder (default: report/)")
+    p.add_argument("--data", metavar="ROOT", help="dataset root for prediction overlays of validation cases")
+    p.add_argument("--overlay-cases", type=int, default=3, metavar="N", help="validation cases per run (default 3)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="checkpoint for the overlays")
+    p.add_argument("--device", default="auto", help="device for the overlay predictions")
+    p.add_argument("--tensorboard", action="store_true", help="also add the overlays to each run's TensorBoard log")
+    p.set_defaults(func=run)
+
+
+def validation_cases(cfg, state, root: Path | None, n: int):
+    """The first ``n`` cases of the run's validation split, preprocessed as in training
+    (LA/Pancreas ``data.downsample``). Returns ``(cases, slice_axis)`` or raises BfasegError."""
+    from bfaseg.data.readers import load_cases, read_list
+    from bfaseg.data.transforms import downsample_case_arrays
+
+    dataset = cfg.data.dataset
+    split = str((state.get("data") or {}).get("val_split") or "")
+    K = cfg.model.num_classes
+    if dataset == "synthetic":
+        from bfaseg.data.synthetic import make_synthetic_cases
+
+        cases = make_synthetic_cases(cfg.data.synthetic_val_cases, tuple(cfg.data.synthetic_size), K,
+                                     seed=2, prefix="synth_val")[:n]
+        if cfg.data.synthetic_ndim == 2:
+            for c in cases:
+                c.image, c.label = c.image[None], c.label[None]
+            return cases, 0
+        return cases, 2
+    if root is None:
+        raise BfasegError("--data is needed for overlays of runs on real data")
+    if dataset == "nifti":
+        from bfaseg.data.nifti import load_nifti_dataset
+
+        labeled, _ = load_nifti_dataset(root, cfg.data.target_spacing, cfg.data.modality)
+        m = re.match(r"last (\d+) labeled", split)
+        val = labeled[-int(m.group(1)):] if m else labeled[-1:]
+        cases = val[:n]
+        axis = 2
+    else:
+        m = re.match(r"last (\d+) of (.+)$", split)
+        if m:
+            ids = read_list(root / m.group(2))[-int(m.group(1)):]
+        elif split and (root / split).is_file():
+            ids = read_list(root / split)
+        else:
+            raise BfasegError(f"cannot tell the validation cases from the checkpoint (val_split {split!r})")
+        cases = load_cases(dataset, root, ids[:n], kind="eval", num_classes=K)
+        axis = 0 if dataset == "acdc" else 2
+    if dataset in ("la", "pancreas", "nifti"):
+        for c in cases:
+            c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.data.downsample)
+    return cases, axis
+
+
+def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
+    from bfaseg.cli.evaluate import resolve_device
+    from bfaseg.inference.checkpoints import load_model_from_checkpoint, model_ndim, predict_array, resolve_precision
+    from bfaseg.reporting import overlay_figure, pick_slice, save_figure
+
+    ckpt = run_log.path / "checkpoints" / f"{args.checkpoint}.pt"
+    if not ckpt.is_file():
+        alt = run_log.path / "checkpoints" / "last.pt"
+        if not alt.is_file():
+            print(f"note: {run_log.name}: no checkpoint, no overlays", file=sys.stderr)
+            return []
+        ckpt = alt
+    device = resolve_device(args.device)
+    model, cfg, state = load_model_from_checkpoint(ckpt, device)
+    ndim = model_ndim(cfg, state)
+    cases, axis = validation_cases(cfg, state, Path(args.data) if args.data else None, args.overlay_cases)
+    tb = None
+    if args.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(run_log.path / "tensorboard"))
+        except ImportError:
+            print("note: tensorboard is not installed; overlays only as PNG", file=sys.stderr)
+    written = []
+    try:
+        for c in cases:
+            labels, _, _ = predict_array(model, cfg, c.image, ndim=ndim, mode="fast",
+                                         precision=resolve_precision("auto", "fast", device), device=device)
+            idx = pick_slice(c.label, axis)
+            take = lambda a: np.take(a, idx, axis=axis)  # noqa: E731
+            img, gt, pred = take(c.image), take(c.label), take(labels)
+            if axis == 2:  # (x, y) slices: show y down, x across (radiological-ish view)
+                img, gt, pred = img.T, gt.T, pred.T
+            title = f"{run_log.name} / {c.case_id} (slice {idx}, iteration {state.get('iteration')})"
+            fig = overlay_figure(img, gt, pred, num_classes=cfg.model.num_classes, title=title)
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{run_log.name}_{c.case_id}")
+            if tb is not None:
+                tb.add_figure(f"overlay/{c.case_id}", fig, global_step=int(state.get("iteration") or 0), close=False)
+            written.append(save_figure(fig, out_dir / "overlays" / f"{safe}.png"))
+    finally:
+        if tb is not None:
+            tb.close()
+    return written
+
+
+def run(args) -> int:
+    from bfaseg.reporting import comparison_table, plot_curves, read_run
+    from bfaseg.training.checkpoint import atomic_write_bytes
+
+    if args.overlay_cases < 0:
+        raise BfasegError("--overlay-cases: must be >= 0")
+    runs = []
+    names: dict[str, int] = {}
+    for d in args.runs:
+        r = read_run(d)
+        if r.name in names:  # two runs with the same folder name: qualify with the parent
+            r.name = f"{Path(d).resolve().parent.name}/{r.name}"
+        names[r.name] = 1
+        if r.n_bad_lines:
+            print(f"note: {d}/log.jsonl: skipped {r.n_bad_lines} unreadable line(s)", file=sys.stderr)
+        runs.append(r)
+    out = Path(args.output)
+    written = plot_curves(runs, out)
+    table = comparison_table(runs)
+    md = "# Run comparison\n\n" + table
+    if written:
+        md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in written) + "\n"
+    overlays = []
+    if args.overlay_cases:
+        for r in runs:
+            try:
+                overlays += make_overlays(r, args, out)
+            except BfasegError as exc:
+                print(f"note: {r.name}: no overlays ({exc})", file=sys.stderr)
+    if overlays:
+        md += "\n## Validation overlays (GT solid, prediction dashed)\n\n"
+        md += "\n".join(f"![{p.stem}](overlays/{p.name})" for p in overlays) + "\n"
+    atomic_write_bytes(out / "comparison.md", lambda f: f.write(md.encode()))
+    print(table, end="")
+    print(f"wrote {out / 'comparison.md'}, {len(written)} curve figure(s), {len(overlays)} overlay(s)")
+    return 0

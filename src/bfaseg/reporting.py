@@ -1,0 +1,246 @@
+"""Reports of training runs: curves, comparison tables, prediction overlays.
+
+Everything draws with matplotlib's non-interactive Agg backend (no display needed) and
+writes files atomically. A run folder is what ``bfaseg train`` writes::
+
+    RUN/log.jsonl               one JSON record per line: training records carry ``loss``
+                                (and ``loss_<term>``), validation records ``val_dice``
+                                (and ``val_dice_class<k>``, ``best_dice``)
+    RUN/train_summary.json      optional
+    RUN/checkpoints/{best,last}.pt
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bfaseg.errors import BfasegError
+
+__all__ = [
+    "RunLog",
+    "read_run",
+    "plot_curves",
+    "comparison_table",
+    "overlay_figure",
+    "save_figure",
+    "pick_slice",
+]
+
+
+@dataclass
+class RunLog:
+    name: str
+    path: Path
+    train: list[dict] = field(default_factory=list)  # records with loss*
+    val: list[dict] = field(default_factory=list)  # records with val_dice
+    method: str | None = None
+    n_bad_lines: int = 0
+
+    @property
+    def best(self) -> tuple[float, int] | None:
+        """(best val Dice, its iteration); the first iteration on ties."""
+        if not self.val:
+            return None
+        rec = max(self.val, key=lambda r: (r["val_dice"], -r["iteration"]))
+        return float(rec["val_dice"]), int(rec["iteration"])
+
+    @property
+    def last(self) -> tuple[float, int] | None:
+        if not self.val:
+            return None
+        rec = self.val[-1]
+        return float(rec["val_dice"]), int(rec["iteration"])
+
+    @property
+    def iterations(self) -> int | None:
+        its = [int(r["iteration"]) for r in self.train + self.val if "iteration" in r]
+        return max(its) if its else None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _method_of(run_dir: Path) -> str | None:
+    for name in ("config.json", "config.yaml", "config.yml"):
+        p = run_dir / name
+        if p.is_file():
+            try:
+                import yaml
+
+                raw = yaml.safe_load(p.read_text())
+                m = (raw or {}).get("method", {})
+                if isinstance(m, dict) and m.get("name"):
+                    return str(m["name"])
+            except Exception:
+                pass
+    for name in ("last.pt", "best.pt"):
+        p = run_dir / "checkpoints" / name
+        if p.is_file():
+            try:
+                from bfaseg.training.checkpoint import load_checkpoint
+
+                state = load_checkpoint(p)
+                return state.get("method_name") or (state.get("config") or {}).get("method", {}).get("name")
+            except BfasegError:
+                continue
+    return None
+
+
+def read_run(run_dir: str | Path, name: str | None = None) -> RunLog:
+    """Parse ``RUN/log.jsonl``. A torn last line (run killed mid-write) is skipped and counted."""
+    run_dir = Path(run_dir)
+    log = run_dir / "log.jsonl"
+    if not run_dir.is_dir():
+        raise BfasegError(f"run folder not found: {run_dir}")
+    if not log.is_file():
+        raise BfasegError(f"{run_dir}: no log.jsonl (is it a bfaseg run folder?)")
+    run = RunLog(name=name or run_dir.resolve().name, path=run_dir)
+    try:
+        lines = log.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BfasegError(f"{log}: cannot read ({exc.__class__.__name__})") from None
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            run.n_bad_lines += 1
+            continue
+        if not isinstance(rec, dict) or not _finite(rec.get("iteration")):
+            run.n_bad_lines += 1
+            continue
+        if "val_dice" in rec:
+            if _finite(rec["val_dice"]):
+                run.val.append(rec)
+        elif any(k == "loss" or k.startswith("loss_") for k in rec):
+            run.train.append(rec)
+    run.train.sort(key=lambda r: r["iteration"])
+    run.val.sort(key=lambda r: r["iteration"])
+    run.method = _method_of(run_dir)
+    return run
+
+
+# ----------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    from bfaseg.training.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    _plt().close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    return path
+
+
+def plot_curves(runs: Sequence[RunLog], out_dir: str | Path) -> list[Path]:
+    """``loss.png`` (training loss vs iteration) and ``val_dice.png`` (validation Dice vs
+    iteration), one line per run; a figure is skipped when no run has such records."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    written = []
+    if any(r.train for r in runs):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in runs:
+            pts = [(rec["iteration"], rec["loss"]) for rec in r.train if _finite(rec.get("loss"))]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, label=r.name, linewidth=1.2)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(save_figure(fig, out_dir / "loss.png"))
+    if any(r.val for r in runs):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in runs:
+            if r.val:
+                x = [rec["iteration"] for rec in r.val]
+                y = [rec["val_dice"] for rec in r.val]
+                (line,) = ax.plot(x, y, marker="o", markersize=3, label=r.name, linewidth=1.2)
+                best = r.best
+                if best is not None:
+                    ax.plot([best[1]], [best[0]], marker="*", markersize=10, color=line.get_color())
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation Dice")
+        ax.set_title("Validation Dice (star: best)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(save_figure(fig, out_dir / "val_dice.png"))
+    return written
+
+
+def comparison_table(runs: Sequence[RunLog]) -> str:
+    """Markdown table: run, method, best val Dice @ iteration, last val Dice @ iteration, iterations."""
+    lines = [
+        "| run | method | best val Dice @ iteration | last val Dice @ iteration | iterations |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        best = f"{r.best[0]:.4f} @ {r.best[1]}" if r.best else "-"
+        last = f"{r.last[0]:.4f} @ {r.last[1]}" if r.last else "-"
+        name = r.name.replace("|", "\\|")
+        lines.append(f"| {name} | {r.method or '?'} | {best} | {last} | {r.iterations if r.iterations else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def pick_slice(label: np.ndarray, axis: int) -> int:
+    """Index along ``axis`` with the most foreground (the middle slice when there is none)."""
+    other = tuple(i for i in range(label.ndim) if i != axis)
+    area = (np.asarray(label) > 0).sum(axis=other)
+    return int(np.argmax(area)) if area.max() > 0 else label.shape[axis] // 2
+
+
+_CLASS_COLORS = ["#ffd700", "#00bfff", "#ff69b4", "#7fff00", "#ff8c00", "#ba55d3"]
+
+
+def overlay_figure(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, title: str = "",
+                   num_classes: int | None = None):
+    """A 2-D overlay: image in gray, ground-truth contours solid green, prediction contours dashed red
+    (binary), or one colour per class with GT solid / prediction dashed (multi-class)."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    image = np.asarray(image, dtype=np.float32)
+    pred = np.asarray(pred)
+    k = int(num_classes or max(int(pred.max()), int(gt.max()) if gt is not None else 0, 1) + 1)
+    fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / max(image.shape[1], 1)))
+    lo, hi = np.percentile(image, [1, 99]) if image.size else (0, 1)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    handles = []
+    for c in range(1, k):
+        binary = k <= 2
+        g_col, p_col = ("#00ff00", "#ff3030") if binary else (_CLASS_COLORS[(c - 1) % 6],) * 2
+        for mask, col, style, what in ((gt, g_col, "solid", "GT"), (pred, p_col, "dashed", "prediction")):
+            if mask is None:
+                continue
+            m = (np.asarray(mask) == c).astype(np.float32)
+            if m.any() and 0 < m.sum() < m.size:
+                ax.contour(m, levels=[0.5], colors=[col], linewidths=1.3, linestyles=style)
+            label = what if binary else f"{what} class {c}"
+            handles.append(Line2D([], [], color=col, linestyle=style, label=label))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    if handles:
+        ax.legend(handles=handles, loc="lower right", fontsize=6, framealpha=0.6)
+    return fig
