@@ -38,13 +38,14 @@ BASE = {
     },
 }
 
-# the CPU budget shared by every method in docs/RESULTS.md (see benchmarks/README)
+# the CPU budget shared by every method in docs/RESULTS.md. fp32: the project machine is an AVX2-only
+# CPU without bf16 hardware, where bf16 autocast is ~10x SLOWER than fp32 (benchmarks/train_step.py)
 CPU = {
     "acdc": {
-        "data": {"dataset": "acdc", "root": "../shared/data/acdc", "patch_size": [128, 128], "labeled": 136},
+        "data": {"dataset": "acdc", "root": "../shared/data/acdc", "patch_size": [64, 64], "labeled": 136},
         "model": {"name": "unet2d", "num_classes": 4},
-        "train": {"iterations": 1500, "batch_labeled": 8, "batch_unlabeled": 8, "lr": 0.01, "schedule": "poly",
-                  "precision": "bf16", "val_every": 250, "log_every": 50, "checkpoint_every": 250},
+        "train": {"iterations": 600, "batch_labeled": 8, "batch_unlabeled": 8, "lr": 0.01, "schedule": "poly",
+                  "precision": "fp32", "val_every": 150, "log_every": 50, "checkpoint_every": 150},
         "method": {"name": "bfa"},
     },
     "la": {
@@ -52,7 +53,7 @@ CPU = {
                  "labeled": 8, "val_cases": 8},
         "model": {"name": "vnet", "num_classes": 2},
         "train": {"iterations": 1000, "batch_labeled": 2, "batch_unlabeled": 2, "lr": 0.01, "schedule": "poly",
-                  "precision": "bf16", "val_every": 250, "log_every": 50, "checkpoint_every": 250},
+                  "precision": "fp32", "val_every": 250, "log_every": 50, "checkpoint_every": 250},
         "eval": {"mode": "fast", "overlap": 0.5},
         "method": {"name": "bfa"},
     },
@@ -77,14 +78,14 @@ def main() -> None:
                 (out / name).write_text(header + yaml.safe_dump(cfg, sort_keys=False))
         if bench in CPU:
             (out / "cpu.yaml").write_text(
-                f"# {bench.upper()} CPU budget shared by every method (bf16, small input); `bfaseg experiment` varies the method\n"
+                f"# {bench.upper()} CPU budget shared by every method (fp32, small input); `bfaseg experiment` varies the method\n"
                 + yaml.safe_dump(CPU[bench], sort_keys=False)
             )
     synth = {
         "data": {"dataset": "synthetic", "synthetic_ndim": 2, "synthetic_size": [64, 64], "patch_size": [64, 64],
                  "synthetic_cases": 40, "synthetic_classes": 3, "labeled_fraction": 0.1},
         "model": {"name": "unet2d", "num_classes": 3},
-        "train": {"iterations": 300, "batch_labeled": 4, "batch_unlabeled": 4, "precision": "bf16",
+        "train": {"iterations": 300, "batch_labeled": 4, "batch_unlabeled": 4, "precision": "fp32",
                   "val_every": 100, "log_every": 20, "checkpoint_every": 100},
         "method": {"name": "bfa"},
     }

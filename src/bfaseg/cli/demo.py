@@ -10,7 +10,7 @@ DEMO_CONFIG = {
     "data": {"dataset": "synthetic", "synthetic_ndim": 2, "synthetic_size": [48, 48], "patch_size": [48, 48],
              "synthetic_cases": 40, "synthetic_classes": 3, "synthetic_val_cases": 8, "labeled_fraction": 0.1},
     "model": {"name": "unet2d", "num_classes": 3},
-    "train": {"iterations": 300, "batch_labeled": 4, "batch_unlabeled": 4, "precision": "bf16", "lr": 0.01,
+    "train": {"iterations": 300, "batch_labeled": 4, "batch_unlabeled": 4, "precision": "fp32", "lr": 0.01,
               "val_every": 100, "log_every": 20, "checkpoint_every": 300, "keep_checkpoints": 0},
 }
 
