@@ -53,6 +53,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=default_data(), help="LA root (with train.list); default $BFASEG_DATA/la")
     p.add_argument("--checkpoint", help="use this checkpoint instead of training one")
+    p.add_argument("--untrained", action="store_true",
+                   help="timing only: a randomly initialised V-Net (--base-channels, --patch, --downsample); "
+                   "no training, Dice not meaningful (e.g. the full-resolution protocol: --downsample 1 "
+                   "--patch 112 112 80)")
     p.add_argument("--output", default="runs/bench_inference_fast_vs_paper", help="run folder for the training")
     p.add_argument("--cases", type=int, default=4, help="held-out volumes (the last N of train.list)")
     p.add_argument("--train-iterations", type=int, default=300)
@@ -108,9 +112,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    ckpt_path = Path(args.checkpoint) if args.checkpoint else train_checkpoint(args)
+    if args.untrained:
+        from bfaseg.config import validate_config
+        from bfaseg.models import build_model
+
+        cfg = validate_config({
+            "data": {"dataset": "la", "patch_size": list(args.patch), "downsample": args.downsample},
+            "model": {"name": "vnet", "num_classes": 2, "base_channels": args.base_channels},
+        })
+        torch.manual_seed(0)
+        model, state, ckpt_path = build_model(cfg.model).eval(), {"data": {"train_ndim": 3}}, None
+    else:
+        ckpt_path = Path(args.checkpoint) if args.checkpoint else train_checkpoint(args)
+        model, cfg, state = load_model_from_checkpoint(ckpt_path, args.device, which="student")
     t_trained = time.perf_counter()
-    model, cfg, state = load_model_from_checkpoint(ckpt_path, args.device, which="student")
     if model_ndim(cfg, state) != 3:
         sys.exit(f"{ckpt_path}: a 3-D (V-Net) checkpoint is needed")
     ids = read_list(Path(args.data) / "train.list")[-args.cases:]
@@ -150,8 +165,10 @@ def main(argv=None) -> int:
     dp = float(np.mean([r["dice_paper"] for r in rows]))
     df = float(np.mean([r["dice_fast"] for r in rows]))
     result = {
-        "checkpoint": {"path": str(ckpt_path), "iteration": state.get("iteration"),
-                       "sha256": checkpoint_digest(ckpt_path), "method": state.get("method_name")},
+        "checkpoint": None if ckpt_path is None else {
+            "path": str(ckpt_path), "iteration": state.get("iteration"),
+            "sha256": checkpoint_digest(ckpt_path), "method": state.get("method_name")},
+        "untrained": bool(args.untrained),
         "data": {"root": args.data, "held_out": ids, "downsample": cfg.data.downsample,
                  "units": "Dice on half-resolution voxels" if cfg.data.downsample == 2 else "Dice on model voxels"},
         "model": {"base_channels": cfg.model.base_channels, "patch_size": list(patch)},
@@ -169,14 +186,15 @@ def main(argv=None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "training_seconds": t_trained - t_start if not args.checkpoint else 0.0,
+        "training_seconds": t_trained - t_start if not (args.checkpoint or args.untrained) else 0.0,
         "total_seconds": time.perf_counter() - t_start,
     }
     print(f"\npaper ({args.paper_precision}, stride {stride}, batch 1, uniform): {paper_total:.1f} s total, "
           f"mean Dice {dp:.4f}")
     print(f"fast  ({fast_prec}, overlap {args.fast_overlap}, batch {args.fast_batch}, gaussian): "
           f"{fast_total:.1f} s total, mean Dice {df:.4f}")
-    print(f"speed-up {result['speedup']:.2f}x; Dice fast - paper = {result['dice_difference_points']:+.2f} points")
+    print(f"speed-up {result['speedup']:.2f}x; Dice fast - paper = {result['dice_difference_points']:+.2f} points"
+          + (" (untrained network: timing only, Dice meaningless)" if args.untrained else ""))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(result, indent=2))
