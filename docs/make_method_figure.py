@@ -28,18 +28,12 @@ COLORS = np.array([[0, 0, 0], [1.0, 0.3, 0.3], [0.3, 1.0, 0.3], [0.3, 0.6, 1.0]]
 
 
 def load_model(path):
-    from bfaseg.experiments import evaluate_checkpoint  # noqa: F401  (same loader as evaluation)
-    from bfaseg.config import RunConfig
-    from bfaseg.models import build_model
-    from bfaseg.training.checkpoint import load_checkpoint
+    """Teacher weights where the run has a teacher (what produced the pseudo-labels)."""
+    from bfaseg.inference.checkpoints import load_model_from_checkpoint
 
-    state = load_checkpoint(path)
-    cfg = RunConfig.model_validate(state["config"])
-    model = build_model(cfg.model)
-    if any(k.startswith("boundary_head.") for k in state["student"]):
-        model.add_boundary_head(cfg.method_params().get("boundary_stage", 1), cfg.model.num_classes - 1)
-    model.load_state_dict(state["teacher"] or state["student"])
-    return model.eval(), cfg
+    model, cfg, state = load_model_from_checkpoint(path, which="teacher")
+    return model, cfg
+
 
 
 def overlay(ax, image, boundary, title):

@@ -1,10 +1,8 @@
-import copy
 
 import pytest
 import torch
 
 from bfaseg.config import validate_config
-from bfaseg.data.build import build_data
 from bfaseg.methods.base import cuboid_mask, paste, sigmoid_rampup
 from bfaseg.methods.boundary import class_boundaries, remove_small_components
 from bfaseg.models import UNet2D

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,7 @@ def variant_config(base_raw: dict, variant: str, seed: int, overrides: list[str]
     if variant not in VARIANTS:
         raise BfasegError(f"--methods: unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
     raw = _merge(base_raw, VARIANTS[variant])
-    if variant != "full" or True:
-        raw = _merge(raw, {"train": {"seed": seed}})
+    raw = _merge(raw, {"train": {"seed": seed}})
     if variant == "full":  # all labeled, but keep the method's own params off
         raw["method"] = {"name": "supervised"}
     raw = apply_overrides(raw, overrides)
@@ -58,21 +58,11 @@ def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:
     """Per-case metrics (voxels) of one checkpoint on in-memory cases; classes 1..K-1."""
     import torch
 
-    from bfaseg.config import RunConfig
+    from bfaseg.inference.checkpoints import load_model_from_checkpoint
     from bfaseg.metrics import compute
-    from bfaseg.models import build_model
-    from bfaseg.training.checkpoint import load_checkpoint
     from bfaseg.training.validation import predict_case
 
-    state = load_checkpoint(path)
-    cfg = RunConfig.model_validate(state["config"])
-    model = build_model(cfg.model)
-    if any(k.startswith("boundary_head.") for k in state["student"]):
-        params = cfg.method_params()
-        model.add_boundary_head(params.get("boundary_stage", 1), cfg.model.num_classes - 1,
-                                fuse=params.get("boundary_fuse", True))
-    model.load_state_dict(state["student"])
-    model.eval()
+    model, cfg, state = load_model_from_checkpoint(path, which="student")
     k = cfg.model.num_classes
     per_case = []
     with torch.no_grad():
@@ -152,8 +142,10 @@ def run_experiment(
                 if path.exists():
                     entry[which] = evaluate_checkpoint(path, eval_cases)
             entry["train_summary"] = json.loads((run_dir / "train_summary.json").read_text())
+            # several experiment processes may share one folder: merge into what is on disk now
+            results = json.loads(results_path.read_text()) if results_path.exists() else {}
             results[name] = entry
-            tmp = results_path.with_suffix(".tmp")
+            tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(results, indent=1))
             tmp.replace(results_path)
     write_tables(results, out)
