@@ -164,12 +164,7 @@ def plot_curves(runs: Sequence[RunLog], out_dir: str | Path) -> list[Path]:
             if pts:
                 x, y = zip(*pts)
                 ax.plot(x, y, label=r.name, linewidth=1.2)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("training loss")
-        ax.set_title("Training loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append(save_figure(fig, out_dir / "loss.png"))
+        written.append(_save_curves(fig, ax, "training loss", "Training loss", out_dir / "loss.png"))
     if any(r.val for r in runs):
         fig, ax = plt.subplots(figsize=(7, 4))
         for r in runs:
@@ -180,13 +175,18 @@ def plot_curves(runs: Sequence[RunLog], out_dir: str | Path) -> list[Path]:
                 best = r.best
                 if best is not None:
                     ax.plot([best[1]], [best[0]], marker="*", markersize=10, color=line.get_color())
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("validation Dice")
-        ax.set_title("Validation Dice (star: best)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append(save_figure(fig, out_dir / "val_dice.png"))
+        written.append(_save_curves(fig, ax, "validation Dice", "Validation Dice (star: best)", out_dir / "val_dice.png"))
     return written
+
+
+def _save_curves(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """Label the axes of a per-iteration plot (one line per run), then save it."""
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 def comparison_table(runs: Sequence[RunLog]) -> str:

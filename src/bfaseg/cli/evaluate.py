@@ -27,6 +27,7 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,117 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
+def summary_metrics(results: list[dict], policy: str, units: str) -> dict:
+    """The metric fields of ``summary.json``: mean, std, case counts, empty-mask policy, units."""
+    summary = summarize(results)
+    fields = {k: summary[k] for k in ("mean", "std", "n_cases", "n_failed", "n_both_empty")}
+    if "n_failed_per_class" in summary:
+        fields["n_failed_per_class"] = summary["n_failed_per_class"]
+    fields.update(policy=policy, units=units)
+    return fields
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's network and the inference options of ``evaluate`` and ``predict``."""
+
+    checkpoint: Path
+    model: Any
+    cfg: Any
+    state: dict
+    ndim: int
+    device: str
+    precision: str
+    forward: Any
+    mode: str
+    stride: list[int] | None
+    largest_component: bool
+    overlap: float | None = None
+    batch_size: int | None = None
+
+    @classmethod
+    def from_args(cls, args) -> Predictor:
+        """Load ``--checkpoint`` (``--model`` weights) on ``--device``; check ``--stride`` against the network."""
+        from bfaseg.inference.checkpoints import (
+            inference_fn,
+            load_model_from_checkpoint,
+            model_ndim,
+            resolve_precision,
+        )
+
+        device = resolve_device(args.device)
+        checkpoint = Path(args.checkpoint)
+        model, cfg, state = load_model_from_checkpoint(checkpoint, device, which=args.model)
+        ndim = model_ndim(cfg, state)
+        stride = args.stride
+        if stride is not None:
+            if ndim == 2:
+                raise BfasegError("--stride: the checkpoint is a 2-D network (slice-wise inference has no windows)")
+            if len(stride) == 1:
+                stride = stride * 3
+            if len(stride) != 3 or min(stride) < 1:
+                raise BfasegError(f"--stride: expected 3 positive integers, got {stride}")
+        return cls(
+            checkpoint=checkpoint, model=model, cfg=cfg, state=state, ndim=ndim, device=device,
+            precision=resolve_precision(args.precision, args.mode, device), forward=inference_fn(model, ndim, device),
+            mode=args.mode, stride=stride, largest_component=args.largest_component,
+            overlap=getattr(args, "overlap", None), batch_size=getattr(args, "batch_size", None),
+        )
+
+    def predict(self, image: np.ndarray, *, xyz: bool = False, downsample: float = 1.0, probabilities: bool = False):
+        """``(labels uint8, probs (K, *shape) numpy or None, settings)`` in the geometry of ``image``.
+
+        A 3-D ``image`` is first downsampled by ``downsample`` (``data.downsample``) and the result
+        resized back. 2-D networks predict the slices of axis 0, or the z-slices of (x, y, z) NIfTI
+        volumes (``xyz``).
+        """
+        from bfaseg.data.transforms import downsample_case_arrays, resize
+        from bfaseg.inference.checkpoints import predict_array
+
+        work = image
+        if downsample != 1 and work.ndim == 3:
+            work, _ = downsample_case_arrays(work, None, downsample)
+        z_slices = self.ndim == 2 and xyz  # 2-D networks see (x, y, z) volumes as (z, y, x) slices
+        if z_slices:
+            work = np.ascontiguousarray(work.transpose(2, 1, 0))
+        if self.ndim == 3 and work.ndim != 3:
+            raise BfasegError("a 3-D network needs 3-D images")
+        labels, probs, settings = predict_array(
+            self.model, self.cfg, work, ndim=self.ndim, mode=self.mode, stride=self.stride, overlap=self.overlap,
+            batch_size=self.batch_size, precision=self.precision, device=self.device,
+            largest_component=self.largest_component, return_probs=probabilities, forward=self.forward,
+        )
+        probs = probs.numpy() if probs is not None else None
+        if z_slices:
+            labels = np.ascontiguousarray(labels.transpose(2, 1, 0))
+            probs = np.ascontiguousarray(probs.transpose(0, 3, 2, 1)) if probs is not None else None
+        if labels.shape != image.shape:  # undo the downsampling
+            labels = resize(labels, image.shape, order=0)
+            if probs is not None:
+                probs = np.stack([resize(p, image.shape, order=1) for p in probs])
+        return labels, probs, settings
+
+    def describe(self, settings: dict) -> dict:
+        """The inference fields of ``summary.json``: settings, mode, checkpoint provenance."""
+        from bfaseg.inference.checkpoints import describe_checkpoint
+
+        return {
+            "inference": {**settings, "device": self.device, "weights": self.state.get("_loaded_weights")},
+            "mode": self.mode,
+            "checkpoint": describe_checkpoint(self.checkpoint, self.state),
+        }
+
+
 def format_table(rows: list[dict], summary: dict, units: str) -> str:
     def f(v, digits=4):
         return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+    def line(name: str, vals, per_class=None) -> str:
+        """name, dice, jaccard, hd95, asd (+ Dice per class)."""
+        text = f"{name[:28]:<28} {f(vals[0]):>7} {f(vals[1]):>7} {f(vals[2], 2):>8} {f(vals[3], 2):>8}"
+        if multi and per_class is not None:
+            text += "  " + " ".join(f"{f(per_class[c]):>7}" for c in classes)
+        return text
 
     multi = rows and isinstance(rows[0]["dice"], dict)
     classes = list(rows[0]["dice"]) if multi else []
@@ -191,18 +300,11 @@ def format_table(rows: list[dict], summary: dict, units: str) -> str:
         head += "  " + " ".join(f"{'dice' + c:>7}" for c in classes)
     lines = [head, "-" * len(head)]
     for r in rows:
-        vals = [r[f"{k}_mean"] if multi else r[k] for k in MAIN_METRICS]
-        line = f"{r['case'][:28]:<28} {f(vals[0]):>7} {f(vals[1]):>7} {f(vals[2], 2):>8} {f(vals[3], 2):>8}"
-        if multi:
-            line += "  " + " ".join(f"{f(r['dice'][c]):>7}" for c in classes)
-        lines.append(line)
+        lines.append(line(r["case"], [r[f"{k}_mean"] if multi else r[k] for k in MAIN_METRICS], r["dice"]))
     lines.append("-" * len(head))
     m, s = summary["mean"], summary["std"]
-    line = f"{'mean':<28} {f(m['dice']):>7} {f(m['jaccard']):>7} {f(m['hd95'], 2):>8} {f(m['asd'], 2):>8}"
-    if multi:
-        line += "  " + " ".join(f"{f(m['per_class']['dice'][c]):>7}" for c in classes)
-    lines.append(line)
-    lines.append(f"{'std':<28} {f(s['dice']):>7} {f(s['jaccard']):>7} {f(s['hd95'], 2):>8} {f(s['asd'], 2):>8}")
+    lines.append(line("mean", [m[k] for k in MAIN_METRICS], m.get("per_class", {}).get("dice")))
+    lines.append(line("std", [s[k] for k in MAIN_METRICS]))
     lines.append(f"{summary['n_cases']} cases, {summary['n_failed']} failed (empty prediction or reference); "
                  f"distances in {units}")
     return "\n".join(lines)
@@ -273,15 +375,7 @@ def run(args) -> int:
     import torch
 
     from bfaseg.data.readers import load_cases, read_list
-    from bfaseg.data.transforms import downsample_case_arrays, resize
-    from bfaseg.inference.checkpoints import (
-        describe_checkpoint,
-        inference_fn,
-        load_model_from_checkpoint,
-        model_ndim,
-        predict_array,
-        resolve_precision,
-    )
+    from bfaseg.data.transforms import downsample_case_arrays
 
     root = Path(args.data)
     if not root.is_dir():
@@ -297,22 +391,13 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise BfasegError("--batch-size: must be at least 1")
     spacing_opt = parse_spacing(args.spacing)
-    device = resolve_device(args.device)
-    ckpt_path = Path(args.checkpoint)
-    model, cfg, state = load_model_from_checkpoint(ckpt_path, device, which=args.model)
+    predictor = Predictor.from_args(args)
+    cfg = predictor.cfg
     dataset = args.dataset or cfg.data.dataset
     if dataset not in DATASETS:
         raise BfasegError(f"--dataset: the checkpoint was trained on {dataset!r} data; pass --dataset "
                           f"({', '.join(DATASETS)}) to say how {root} is laid out")
-    ndim = model_ndim(cfg, state)
-    if args.stride is not None:
-        if ndim == 2:
-            raise BfasegError("--stride: the checkpoint is a 2-D network (slice-wise inference has no windows)")
-        if len(args.stride) == 1:
-            args.stride = args.stride * 3
-        if len(args.stride) != 3 or min(args.stride) < 1:
-            raise BfasegError(f"--stride: expected 3 positive integers, got {args.stride}")
-    precision = resolve_precision(args.precision, args.mode, device)
+    ndim = predictor.ndim
     num_classes = cfg.model.num_classes
     downsample = cfg.data.downsample if dataset in ("la", "pancreas") else 1.0
 
@@ -329,9 +414,8 @@ def run(args) -> int:
         print(f"warning: {msg}", file=sys.stderr)
 
     output = Path(args.output) if args.output else (
-        ckpt_path.resolve().parent.parent / f"eval_{split_path.stem}_{args.mode}"
+        predictor.checkpoint.resolve().parent.parent / f"eval_{split_path.stem}_{args.mode}"
     )
-    fwd = inference_fn(model, ndim, device)
     rows, results, times = [], [], []
     units = "voxel"
     for case_id in progress_iter(ids, f"evaluate {split_path.name}", not args.no_progress):
@@ -348,16 +432,7 @@ def run(args) -> int:
                 raise BfasegError(f"case {case_id!r}: no label {case_id}.nii.gz in {root / 'labelsTr'}")
             case = load_nifti_image(img_path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
             gt, zooms = read_nifti_label_raw(lab_path)
-            image = case.image
-            if cfg.data.downsample != 1:
-                image, _ = downsample_case_arrays(image, None, cfg.data.downsample)
-            labels, _, settings = predict_array(
-                model, cfg, image, ndim=ndim, mode=args.mode, stride=args.stride, overlap=args.overlap,
-                batch_size=args.batch_size, precision=precision, device=device,
-                largest_component=args.largest_component, forward=fwd,
-            ) if ndim == 3 else _predict_2d_xyz(model, cfg, image, args, precision, device, fwd)
-            if labels.shape != case.image.shape:
-                labels = resize(labels, case.image.shape, order=0)
+            labels, _, settings = predictor.predict(case.image, xyz=True, downsample=cfg.data.downsample)
             pred = restore_geometry(labels, case.meta, order=0)
             if pred.shape != gt.shape:
                 raise BfasegError(f"label {lab_path}: shape {gt.shape} differs from image {img_path} {pred.shape}")
@@ -370,11 +445,7 @@ def run(args) -> int:
             orig_shape = image.shape
             if downsample != 1:
                 image, gt = downsample_case_arrays(image, gt, downsample)
-            pred, _, settings = predict_array(
-                model, cfg, image, ndim=ndim, mode=args.mode, stride=args.stride, overlap=args.overlap,
-                batch_size=args.batch_size, precision=precision, device=device,
-                largest_component=args.largest_component, forward=fwd,
-            )
+            pred, _, settings = predictor.predict(image)
             if spacing_opt == "auto":
                 if case.spacing is None:
                     raise BfasegError(f"--spacing auto: case {case_id!r} has no 'spacing' attribute in its h5 file; "
@@ -392,9 +463,6 @@ def run(args) -> int:
         rows.append(row)
         times.append(row["seconds"])
 
-    summary = summarize(results)
-    inference = {k: v for k, v in settings.items()}
-    inference.update(device=device, weights=state.get("_loaded_weights"))
     resolution = None
     if downsample != 1:
         resolution = (f"images and labels downsampled x{downsample:g} as in training "
@@ -402,22 +470,13 @@ def run(args) -> int:
     elif dataset == "nifti":
         resolution = "prediction mapped back to the source NIfTI grid; metrics in the label file's geometry"
     doc = {
-        "mean": summary["mean"],
-        "std": summary["std"],
+        **summary_metrics(results, args.policy, units),
         "per_case": rows,
-        "n_cases": summary["n_cases"],
-        "n_failed": summary["n_failed"],
-        "n_both_empty": summary["n_both_empty"],
-        **({"n_failed_per_class": summary["n_failed_per_class"]} if "n_failed_per_class" in summary else {}),
-        "policy": args.policy,
-        "units": units,
         "spacing": "auto" if spacing_opt == "auto" else (list(spacing_opt) if spacing_opt else None),
         "resolution": resolution,
         "downsample": downsample,
         "classes": list(range(1, num_classes)),
-        "inference": inference,
-        "mode": args.mode,
-        "checkpoint": describe_checkpoint(ckpt_path, state),
+        **predictor.describe(settings),
         "split": {"list": str(split_path), "name": split_path.name, "dataset": dataset, "root": str(root),
                   "n_cases": len(ids), "ids": ids},
         "warnings": warn,
@@ -426,18 +485,7 @@ def run(args) -> int:
     }
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "summary.json", doc)
-    print(format_table(rows, summary, units))
+    print(format_table(rows, doc, units))
     print(f"wrote {output / 'summary.json'}")
     return 0
-
-
-def _predict_2d_xyz(model, cfg, image, args, precision, device, fwd):
-    """2-D networks on (x, y, z) NIfTI volumes: predict the z-slices (as (z, y, x)), back to (x, y, z)."""
-    from bfaseg.inference.checkpoints import predict_array
-
-    labels, _, settings = predict_array(
-        model, cfg, np.ascontiguousarray(image.transpose(2, 1, 0)), ndim=2, mode=args.mode,
-        precision=precision, device=device, largest_component=args.largest_component, forward=fwd,
-    )
-    return np.ascontiguousarray(labels.transpose(2, 1, 0)), None, settings
 

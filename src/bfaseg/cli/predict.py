@@ -22,22 +22,22 @@ dataset of input h5 files) each case is scored and ``summary.json`` gets the met
 
 from __future__ import annotations
 
-import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bfaseg.cli.evaluate import (
+    Predictor,
     case_row,
     jsonable,
     progress_iter,
     read_nifti_label_raw,
-    resolve_device,
     score_case,
-    summarize,
+    summary_metrics,
     write_json_atomic,
 )
 from bfaseg.errors import BfasegError
@@ -123,26 +123,37 @@ def collect_inputs(path: Path) -> list[tuple[str, Path, str]]:
     return out
 
 
-def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
+@contextmanager
+def _open_h5(path: Path):
+    """``h5py.File(path, "r")``; read errors become a :class:`BfasegError` naming the file."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            if "image" not in f:
-                raise BfasegError(f"{path}: missing dataset 'image' (keys: {sorted(f.keys())})")
-            image = np.asarray(f["image"][()], dtype=np.float32)
-            label = np.asarray(f["label"][()]) if "label" in f else None
-            spacing = f.attrs.get("spacing")
+            yield f
     except BfasegError:
         raise
     except (OSError, KeyError, ValueError) as exc:
         raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
+
+
+def _spacing_attr(f) -> tuple[float, ...] | None:
+    spacing = f.attrs.get("spacing")
+    return tuple(float(s) for s in spacing) if spacing is not None else None
+
+
+def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
+    with _open_h5(path) as f:
+        if "image" not in f:
+            raise BfasegError(f"{path}: missing dataset 'image' (keys: {sorted(f.keys())})")
+        image = np.asarray(f["image"][()], dtype=np.float32)
+        label = np.asarray(f["label"][()]) if "label" in f else None
+        spacing = _spacing_attr(f)
     if image.ndim not in (2, 3):
         raise BfasegError(f"{path}: 'image' must be 2-D or 3-D, got shape {image.shape}")
     if not np.isfinite(image).all():
         raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
-    sp = tuple(float(s) for s in spacing) if spacing is not None else None
-    return image, label, sp
+    return image, label, spacing
 
 
 def _find_label(labels_dir: Path, case_id: str) -> Path | None:
@@ -156,40 +167,28 @@ def _find_label(labels_dir: Path, case_id: str) -> Path | None:
 def _read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     if _strip(path.name, NIFTI_SUFFIXES) is not None:
         return read_nifti_label_raw(path)
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "label" not in f:
-                raise BfasegError(f"{path}: missing dataset 'label'")
-            spacing = f.attrs.get("spacing")
-            return np.asarray(f["label"][()]), (tuple(float(s) for s in spacing) if spacing is not None else None)
-    except BfasegError:
-        raise
-    except (OSError, KeyError, ValueError) as exc:
-        raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
+    with _open_h5(path) as f:
+        if "label" not in f:
+            raise BfasegError(f"{path}: missing dataset 'label'")
+        return np.asarray(f["label"][()]), _spacing_attr(f)
 
 
 # ----------------------------------------------------------------------------- writing
 def _write_h5_atomic(path: Path, label: np.ndarray, probs: np.ndarray | None, attrs: dict) -> None:
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
+    from bfaseg.training.checkpoint import atomic_write_bytes
+
+    def write(stream) -> None:
+        with h5py.File(stream, "w") as f:
             f.create_dataset("label", data=label.astype(np.uint8), compression="gzip")
             if probs is not None:
                 f.create_dataset("probabilities", data=probs.astype(np.float32), compression="gzip")
             for k, v in attrs.items():
                 if v is not None:
                     f.attrs[k] = v
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise BfasegError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write_bytes(path, write)
 
 
 def _h5_meta(shape: tuple[int, ...], spacing: tuple[float, ...] | None, source: Path) -> dict[str, Any]:
@@ -206,16 +205,6 @@ def _h5_meta(shape: tuple[int, ...], spacing: tuple[float, ...] | None, source: 
 
 # ----------------------------------------------------------------------------- command
 def run(args) -> int:
-    from bfaseg.data.transforms import downsample_case_arrays, resize
-    from bfaseg.inference.checkpoints import (
-        describe_checkpoint,
-        inference_fn,
-        load_model_from_checkpoint,
-        model_ndim,
-        predict_array,
-        resolve_precision,
-    )
-
     inputs = collect_inputs(Path(args.input))
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -225,42 +214,13 @@ def run(args) -> int:
         labels_dir = Path(args.labels)
         if not labels_dir.is_dir():
             raise BfasegError(f"--labels: folder not found: {labels_dir}")
-    device = resolve_device(args.device)
-    ckpt_path = Path(args.checkpoint)
-    model, cfg, state = load_model_from_checkpoint(ckpt_path, device, which=args.model)
-    ndim = model_ndim(cfg, state)
-    if args.stride is not None:
-        if len(args.stride) == 1:
-            args.stride = args.stride * 3
-        if ndim == 2 or len(args.stride) != 3 or min(args.stride) < 1:
-            raise BfasegError("--stride: expected 3 positive integers, for a 3-D network")
-    precision = resolve_precision(args.precision, args.mode, device)
-    fwd = inference_fn(model, ndim, device)
+    predictor = Predictor.from_args(args)
+    cfg, ndim = predictor.cfg, predictor.ndim
     num_classes = cfg.model.num_classes
-    downsample = cfg.data.downsample
+    downsample = cfg.data.downsample if ndim == 3 else 1.0
 
-    def predict(image: np.ndarray, layout: str):
-        """labels (uint8) and probs ((K, *shape) numpy or None) in the geometry of ``image``."""
-        work = image
-        if downsample != 1 and work.ndim == 3 and ndim == 3:
-            work, _ = downsample_case_arrays(work, None, downsample)
-        if ndim == 2 and layout == "xyz":  # NIfTI (x, y, z): 2-D networks see z-slices as (z, y, x)
-            work = np.ascontiguousarray(work.transpose(2, 1, 0))
-        if ndim == 3 and work.ndim != 3:
-            raise BfasegError("a 3-D network needs 3-D images")
-        labels, probs, settings = predict_array(
-            model, cfg, work, ndim=ndim, mode=args.mode, stride=args.stride, precision=precision, device=device,
-            largest_component=args.largest_component, return_probs=args.probabilities, forward=fwd,
-        )
-        probs = probs.numpy() if probs is not None else None
-        if ndim == 2 and layout == "xyz":
-            labels = np.ascontiguousarray(labels.transpose(2, 1, 0))
-            probs = np.ascontiguousarray(probs.transpose(0, 3, 2, 1)) if probs is not None else None
-        if labels.shape != image.shape:  # undo data.downsample
-            labels = resize(labels, image.shape, order=0)
-            if probs is not None:
-                probs = np.stack([resize(p, image.shape, order=1) for p in probs])
-        return labels, probs, settings
+    def predict(image: np.ndarray, xyz: bool):
+        return predictor.predict(image, xyz=xyz, downsample=downsample, probabilities=args.probabilities)
 
     rows, results, written = [], [], []
     settings: dict[str, Any] = {}
@@ -272,7 +232,7 @@ def run(args) -> int:
             from bfaseg.data.nifti import load_nifti_image, restore_geometry, save_nifti_mask, save_probabilities
 
             case = load_nifti_image(path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
-            labels, probs, settings = predict(case.image, "xyz")
+            labels, probs, settings = predict(case.image, xyz=True)
             out = save_nifti_mask(labels, case.meta, out_dir / f"{case_id}.nii.gz")
             written.append(str(out))
             if probs is not None:
@@ -289,7 +249,7 @@ def run(args) -> int:
                 squeeze = True
             else:
                 squeeze = False
-            labels, probs, settings = predict(image, "h5")
+            labels, probs, settings = predict(image, xyz=False)
             if squeeze:
                 labels, probs = labels[0], (probs[:, 0] if probs is not None else None)
                 image = image[0]
@@ -341,18 +301,12 @@ def run(args) -> int:
         "n_cases": len(rows),
         "per_case": rows,
         "outputs": written,
-        "inference": {**settings, "device": device, "weights": state.get("_loaded_weights")},
-        "mode": args.mode,
-        "checkpoint": describe_checkpoint(ckpt_path, state),
+        **predictor.describe(settings),
         "input": str(Path(args.input)),
     }
     if results:
-        summary = summarize(results)
         units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"
-        doc.update(mean=summary["mean"], std=summary["std"], n_failed=summary["n_failed"],
-                   n_both_empty=summary["n_both_empty"], policy=args.policy, units=units, units_source=units_note)
-        if "n_failed_per_class" in summary:
-            doc["n_failed_per_class"] = summary["n_failed_per_class"]
+        doc.update(summary_metrics(results, args.policy, units), units_source=units_note)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "summary.json", jsonable(doc))
     msg = f"wrote {len(written)} file(s) to {out_dir}"

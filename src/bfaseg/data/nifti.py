@@ -366,21 +366,24 @@ def restore_geometry(array: np.ndarray, meta: dict, order: int = 0) -> np.ndarra
 
 
 def _atomic_nifti_save(img, out_path: Path) -> None:
+    """``nib.save`` through ``atomic_write_bytes``; gzip-compressed for ``.nii.gz``, as nibabel writes it."""
+    import gzip
+
+    from bfaseg.training.checkpoint import atomic_write_bytes
+
     nib = _nib()
-    name = out_path.name
-    suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
+    if not out_path.name.endswith(NIFTI_SUFFIXES):
         raise BfasegError(f"output file {out_path} must end with .nii.gz or .nii")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, out_path)
-    except OSError as exc:
-        raise BfasegError(f"cannot write {out_path}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    def write(f) -> None:
+        if out_path.name.endswith(".nii.gz"):
+            level = nib.openers.Opener.default_compresslevel
+            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=level, mtime=0) as gz:
+                img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
+        else:
+            img.to_file_map({"image": nib.FileHolder(fileobj=f)})
+
+    atomic_write_bytes(out_path, write)
 
 
 def _make_nifti(data: np.ndarray, meta: dict, dtype):
@@ -411,10 +414,7 @@ def save_nifti_mask(array: np.ndarray, meta: dict, out_path: str | os.PathLike) 
         array = np.rint(array)
     if array.size and (array.min() < 0 or array.max() > 255):
         raise BfasegError(f"mask for {out_path} has values outside 0..255")
-    restored = restore_geometry(array.astype(np.uint8), meta, order=0)
-    out_path = Path(out_path)
-    _atomic_nifti_save(_make_nifti(restored.astype(np.uint8), meta, np.uint8), out_path)
-    return out_path
+    return _save_in_source_geometry(array.astype(np.uint8), meta, out_path, order=0, dtype=np.uint8)
 
 
 def save_probabilities(
@@ -428,9 +428,14 @@ def save_probabilities(
         probs = np.moveaxis(probs, channel_axis, -1)
     elif probs.ndim != 3:
         raise BfasegError(f"probabilities for {out_path} must be 3-D or 4-D, got shape {probs.shape}")
-    restored = restore_geometry(probs, meta, order=1).astype(np.float32)
+    return _save_in_source_geometry(probs, meta, out_path, order=1, dtype=np.float32)
+
+
+def _save_in_source_geometry(array: np.ndarray, meta: dict, out_path, *, order: int, dtype) -> Path:
+    """``restore_geometry`` (interpolation ``order``), then an atomic NIfTI write as ``dtype``."""
+    restored = restore_geometry(array, meta, order=order).astype(dtype)
     out_path = Path(out_path)
-    _atomic_nifti_save(_make_nifti(restored, meta, np.float32), out_path)
+    _atomic_nifti_save(_make_nifti(restored, meta, dtype), out_path)
     return out_path
 
 
@@ -542,6 +547,16 @@ def _check_label_values(label: np.ndarray, allowed: set[int] | None, path: Path,
         raise BfasegError(f"label {path} has values {bad} not declared in {ds_path} 'labels' {sorted(allowed)}")
 
 
+def _dataset_modality(root: Path, modality: str) -> tuple[str, dict | None]:
+    """The modality to read a dataset's images with ("auto": dataset.json's, when it names one)
+    and the parsed dataset.json (None when absent)."""
+    info = read_dataset_json(root)
+    mod = _parse_modality(modality)
+    if mod == "auto" and info and info["modality"]:
+        mod = info["modality"]
+    return mod, info
+
+
 def _iter_progress(items, desc: str, progress: bool):
     if not progress:
         return items
@@ -573,10 +588,7 @@ def load_nifti_dataset(
     labels_dir = root / "labelsTr"
     if not images_dir.is_dir() and not unl_dir.is_dir():
         raise BfasegError(f"{root}: no imagesTr/ (or imagesUnlabeled/) folder")
-    info = read_dataset_json(root)
-    mod = _parse_modality(modality)
-    if mod == "auto" and info and info["modality"]:
-        mod = info["modality"]
+    mod, info = _dataset_modality(root, modality)
     allowed = info["labels"] if info else None
     ds_path = info["path"] if info else None
 
@@ -628,10 +640,7 @@ def load_nifti_test(
     ts = root / "imagesTs"
     if not ts.is_dir():
         return []
-    info = read_dataset_json(root)
-    mod = _parse_modality(modality)
-    if mod == "auto" and info and info["modality"]:
-        mod = info["modality"]
+    mod, _ = _dataset_modality(root, modality)
     return [
         load_nifti_image(p, target_spacing, mod, canonical, ct_window=ct_window, case_id=case)
         for case, p in _group_images(ts).items()

@@ -22,17 +22,14 @@ import numpy as np
 
 from bfaseg.data.prepare.common import (
     PrepareSummary,
-    atomic_write_h5,
-    atomic_write_lines,
     check_h5,
+    finish,
     make_out_dir,
+    minmax_scale,
     progress,
-    read_sitk,
+    read_image_label,
     require_dir,
-    say,
-    sitk_array,
     split_counts,
-    verify_lists,
 )
 from bfaseg.errors import BfasegError
 
@@ -74,19 +71,13 @@ def find_acdc_cases(raw: Path) -> dict[str, dict[str, Path]]:
 
 def convert_acdc_case(image_path: Path, label_path: Path):
     """-> (image (Z,Y,X) float32 [0,1], label (Z,Y,X) uint8, spacing (z,y,x))."""
-    img = read_sitk(image_path, "ACDC image")
-    lab = read_sitk(label_path, "ACDC label")
-    image = sitk_array(img, image_path, "ACDC image").astype(np.float32)
-    label = sitk_array(lab, label_path, "ACDC label")
-    if image.shape != label.shape:
-        raise BfasegError(f"ACDC label {label_path} has shape {label.shape} but image {image_path} has {image.shape}")
+    img, image, label = read_image_label(image_path, label_path, "ACDC")
     values = set(np.unique(label).tolist())
     if not values <= ACDC_LABELS:
         raise BfasegError(f"ACDC label {label_path} has values {sorted(values)}; expected 0..3")
     if not np.all(np.isfinite(image)):
         raise BfasegError(f"ACDC image {image_path} contains NaN or Inf values")
-    lo, hi = float(image.min()), float(image.max())
-    image = ((image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)).astype(np.float32)
+    image = minmax_scale(image)
     spacing = tuple(float(s) for s in reversed(img.GetSpacing()))
     return image, label.astype(np.uint8), spacing
 
@@ -129,7 +120,7 @@ def prepare_acdc(
     for pat, case, image_path in progress(jobs, "ACDC", show_progress):
         image, label, spacing = convert_acdc_case(image_path, _gt_path(image_path))
         attrs = {"spacing": np.asarray(spacing, dtype=np.float64)}
-        summary.files.append(atomic_write_h5(data / f"{case}.h5", {"image": image, "label": label}, attrs))
+        summary.write_case(data / f"{case}.h5", image, label, attrs)
         n_slices[case] = image.shape[0]
         if pat in slice_patients:
             sattrs = {
@@ -137,30 +128,27 @@ def prepare_acdc(
                 "volume_spacing": np.asarray(spacing, dtype=np.float64),
             }
             for k in range(image.shape[0]):
-                path = slices_dir / f"{case}_slice_{k + 1}.h5"
-                summary.files.append(
-                    atomic_write_h5(path, {"image": image[k].copy(), "label": label[k].copy()}, sattrs)
-                )
+                summary.write_case(slices_dir / f"{case}_slice_{k + 1}.h5", image[k].copy(), label[k].copy(), sattrs)
 
     def cases_of(pats):
         return [case for pat in pats for case in patients[pat]]
 
-    lists = {
+    summary.lists = {
         "train_slices.list": [
             f"{case}_slice_{k}" for case in cases_of(train_p) for k in range(1, n_slices[case] + 1)
         ],
         "val.list": cases_of(val_p),
         "test.list": cases_of(test_p),
     }
-    for name, items in lists.items():
-        atomic_write_lines(out / name, items)
     summary.cases = [case for _, case, _ in jobs]
-    summary.lists = lists
 
-    for path in summary.files:
+    def check_file(path: Path):
         ndim = 2 if path.parent == slices_dir else 3
-        check_h5(path, ndim=ndim, label_values=ACDC_LABELS, value_range=(0.0, 1.0), attrs=("spacing",))
-    verify_lists(out, {"train_slices.list": lists["train_slices.list"]}, lambda e: (slices_dir / f"{e}.h5").is_file())
-    verify_lists(out, {k: lists[k] for k in ("val.list", "test.list")}, lambda e: (data / f"{e}.h5").is_file())
-    say(summary.line() + f" [patients: train {len(train_p)}, val {len(val_p)}, test {len(test_p)}]")
-    return summary
+        return check_h5(path, ndim=ndim, label_values=ACDC_LABELS, value_range=(0.0, 1.0), attrs=("spacing",))
+
+    return finish(
+        summary,
+        check_file,
+        lambda name, entry: (slices_dir if name == "train_slices.list" else data) / f"{entry}.h5",
+        f" [patients: train {len(train_p)}, val {len(val_p)}, test {len(test_p)}]",
+    )

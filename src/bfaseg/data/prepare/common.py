@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -32,6 +31,10 @@ class PrepareSummary:
             f"{self.dataset}: {len(self.cases)} cases, {len(self.files)} h5 files checked OK "
             f"({parts}{dropped}) -> {self.out}"
         )
+
+    def write_case(self, path: Path, image: np.ndarray, label: np.ndarray, attrs: dict) -> None:
+        """Write one ``image``/``label`` h5 file atomically and record it for the final check."""
+        self.files.append(atomic_write_h5(path, {"image": image, "label": label}, attrs))
 
 
 def say(msg: str) -> None:
@@ -64,44 +67,32 @@ def make_out_dir(path: Path) -> Path:
     return path
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def atomic_write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> Path:
-    """Write an h5 file through a temporary file in the same folder and ``os.replace``."""
+    """Write an h5 file atomically (``atomic_write_bytes``: temporary file beside it, then rename)."""
     import h5py
 
-    path = Path(path)
-    make_out_dir(path.parent)
-    tmp = _tmp_name(path)
-    try:
-        with h5py.File(tmp, "w") as f:
+    from bfaseg.training.checkpoint import atomic_write_bytes
+
+    def write(stream) -> None:
+        with h5py.File(stream, "w") as f:
             for key, value in datasets.items():
                 f.create_dataset(key, data=value)
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise BfasegError(f"cannot write {path}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    path = Path(path)
+    make_out_dir(path.parent)
+    atomic_write_bytes(path, write)
     return path
 
 
 def atomic_write_lines(path: Path, lines: Sequence[str]) -> Path:
+    from bfaseg.training.checkpoint import atomic_write_bytes
+
     path = Path(path)
     make_out_dir(path.parent)
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise BfasegError(f"cannot write {path}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    text = "".join(f"{line}\n" for line in lines)
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
 
@@ -128,6 +119,13 @@ def split_counts(n: int, fractions: Sequence[float], names: Sequence[str]) -> li
         j = max(range(len(counts)), key=lambda k: counts[k])
         counts[j] -= 1
     return counts
+
+
+def train_test_lists(ids: Sequence[str], test_fraction: float) -> dict[str, list[str]]:
+    """``train.list``: the first ids; ``test.list``: the last ``test_fraction`` of them."""
+    ids = list(ids)
+    (n_test,) = split_counts(len(ids), [test_fraction], ["test"])
+    return {"train.list": ids[: len(ids) - n_test], "test.list": ids[len(ids) - n_test :]}
 
 
 def read_sitk(path: Path, what: str):
@@ -163,6 +161,31 @@ def sitk_array(image, path: Path, what: str) -> np.ndarray:
     if image.GetDimension() != 3:
         raise BfasegError(f"{what} {path}: expected a 3-D image, got {image.GetDimension()}-D")
     return sitk.GetArrayFromImage(image)
+
+
+def read_image_label(image_path: Path, label_path: Path, what: str, *, xyz: bool = False):
+    """-> (SimpleITK image, image array float32, label array) of one case, shapes checked.
+
+    Arrays are (z, y, x) as SimpleITK gives them, or (x, y, z) with ``xyz``.
+    """
+    img = read_sitk(image_path, f"{what} image")
+    lab = read_sitk(label_path, f"{what} label")
+    image = sitk_array(img, image_path, f"{what} image")
+    label = sitk_array(lab, label_path, f"{what} label")
+    if xyz:
+        image, label = image.transpose(2, 1, 0), label.transpose(2, 1, 0)
+    image = image.astype(np.float32)
+    if image.shape != label.shape:
+        raise BfasegError(
+            f"{what} label {label_path} has shape {label.shape} but image {image_path} has {image.shape}"
+        )
+    return img, image, label
+
+
+def minmax_scale(image: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1] (all zeros for a constant image)."""
+    lo, hi = float(image.min()), float(image.max())
+    return ((image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)).astype(np.float32)
 
 
 def binarize_label(label: np.ndarray, path: Path) -> np.ndarray:
@@ -237,13 +260,30 @@ def check_h5(
     return shape
 
 
-def verify_lists(out: Path, lists: dict[str, list[str]], exists) -> None:
-    """Every list file reads back as written and names existing outputs."""
+def verify_lists(out: Path, lists: dict[str, list[str]], h5_path: Callable[[str, str], Path]) -> None:
+    """Every list file reads back as written and names existing outputs (``h5_path(list, entry)``)."""
     for name, items in lists.items():
         path = out / name
         got = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if got != list(items):
             raise BfasegError(f"integrity check failed for {path}: content differs from what was written")
         for item in items:
-            if not exists(item):
+            if not h5_path(name, item).is_file():
                 raise BfasegError(f"integrity check failed for {path}: entry {item!r} has no h5 file")
+
+
+def finish(
+    summary: PrepareSummary,
+    check_file: Callable[[Path], object],
+    h5_path: Callable[[str, str], Path],
+    note: str = "",
+) -> PrepareSummary:
+    """The end of every converter: write ``summary.lists``, re-check every written h5 file
+    (``check_file``, e.g. :func:`check_h5`) and every list, print the summary line (+ ``note``)."""
+    for name, items in summary.lists.items():
+        atomic_write_lines(summary.out / name, items)
+    for path in summary.files:
+        check_file(path)
+    verify_lists(summary.out, summary.lists, h5_path)
+    say(summary.line() + note)
+    return summary

@@ -21,20 +21,16 @@ import numpy as np
 
 from bfaseg.data.prepare.common import (
     PrepareSummary,
-    atomic_write_h5,
-    atomic_write_lines,
     bbox,
     binarize_label,
     check_h5,
     crop_or_pad,
+    finish,
     make_out_dir,
     progress,
-    read_sitk,
+    read_image_label,
     require_dir,
-    say,
-    sitk_array,
-    split_counts,
-    verify_lists,
+    train_test_lists,
 )
 from bfaseg.errors import BfasegError
 
@@ -84,12 +80,7 @@ def convert_la_case(
     crop_size: tuple[int, int] = (192, 192),
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """One case -> (image (x,y,z) float32, label (x,y,z) uint8, spacing (x,y,z))."""
-    img = read_sitk(image_path, "LA image")
-    lab = read_sitk(label_path, "LA label")
-    image = sitk_array(img, image_path, "LA image").transpose(2, 1, 0).astype(np.float32)
-    label = sitk_array(lab, label_path, "LA label").transpose(2, 1, 0)
-    if image.shape != label.shape:
-        raise BfasegError(f"LA label {label_path} has shape {label.shape} but image {image_path} has {image.shape}")
+    img, image, label = read_image_label(image_path, label_path, "LA", xyz=True)
     label = binarize_label(label, label_path)
     spacing = tuple(float(s) for s in img.GetSpacing())
 
@@ -146,8 +137,7 @@ def prepare_la(
             raise BfasegError(f"LA case {cid} has no label: {folder / LABEL_NAME} not found")
 
     ids = list(cases)
-    (n_test,) = split_counts(len(ids), [test_fraction], ["test"])
-    lists = {"train.list": ids[: len(ids) - n_test], "test.list": ids[len(ids) - n_test :]}
+    lists = train_test_lists(ids, test_fraction)
 
     make_out_dir(out)
     rng = np.random.default_rng(seed)
@@ -163,14 +153,11 @@ def prepare_la(
             min_size=min_size,
             crop_size=crop_size,
         )
-        path = out / LA_FOLDER / cid / "mri_norm2.h5"
         attrs = {"spacing": np.asarray(spacing, dtype=np.float64), "label_crop": bool(label_crop)}
-        summary.files.append(atomic_write_h5(path, {"image": image, "label": label}, attrs))
-    for name, items in lists.items():
-        atomic_write_lines(out / name, items)
+        summary.write_case(out / LA_FOLDER / cid / "mri_norm2.h5", image, label, attrs)
 
-    for path in summary.files:
-        check_h5(path, ndim=3, label_values={0, 1}, attrs=("spacing",))
-    verify_lists(out, lists, lambda cid: (out / LA_FOLDER / cid / "mri_norm2.h5").is_file())
-    say(summary.line())
-    return summary
+    return finish(
+        summary,
+        lambda path: check_h5(path, ndim=3, label_values={0, 1}, attrs=("spacing",)),
+        lambda _list, cid: out / LA_FOLDER / cid / "mri_norm2.h5",
+    )

@@ -30,13 +30,13 @@ import numpy as np
 
 from bfaseg.data.prepare.common import (
     PrepareSummary,
-    atomic_write_h5,
-    atomic_write_lines,
     bbox,
     binarize_label,
     check_h5,
     crop_or_pad,
+    finish,
     make_out_dir,
+    minmax_scale,
     progress,
     read_sitk,
     require_dir,
@@ -44,7 +44,7 @@ from bfaseg.data.prepare.common import (
     sitk_array,
     sitk_error_detail,
     split_counts,
-    verify_lists,
+    train_test_lists,
 )
 from bfaseg.errors import BfasegError
 
@@ -208,9 +208,7 @@ def convert_pancreas_case(
     if not lab.any():
         raise BfasegError(f"Pancreas label {label_path} is empty (after resampling to {tuple(spacing)} mm)")
 
-    img = np.clip(img, *HU_WINDOW)
-    lo, hi = float(img.min()), float(img.max())
-    img = ((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)).astype(np.float32)
+    img = minmax_scale(np.clip(img, *HU_WINDOW))
 
     windows = [crop_window(a, b, n, expand, min_size) for (a, b), n in zip(bbox(lab), lab.shape)]
     starts, sizes = [w[0] for w in windows], [w[1] for w in windows]
@@ -272,21 +270,14 @@ def prepare_pancreas(
         )
         for note in notes:
             say(f"Pancreas: {note}")
-        path = out / H5_FOLDER / f"{case}_norm.h5"
         attrs = {"spacing": np.asarray(spacing, dtype=np.float64)}
-        summary.files.append(atomic_write_h5(path, {"image": img, "label": lab}, attrs))
+        summary.write_case(out / H5_FOLDER / f"{case}_norm.h5", img, lab, attrs)
         kept.append(case)
+    summary.cases, summary.lists = kept, train_test_lists(kept, test_fraction)
 
-    (n_test,) = split_counts(len(kept), [test_fraction], ["test"])
-    lists = {"train.list": kept[: len(kept) - n_test], "test.list": kept[len(kept) - n_test :]}
-    for name, items in lists.items():
-        atomic_write_lines(out / name, items)
-    summary.cases, summary.lists = kept, lists
-
-    for path in summary.files:
+    def check_file(path: Path) -> None:
         shape = check_h5(path, ndim=3, label_values={0, 1}, value_range=(0.0, 1.0), attrs=("spacing",))
         if min(shape) < min_size:
             raise BfasegError(f"integrity check failed for {path}: shape {shape} smaller than {min_size}")
-    verify_lists(out, lists, lambda c: (out / H5_FOLDER / f"{c}_norm.h5").is_file())
-    say(summary.line())
-    return summary
+
+    return finish(summary, check_file, lambda _list, case: out / H5_FOLDER / f"{case}_norm.h5")
