@@ -77,8 +77,15 @@ class BCP(Method):
             pieces = [(parts[0], parts[1])]
         else:
             x_u = batch["image_u"]
-            pl_a, keep_a = self.pseudo_labels(x_u[a])
-            pl_b, keep_b = self.pseudo_labels(x_u[b])
+            if self.t.cfg.train.teacher_mode == "eval":
+                # one teacher pass for both halves: in eval mode a sample's prediction does not depend on the
+                # rest of the batch, and batches of one take PyTorch's slow non-oneDNN convolutions on CPU
+                n_a = x_u[a].shape[0]
+                pl, keep = self.pseudo_labels(torch.cat([x_u[a], x_u[b]]))
+                pl_a, pl_b, keep_a, keep_b = pl[:n_a], pl[n_a:], keep[:n_a], keep[n_a:]
+            else:  # BatchNorm in train mode: each half keeps its own batch statistics
+                pl_a, keep_a = self.pseudo_labels(x_u[a])
+                pl_b, keep_b = self.pseudo_labels(x_u[b])
             w = self.pseudo_weight(iteration)
             lab_a, lab_b = (x_l[a], y_l[a], one, True), (x_l[b], y_l[b], one, True)
             unl_a, unl_b = (x_u[a], pl_a, w * keep_a, False), (x_u[b], pl_b, w * keep_b, False)

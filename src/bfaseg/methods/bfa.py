@@ -87,7 +87,8 @@ class BFA(BCP):
         """Masked mean feature per class: features (N, C, *s), masks (N, K-1, *s) -> (K-1, C), counts (K-1,)."""
         f = features.float().flatten(2)  # N, C, V
         m = masks.float().flatten(2)  # N, K-1, V
-        sums = torch.einsum("ncv,nkv->kc", f, m)
+        with torch.autocast(f.device.type, enabled=False):  # autocast would round the sums (and 1 - cos) to bf16
+            sums = torch.einsum("ncv,nkv->kc", f, m)
         counts = m.sum((0, 2))
         return sums / counts.clamp_min(1.0).unsqueeze(1), counts
 
@@ -113,7 +114,7 @@ class BFA(BCP):
         else:
             loss_k = 1 - F.cosine_similarity(proto_ps, proto_gt.detach(), dim=1)
         if not bool(valid.any()):
-            return features.sum() * 0.0  # keeps the graph (and DDP) consistent when nothing is aligned
+            return features.float().sum() * 0.0  # keeps the graph (and DDP) consistent when nothing is aligned
         return (loss_k * valid).sum() / valid.sum()
 
     # ----------------------------------------------------------------- step
