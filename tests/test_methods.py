@@ -134,3 +134,23 @@ def test_training_learns_synthetic(tmp_path):
     assert summary["best_dice"] > 0.8
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     assert (tmp_path / "run" / "log.jsonl").exists() and (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_bfa_beats_supervised_with_the_same_labels(tmp_path):
+    """2 labeled of 24 synthetic phantoms, 200 iterations each: BFA's Dice beats supervised-only.
+
+    Measured (seed 1): supervised 88.7 %, BFA 94.5 % (last checkpoints, 6 held-out phantoms).
+    """
+    from bfaseg.experiments import evaluate_checkpoint
+
+    dice = {}
+    for method in ("supervised", "bfa"):
+        raw = tiny_config(method, iterations=200, batch_labeled=4, batch_unlabeled=4, val_every=200,
+                          log_every=50, checkpoint_every=200, keep_checkpoints=0, seed=1)
+        raw["data"].update(synthetic_cases=24, synthetic_val_cases=6, labeled=2)
+        raw["data"].pop("labeled_fraction")
+        cfg = validate_config(raw)
+        trainer = Trainer(cfg, tmp_path / method, progress=False)
+        trainer.fit()
+        dice[method] = evaluate_checkpoint(tmp_path / method / "checkpoints" / "last.pt", trainer.data.val)["mean"]["dice"]
+    assert dice["bfa"] > dice["supervised"] + 0.02, dice
