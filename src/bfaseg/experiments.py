@@ -29,8 +29,11 @@ VARIANTS: dict[str, dict] = {
     "bfa_no_mixing": {"method": {"name": "bfa", "boundary_mixing": False}},
     "bfa_no_align": {"method": {"name": "bfa", "alignment": False}},
     "bfa_all_off": {"method": {"name": "bfa", "boundary_head": False, "boundary_mixing": False, "alignment": False}},
+    # improvement tried on the validation data: pseudo-labels keep only each class's largest component
+    "bfa_lcc_pseudo": {"method": {"name": "bfa", "component_filter": 1.0}},
 }
 METRICS = ("dice", "jaccard", "hd95", "asd")
+EVALUATIONS = ("last", "best", "last_lcc")
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -115,7 +118,9 @@ def run_experiment(
             name = f"{variant}_s{seed}"
             cfg = variant_config(base_raw, variant, seed, overrides or [])
             run_dir = out / name
-            if name in results and (run_dir / "train_summary.json").exists():
+            if name in results and (run_dir / "train_summary.json").exists() and all(
+                w in results[name] for w in EVALUATIONS
+            ):
                 print(f"[skip] {name}: done")
                 continue
             print(f"[run] {name}")
@@ -136,11 +141,13 @@ def run_experiment(
                 else:
                     bundle = build_data(cfg.data, cfg.model.num_classes, progress=False)
                     eval_cases, eval_split = bundle.val, bundle.val_split
-            entry = {"variant": variant, "seed": seed, "eval_split": eval_split}
-            for which in ("last", "best"):
-                path = run_dir / "checkpoints" / f"{which}.pt"
-                if path.exists():
-                    entry[which] = evaluate_checkpoint(path, eval_cases)
+            entry = dict(results.get(name, {}), variant=variant, seed=seed, eval_split=eval_split)
+            for which in EVALUATIONS:
+                path = run_dir / "checkpoints" / f"{which.split('_')[0]}.pt"
+                if path.exists() and which not in entry:
+                    # "_lcc": the same checkpoint, largest connected component per class kept (3-D), all methods alike
+                    eval_cfg = cfg.eval.model_copy(update={"largest_component": which.endswith("_lcc")})
+                    entry[which] = evaluate_checkpoint(path, eval_cases, eval_cfg)
             entry["train_summary"] = json.loads((run_dir / "train_summary.json").read_text())
             # several experiment processes may share one folder: merge into what is on disk now
             results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -168,8 +175,15 @@ def write_tables(results: dict, out: Path) -> None:
         if entry["variant"] not in variants:
             variants.append(entry["variant"])
     lines = []
-    for which in ("last", "best"):
-        title = "last checkpoint" if which == "last" else "best checkpoint (selected by validation Dice during training)"
+    titles = {
+        "last": "last checkpoint",
+        "best": "best checkpoint (selected by validation Dice during training, on the same split: optimistic)",
+        "last_lcc": "last checkpoint + largest connected component per class (post-processing, every method alike)",
+    }
+    for which in EVALUATIONS:
+        if not any(which in e for e in results.values()):
+            continue
+        title = titles[which]
         lines += [f"### {title}", "", "| method | seeds | Dice % | Jaccard % | 95HD (vox) | ASD (vox) | per-class Dice % |",
                   "|---|---|---|---|---|---|---|"]
         for v in variants:
