@@ -102,6 +102,7 @@ def run_experiment(
     overrides: list[str] | None = None,
     eval_list: str | None = None,
     progress: bool = True,
+    train: bool = True,
 ) -> dict:
     from bfaseg.data.build import build_data
     from bfaseg.data.readers import load_cases, read_list
@@ -122,6 +123,9 @@ def run_experiment(
                 w in results[name] for w in EVALUATIONS
             ):
                 print(f"[skip] {name}: done")
+                continue
+            if not train and not (run_dir / "train_summary.json").exists():
+                print(f"[skip] {name}: not trained (--no-train)")
                 continue
             print(f"[run] {name}")
             if not (run_dir / "train_summary.json").exists():
