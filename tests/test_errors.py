@@ -223,7 +223,7 @@ CASES = [
     Case("negative_iterations", synth("train", iterations=-5),
          ["{tmp}/config.yaml: train.iterations: Input should be greater than or equal to 1"]),
     Case("bad_precision", synth("train", precision="fp8"),
-         ["{tmp}/config.yaml: train.precision: Input should be 'fp32', 'bf16' or 'fp16'"]),
+         ["{tmp}/config.yaml: train.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"]),
     Case("unknown_method", synth("method", name="fancy"),
          ["{tmp}/config.yaml: method.name: unknown method 'fancy' (choose from"]),
     Case("bad_method_param", synth("method", name="bfa", lambda_boundry=1.0),

@@ -72,7 +72,8 @@ class TrainConfig(_Section):
     poly_power: float = 0.9
     step_milestones: list[int] = Field(default_factory=list)
     step_gamma: float = 0.1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is ~10x slower)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
     device: str = "auto"

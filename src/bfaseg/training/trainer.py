@@ -96,6 +96,12 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        if tc.precision == "auto":
+            from bfaseg.inference.checkpoints import bf16_is_fast
+
+            self.precision = "bf16" if bf16_is_fast(self.device) else "fp32"
+        else:
+            self.precision = tc.precision
         if tc.precision == "fp16" and self.device.type != "cuda":
             raise BfasegError("train.precision: fp16 needs a CUDA device (use bf16 on CPU)")
         if tc.precision == "bf16" and self.device.type == "cpu" and self.dist.is_main and not native_bf16_on_cpu():
@@ -168,7 +174,7 @@ class Trainer:
         else:
             self.optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(tc, it))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
         self.start_iteration = 0
         self.best = {"dice": -1.0, "iteration": None}
@@ -257,7 +263,7 @@ class Trainer:
 
     # ------------------------------------------------------------ utilities
     def autocast(self):
-        precision = self.cfg.train.precision
+        precision = self.precision
         if precision == "fp32":
             return nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -347,7 +353,7 @@ class Trainer:
         model = self.teacher if (self.teacher is not None and self.cfg.eval.model == "teacher") else self.student
         result = validate(
             model, self.data.val, train_ndim=self.train_ndim, patch_size=self.patch_size,
-            num_classes=self.num_classes, eval_cfg=self.cfg.eval, precision=self.cfg.train.precision,
+            num_classes=self.num_classes, eval_cfg=self.cfg.eval, precision=self.precision,
             device=str(self.device),
         )
         record = {"iteration": iteration, "val_dice": result["dice"]}
