@@ -188,8 +188,9 @@ def write_tables(results: dict, out: Path) -> None:
         if not any(which in e for e in results.values()):
             continue
         title = titles[which]
-        lines += [f"### {title}", "", "| method | seeds | Dice % | Jaccard % | 95HD (vox) | ASD (vox) | per-class Dice % |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"### {title}", "",
+                  "| method | seeds | Dice % | Jaccard % | 95HD (vox) | ASD (vox) | per-class Dice % | missed |",
+                  "|---|---|---|---|---|---|---|---|"]
         for v in variants:
             entries = [e for e in results.values() if e["variant"] == v and which in e]
             if not entries:
@@ -197,13 +198,21 @@ def write_tables(results: dict, out: Path) -> None:
             means = [e[which]["mean"] for e in entries]
             classes = sorted({k.split("_")[1] for k in means[0] if k.startswith("dice_")})
             per_class = " / ".join(_fmt([m.get(f"dice_{c}") for m in means], 100, 1) for c in classes)
+            # (case, class) pairs with one mask empty: no distance exists, so they are left out of
+            # the 95HD/ASD means (policy strict) and counted here instead
+            missed = sum(
+                1 for e in entries for row in e[which]["per_case"] for key, val in row.items()
+                if key.startswith("hd95_") and val is None
+            )
             lines.append(
                 f"| {v} | {len(entries)} | {_fmt([m['dice'] for m in means], 100)} | {_fmt([m['jaccard'] for m in means], 100)} "
-                f"| {_fmt([m['hd95'] for m in means])} | {_fmt([m['asd'] for m in means])} | {per_class} |"
+                f"| {_fmt([m['hd95'] for m in means])} | {_fmt([m['asd'] for m in means])} | {per_class} | {missed} |"
             )
         lines.append("")
     split = next(iter(results.values()))["eval_split"] if results else "?"
-    lines.insert(0, f"Evaluated on: {split}. Metrics in voxels (medpy definitions; ASD directed pred->gt).\n")
+    lines.insert(0, f"Evaluated on: {split}. Metrics in voxels (medpy definitions; ASD directed pred->gt). "
+                    "'missed' = (case, class) pairs where prediction or reference is empty: excluded from the "
+                    "distance means (strict policy), so compare distances together with this count.\n")
     (out / "results.md").write_text("\n".join(lines))
     _plot_curves(results, out)
 
