@@ -144,6 +144,11 @@ class Trainer:
         expected = {"vnet": 3, "unet2d": 2}[cfg.model.name]
         if expected != self.train_ndim:
             raise BfasegError(f"model.name: {cfg.model.name} is {expected}-D but the data trains {self.train_ndim}-D")
+        bad = [p for p in self.patch_size if p % 16]
+        if bad:  # four 2x downsamplings: odd sizes would break the skip connections
+            raise BfasegError(
+                f"data.patch_size: {list(self.patch_size)} must be divisible by 16 for {cfg.model.name} (got {bad[0]})"
+            )
         self.method.configure_model(student)
         if self.device.type == "cpu":
             cpu_sync_batchnorm(student)  # model.sync_batchnorm under gloo: PyTorch's SyncBatchNorm is GPU-only

@@ -1,0 +1,29 @@
+"""Assemble docs/RESULTS.md from docs/RESULTS.md.in and the results.md files that
+`bfaseg experiment` wrote (tables are copied, never typed):
+
+    python docs/make_results_doc.py runs/acdc10 runs/acdc5
+"""
+
+import sys
+from pathlib import Path
+
+TITLES = {"acdc10": "ACDC, 10 % labels (136 slices of 7 patients), incl. BFA ablation",
+          "acdc5": "ACDC, 5 % labels (68 slices of 3 patients)"}
+
+
+def main() -> None:
+    doc = Path("docs/RESULTS.md.in").read_text()
+    findings = Path("docs/RESULTS_findings.md").read_text() if Path("docs/RESULTS_findings.md").exists() else ""
+    parts = [doc, findings]
+    for folder in sys.argv[1:]:
+        name = Path(folder).name
+        table = (Path(folder) / "results.md").read_text().replace("### ", "#### ")
+        parts.append(f"\n## {TITLES.get(name, name)}\n\n(`{folder}/results.md`)\n\n{table}\n")
+    parts.append("\n## Curves and predictions\n\n![validation Dice during training](figures/acdc10_curves.png)\n\n"
+                 "![predictions on validation slices](figures/acdc10_predictions.png)\n")
+    Path("docs/RESULTS.md").write_text("\n".join(parts))
+    print("wrote docs/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
