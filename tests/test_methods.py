@@ -4,7 +4,8 @@ import torch
 
 from bfaseg.config import validate_config
 from bfaseg.methods.base import cuboid_mask, paste, sigmoid_rampup
-from bfaseg.methods.boundary import class_boundaries, remove_small_components
+from bfaseg.methods.boundary import class_boundaries, remove_small_components, signed_distance_maps
+from bfaseg.training.losses import distance_loss
 from bfaseg.models import UNet2D
 from bfaseg.training.ema import ema_decay, ema_update
 from bfaseg.training.trainer import Trainer
@@ -123,6 +124,46 @@ def test_bfa_switches_remove_exactly_their_terms(tmp_path):
         assert set(logs) - set(logs_off) == missing, switch
     off = _trainer(tmp_path / "off", "bfa", pretrain=0.0, boundary_head=False, boundary_mixing=False, alignment=False)
     assert not hasattr(off.student, "boundary_head")
+
+
+def test_signed_distance_maps_2d():
+    label = torch.zeros(2, 9, 9, dtype=torch.long)
+    label[0, 3:6, 3:6] = 1  # a 3x3 square of class 1; class 2 absent in both samples
+    phi = signed_distance_maps(label, 3, scale=1.0, clip=50.0)
+    assert phi.shape == (2, 2, 9, 9)
+    assert phi[0, 0, 4, 4] == -2.0  # centre: two voxels from the nearest outside voxel
+    assert phi[0, 0, 3, 3] == -1.0 and phi[0, 0, 2, 3] == 1.0 and phi[0, 0, 0, 4] == 3.0
+    assert torch.all(phi[:, 1] == 50.0) and torch.all(phi[1, 0] == 50.0)  # absent class: far everywhere
+    assert signed_distance_maps(label, 3, scale=10.0, clip=0.2).abs().max() == pytest.approx(0.2)
+
+
+def test_distance_loss_punishes_far_false_positives_more():
+    label = torch.zeros(1, 32, 32, dtype=torch.long)
+    label[0, 10:20, 10:20] = 1
+    phi = signed_distance_maps(label, 2)
+
+    def logits_for(pred):
+        return torch.nn.functional.one_hot(pred, 2).movedim(-1, 1).float() * 20
+
+    near, far = label.clone(), label.clone()
+    near[0, 20:22, 10:14] = 1  # an 8-voxel spill next to the target
+    far[0, 28:30, 26:30] = 1  # the same 8 voxels far away
+    exact = distance_loss(logits_for(label), phi)
+    assert exact < distance_loss(logits_for(near), phi) < distance_loss(logits_for(far), phi)
+    zero_w = torch.zeros(1, 32, 32)
+    zero_w[0, :16] = 1.0  # the far island lies in the ignored half
+    assert distance_loss(logits_for(far), phi, zero_w) == pytest.approx(distance_loss(logits_for(label), phi, zero_w).item())
+
+
+def test_bfa_distance_term_is_logged_only_when_on(tmp_path):
+    t = _trainer(tmp_path, "bfa", pretrain=0.0, lambda_distance=0.5)
+    batch = {k: t.to_device(v) for k, v in __import__("bfaseg.data.batches", fromlist=["x"]).TwoStreamBatches(
+        t.data.labeled, t.data.unlabeled, batch_labeled=2, batch_unlabeled=2, patch_size=t.patch_size, seed=0,
+        total_iterations=10)[0].items()}
+    t.copy_student_to_teacher()
+    loss, logs = t.method.training_step(batch, 4)
+    assert "distance" in logs and torch.isfinite(loss)
+    loss.backward()
 
 
 def test_training_learns_synthetic(tmp_path):

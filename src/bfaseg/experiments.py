@@ -31,6 +31,8 @@ VARIANTS: dict[str, dict] = {
     "bfa_all_off": {"method": {"name": "bfa", "boundary_head": False, "boundary_mixing": False, "alignment": False}},
     # improvement tried on the validation data: pseudo-labels keep only each class's largest component
     "bfa_lcc_pseudo": {"method": {"name": "bfa", "component_filter": 1.0}},
+    # improvement tried on the validation data: a boundary-distance loss against far-away false positives
+    "bfa_distance": {"method": {"name": "bfa", "lambda_distance": 0.5}},
 }
 METRICS = ("dice", "jaccard", "hd95", "asd")
 EVALUATIONS = ("last", "best", "last_lcc")

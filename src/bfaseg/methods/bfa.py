@@ -14,7 +14,11 @@ teacher (BCP) it extends:
   pseudo-origin prototypes to the ground-truth ones (or both to an EMA memory),
   so labeled and unlabeled images share one boundary representation.
 
-Loss = seg + lambda_boundary * ramp * boundary + lambda_align * ramp * align (+ supervised).
+- ``lambda_distance`` (optional): a boundary-distance loss on the segmentation output, with
+  signed distance maps of the same (mixed) targets, so far-away false positives cost most.
+
+Loss = seg + lambda_boundary * ramp * boundary + lambda_align * ramp * align (+ supervised)
+(+ lambda_distance * ramp * distance).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import torch.nn.functional as F
 
 from bfaseg.methods.base import paste, sigmoid_rampup
 from bfaseg.methods.bcp import BCP, BCPParams
-from bfaseg.methods.boundary import class_boundaries, downsample_boundaries, downsample_weights
-from bfaseg.training.losses import boundary_loss, dice_ce_loss
+from bfaseg.methods.boundary import class_boundaries, downsample_boundaries, downsample_weights, signed_distance_maps
+from bfaseg.training.losses import boundary_loss, dice_ce_loss, distance_loss
 
 
 class BFAParams(BCPParams):
@@ -51,6 +55,11 @@ class BFAParams(BCPParams):
     align_target: Literal["gt", "memory"] = "gt"
     memory_momentum: float = 0.9
     min_boundary_voxels: int = 4
+    # boundary-distance loss on the segmentation (GT and pseudo-label targets alike): penalises
+    # predictions by their distance from the target's boundary; off by default (an improvement under test)
+    lambda_distance: float = 0.0
+    distance_scale: float = 10.0  # voxels per unit of the signed distance
+    distance_rampup: float = 0.3
 
 
 class BFA(BCP):
@@ -133,6 +142,15 @@ class BFA(BCP):
             sup = dice_ce_loss(logits[n_mix:], batch["label_l"])
             loss = loss + p.supervised_weight * sup
             logs["sup"] = sup.detach()
+        if p.lambda_distance > 0:
+            targets = torch.cat([mix["target"], batch["label_l"]]) if extra else mix["target"]
+            ones = torch.ones(batch["label_l"].shape, dtype=mix["weight"].dtype, device=mix["weight"].device)
+            weights = torch.cat([mix["weight"], ones]) if extra else mix["weight"]
+            phi = signed_distance_maps(targets, self.t.num_classes, p.distance_scale)
+            dist = distance_loss(logits, phi, weights)
+            ramp_d = p.lambda_distance * sigmoid_rampup(iteration, self.fraction_to_iterations(p.distance_rampup))
+            loss = loss + ramp_d * dist
+            logs["distance"] = dist.detach()
         if not want_extras:
             return loss, logs
 
