@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import zoom
 
+from bfaseg.data.transforms import resize
 from bfaseg.errors import BfasegError
 from bfaseg.inference import (
     gaussian_importance_map,
@@ -264,6 +265,20 @@ def test_predict_slices_matches_reference_nearest():
     assert np.array_equal(labels, ref)
 
 
+def test_predict_slices_default_resize_is_the_training_resize():
+    """The network must see slices resized exactly as bfaseg's ACDC training resized them."""
+    net = _conv_net(2, classes=4)
+    vol = np.random.default_rng(6).random((3, 37, 45)).astype(np.float32)
+    labels, probs = predict_slices(vol, net, (32, 32), return_probs=True)
+    x = torch.from_numpy(np.stack([resize(sl, (32, 32), order=1) for sl in vol]))[:, None]
+    with torch.no_grad():
+        small = torch.softmax(net(x), 1)
+    expected = np.stack([resize(s.argmax(0).numpy().astype(np.uint8), (37, 45), order=0) for s in small])
+    assert np.array_equal(labels, expected)
+    bilinear, _ = predict_slices(vol, net, (32, 32), image_resize="bilinear")
+    assert bilinear.shape == labels.shape
+
+
 def test_predict_slices_default_and_options():
     net = _conv_net(2, classes=4)
     vol = np.random.default_rng(5).random((3, 37, 45)).astype(np.float32)
@@ -274,7 +289,7 @@ def test_predict_slices_default_and_options():
     # nearest resize back: probs are resampled with the same mapping as the labels
     assert np.array_equal(probs.numpy().argmax(0).astype(np.uint8), labels)
     # labels only take values predicted at the input size (nearest neighbour: no new values)
-    x = F.interpolate(torch.from_numpy(vol)[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+    x = torch.from_numpy(np.stack([resize(sl, (32, 32), order=1) for sl in vol]))[:, None]
     with torch.no_grad():
         small = net(x).argmax(1).numpy()
     assert np.array_equal(np.bincount(labels.ravel(), minlength=4) > 0, np.bincount(small.ravel(), minlength=4) > 0)

@@ -105,6 +105,7 @@ def run_experiment(
     eval_list: str | None = None,
     progress: bool = True,
     train: bool = True,
+    reevaluate: bool = False,
 ) -> dict:
     from bfaseg.data.build import build_data
     from bfaseg.data.readers import load_cases, read_list
@@ -121,6 +122,8 @@ def run_experiment(
             name = f"{variant}_s{seed}"
             cfg = variant_config(base_raw, variant, seed, overrides or [])
             run_dir = out / name
+            if reevaluate and name in results:
+                results[name] = {k: v for k, v in results[name].items() if k not in EVALUATIONS}
             if name in results and (run_dir / "train_summary.json").exists() and all(
                 w in results[name] for w in EVALUATIONS
             ):

@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--output", required=True, help="experiment folder (one sub-folder per run)")
     p.add_argument("--no-train", action="store_true",
                    help="only evaluate finished runs and rewrite the tables (unfinished runs are skipped)")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="evaluate finished runs again (after a change to inference or metrics) instead of "
+                        "reusing the evaluations stored in results.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -40,6 +43,7 @@ def run(args) -> int:
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     run_experiment(args.config, variants, seeds, args.output, overrides=overrides, eval_list=args.eval_list,
-                   progress=not args.no_progress, train=not args.no_train)
+                   progress=not args.no_progress, train=not args.no_train,
+                   reevaluate=args.reevaluate)
     print((__import__("pathlib").Path(args.output) / "results.md").read_text())
     return 0
