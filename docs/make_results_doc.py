@@ -20,8 +20,12 @@ def main() -> None:
         name = Path(folder).name
         table = (Path(folder) / "results.md").read_text().replace("### ", "#### ")
         parts.append(f"\n## {TITLES.get(name, name)}\n\n(`{folder}/results.md`)\n\n{table}\n")
-    parts.append("\n## Curves and predictions\n\n![validation Dice during training](figures/acdc10_curves.png)\n\n"
-                 "![predictions on validation slices](figures/acdc10_predictions.png)\n")
+    parts.append("\n## Curves and predictions\n")
+    for folder in sys.argv[1:]:
+        name = Path(folder).name
+        for kind, title in (("curves", "validation Dice during training"), ("predictions", "predictions on validation slices")):
+            if Path(f"docs/figures/{name}_{kind}.png").exists():
+                parts.append(f"{TITLES.get(name, name)}: {title}\n\n![{name} {title}](figures/{name}_{kind}.png)\n")
     Path("docs/RESULTS.md").write_text("\n".join(parts))
     print("wrote docs/RESULTS.md")
 

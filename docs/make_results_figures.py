@@ -3,6 +3,8 @@
     python docs/make_results_figures.py runs/acdc10 --data ../shared/data/acdc --name acdc10 \
         --methods supervised_s1,bcp_s1,bfa_s1
 
+    python docs/make_results_figures.py runs/la10 --name la10 --methods ""   # curves only
+
 Writes docs/figures/<name>_curves.png (validation Dice vs iteration, every run) and
 docs/figures/<name>_predictions.png (ground truth and each method's prediction on a few validation slices).
 """
@@ -46,7 +48,10 @@ def main() -> None:
     figs.mkdir(parents=True, exist_ok=True)
     if (exp / "val_curves.png").exists():
         shutil.copy(exp / "val_curves.png", figs / f"{args.name}_curves.png")
-    runs = [m for m in args.methods.split(",") if (exp / m / "checkpoints" / "last.pt").exists()]
+    runs = [m for m in args.methods.split(",") if m and (exp / m / "checkpoints" / "last.pt").exists()]
+    if not runs:  # e.g. LA (3-D): only the curves
+        print(f"wrote {figs / f'{args.name}_curves.png'} (no prediction figure: --methods names no finished run)")
+        return
     root = Path(args.data)
     ids = read_list(root / "val.list")
     picks = ids[:: max(1, len(ids) // args.cases)][: args.cases]
