@@ -33,6 +33,8 @@ VARIANTS: dict[str, dict] = {
     "bfa_lcc_pseudo": {"method": {"name": "bfa", "component_filter": 1.0}},
     # improvement tried on the validation data: a boundary-distance loss against far-away false positives
     "bfa_distance": {"method": {"name": "bfa", "lambda_distance": 0.5}},
+    # improvement tried on the validation data: confident pseudo-labels only (fights wrong-side RV islands)
+    "bfa_confident": {"method": {"name": "bfa", "confidence": 0.9}},
 }
 METRICS = ("dice", "jaccard", "hd95", "asd")
 EVALUATIONS = ("last", "best", "last_lcc")
