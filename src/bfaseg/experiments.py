@@ -35,6 +35,8 @@ VARIANTS: dict[str, dict] = {
     "bfa_distance": {"method": {"name": "bfa", "lambda_distance": 0.5}},
     # improvement tried on the validation data: confident pseudo-labels only (fights wrong-side RV islands)
     "bfa_confident": {"method": {"name": "bfa", "confidence": 0.9}},
+    # both pseudo-label filters together
+    "bfa_lcc_confident": {"method": {"name": "bfa", "component_filter": 1.0, "confidence": 0.9}},
 }
 METRICS = ("dice", "jaccard", "hd95", "asd")
 EVALUATIONS = ("last", "best", "last_lcc")
