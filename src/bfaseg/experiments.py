@@ -181,12 +181,16 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
 
 
+def _ordered_variants(results: dict) -> list[str]:
+    """Variants in VARIANTS order (baselines, BFA, its ablations, then the improvements tried)."""
+    present = {e["variant"] for e in results.values()}
+    order = list(VARIANTS)
+    return sorted(present, key=lambda v: (order.index(v) if v in order else len(order), v))
+
+
 def write_tables(results: dict, out: Path) -> None:
     """results.md: mean ± std over seeds of the LAST and the BEST (validation-selected) checkpoints."""
-    variants = []
-    for entry in results.values():
-        if entry["variant"] not in variants:
-            variants.append(entry["variant"])
+    variants = _ordered_variants(results)
     lines = []
     titles = {
         "last": "last checkpoint",
@@ -232,18 +236,25 @@ def _plot_curves(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in sorted(results):
+    # one colour per method, one line style per seed, so two seeds of a method read as a pair
+    variants = _ordered_variants(results)
+    colours = plt.get_cmap("tab20" if len(variants) > 10 else "tab10")
+    styles = ["-", "--", ":", "-."]
+    seeds = sorted({e["seed"] for e in results.values()})
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for name, entry in sorted(results.items(), key=lambda kv: (variants.index(kv[1]["variant"]), kv[1]["seed"])):
         log = out / name / "log.jsonl"
         if not log.exists():
             continue
         pts = [json.loads(line) for line in log.read_text().splitlines() if '"val_dice"' in line]
         if pts:
-            ax.plot([p["iteration"] for p in pts], [p["val_dice"] for p in pts], marker="o", ms=3, label=name)
+            ax.plot([p["iteration"] for p in pts], [p["val_dice"] for p in pts], marker="o", ms=3, label=name,
+                    color=colours(variants.index(entry["variant"]) % colours.N),
+                    linestyle=styles[seeds.index(entry["seed"]) % len(styles)])
     ax.set_xlabel("iteration")
     ax.set_ylabel("validation Dice (mean over classes)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1 if len(results) <= 14 else 2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "val_curves.png", dpi=120)
     plt.close(fig)
