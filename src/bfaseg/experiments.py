@@ -222,6 +222,16 @@ def write_tables(results: dict, out: Path) -> None:
                 f"| {_fmt([m['hd95'] for m in means])} | {_fmt([m['asd'] for m in means])} | {per_class} | {missed} |"
             )
         lines.append("")
+    # each run on its own (last checkpoint): one-seed ablations compare against the same seed here
+    lines += ["### each run, last checkpoint", "",
+              "| run | Dice % | 95HD (vox) | ASD (vox) | + LCC: Dice % | + LCC: 95HD | + LCC: ASD |", "|---|---|---|---|---|---|---|"]
+    for name, e in sorted(results.items(), key=lambda kv: (variants.index(kv[1]["variant"]), kv[1]["seed"])):
+        if "last" not in e:
+            continue
+        m, lcc = e["last"]["mean"], e.get("last_lcc", {}).get("mean", {})
+        lines.append(f"| {name} | {_fmt([m['dice']], 100)} | {_fmt([m['hd95']])} | {_fmt([m['asd']])} "
+                     f"| {_fmt([lcc.get('dice')], 100)} | {_fmt([lcc.get('hd95')])} | {_fmt([lcc.get('asd')])} |")
+    lines.append("")
     split = next(iter(results.values()))["eval_split"] if results else "?"
     lines.insert(0, f"Evaluated on: {split}. Metrics in voxels (medpy definitions; ASD directed pred->gt). "
                     "'missed' = (case, class) pairs where prediction or reference is empty: excluded from the "
