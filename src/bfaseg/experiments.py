@@ -188,6 +188,12 @@ def _ordered_variants(results: dict) -> list[str]:
     return sorted(present, key=lambda v: (order.index(v) if v in order else len(order), v))
 
 
+def _ordered_runs(results: dict) -> list[tuple[str, dict]]:
+    """(run name, entry) pairs by method (VARIANTS order), then seed."""
+    variants = _ordered_variants(results)
+    return sorted(results.items(), key=lambda kv: (variants.index(kv[1]["variant"]), kv[1]["seed"]))
+
+
 def write_tables(results: dict, out: Path) -> None:
     """results.md: mean ± std over seeds of the LAST and the BEST (validation-selected) checkpoints."""
     variants = _ordered_variants(results)
@@ -225,7 +231,7 @@ def write_tables(results: dict, out: Path) -> None:
     # each run on its own (last checkpoint): one-seed ablations compare against the same seed here
     lines += ["### each run, last checkpoint", "",
               "| run | Dice % | 95HD (vox) | ASD (vox) | + LCC: Dice % | + LCC: 95HD | + LCC: ASD |", "|---|---|---|---|---|---|---|"]
-    for name, e in sorted(results.items(), key=lambda kv: (variants.index(kv[1]["variant"]), kv[1]["seed"])):
+    for name, e in _ordered_runs(results):
         if "last" not in e:
             continue
         m, lcc = e["last"]["mean"], e.get("last_lcc", {}).get("mean", {})
@@ -252,7 +258,7 @@ def _plot_curves(results: dict, out: Path) -> None:
     styles = ["-", "--", ":", "-."]
     seeds = sorted({e["seed"] for e in results.values()})
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    for name, entry in sorted(results.items(), key=lambda kv: (variants.index(kv[1]["variant"]), kv[1]["seed"])):
+    for name, entry in _ordered_runs(results):
         log = out / name / "log.jsonl"
         if not log.exists():
             continue

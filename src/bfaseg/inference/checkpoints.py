@@ -124,13 +124,9 @@ def bf16_is_fast(device: str | torch.device) -> bool:
     Without it (e.g. AVX2-only CPUs) oneDNN emulates bf16 and a V-Net forward pass is
     ~20x SLOWER than fp32, so ``auto`` precision picks fp32 there.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - older/odd builds
-        return False
+    from bfaseg.training.distributed import native_bf16_on_cpu
+
+    return torch.device(device).type == "cuda" or native_bf16_on_cpu()
 
 
 def resolve_precision(requested: str | None, mode: str, device: str | torch.device) -> str:

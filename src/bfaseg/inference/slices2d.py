@@ -51,7 +51,7 @@ PRECISIONS = ("fp32", "bf16")
 __all__ = ["predict_slices", "RESIZE_BACK", "IMAGE_RESIZE"]
 
 
-def _zoom_nearest(arr: np.ndarray, out_hw: tuple[int, int], order: int = 0) -> np.ndarray:
+def _zoom_slices(arr: np.ndarray, out_hw: tuple[int, int], order: int = 0) -> np.ndarray:
     """``scipy.ndimage.zoom(order=order, grid_mode=False)`` of the last two axes of a stack of slices.
 
     Zooming a stack with factor 1 on the leading axes gives the same values as zooming
@@ -115,7 +115,7 @@ def predict_slices(
         for z0 in range(0, n_slices, int(batch_size)):
             chunk = vol[z0 : z0 + int(batch_size)]
             if resize and image_resize in ("zoom_nearest", "zoom_linear"):
-                chunk = _zoom_nearest(chunk, in_hw, order=int(image_resize == "zoom_linear"))
+                chunk = _zoom_slices(chunk, in_hw, order=int(image_resize == "zoom_linear"))
             x = torch.from_numpy(np.ascontiguousarray(chunk)).to(dev).unsqueeze(1)
             if resize and image_resize == "bilinear":
                 x = F.interpolate(x, size=in_hw, mode="bilinear", align_corners=False)
@@ -128,10 +128,10 @@ def predict_slices(
                 back = probs.cpu() if return_probs else None
                 lab = probs_to_labels(probs.transpose(0, 1))
             elif resize_back == "label_nearest":
-                lab = _zoom_nearest(probs_to_labels(probs.transpose(0, 1)), orig_hw)
+                lab = _zoom_slices(probs_to_labels(probs.transpose(0, 1)), orig_hw)
                 back = None
                 if return_probs:
-                    back = torch.from_numpy(_zoom_nearest(probs.cpu().numpy(), orig_hw))
+                    back = torch.from_numpy(_zoom_slices(probs.cpu().numpy(), orig_hw))
             else:  # probs_bilinear
                 up = F.interpolate(probs, size=orig_hw, mode="bilinear", align_corners=False)
                 lab = probs_to_labels(up.transpose(0, 1))
