@@ -23,6 +23,7 @@ COMMANDS = [
     "prepare",
     "report",
     "experiment",
+    "suggest",
 ]
 
 
