@@ -120,7 +120,7 @@ def strip_png(slices: list[tuple[str, float, dict]], title: str) -> bytes:
         ax.imshow(s["image"].T if s["axis"] != 0 else s["image"], cmap="gray")
         unc = s["uncertainty"].T if s["axis"] != 0 else s["uncertainty"]
         lab = s["labels"].T if s["axis"] != 0 else s["labels"]
-        ax.imshow(np.ma.masked_less(unc, 0.05), cmap="hot", alpha=0.5, vmin=0, vmax=max(float(unc.max()), 1e-6))
+        ax.imshow(np.ma.masked_less(unc, 0.05), cmap="inferno", alpha=0.55, vmin=0, vmax=1)  # every map is in 0..1
         if lab.max() > 0:
             ax.contour(lab, levels=np.arange(0.5, lab.max() + 0.5), colors="cyan", linewidths=0.6)
         ax.set_title(f"{case_id}\nscore {score:.3g}, slice {s['index']}", fontsize=7)
@@ -128,7 +128,7 @@ def strip_png(slices: list[tuple[str, float, dict]], title: str) -> bytes:
     for ax in axes[0][len(slices):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
