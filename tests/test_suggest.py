@@ -207,3 +207,33 @@ def test_bad_inputs_one_line_no_output(mt_ckpt, acdc_root, tmp_path, capsys):
     blocker.write_text("x")
     assert main(["suggest", "--output", str(blocker), "--checkpoint", str(mt_ckpt), "--no-progress"]) == 2
     assert blocker.read_text() == "x"
+
+
+def test_annotation_loop_smoke(tmp_path, capsys):
+    """benchmarks/annotation_loop.py --smoke: rounds train, labels are revealed, curves and Spearman written."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "annotation_loop.py"
+    spec = importlib.util.spec_from_file_location("annotation_loop", path)
+    loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loop)
+    out = tmp_path / "loop"
+    assert loop.main(["--smoke", "--strategies", "random,entropy", "--seeds", "1,2", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"random_s1", "random_s2", "entropy_s1", "entropy_s2"}
+    rounds = results["entropy_s1"]["rounds"]
+    assert [r["n_labeled"] for r in rounds] == [2, 4] and len(rounds[0]["chosen"]) == 2
+    assert set(rounds[0]["chosen"]) <= set(rounds[1]["labeled"]) and "spearman_quality_vs_dice" in rounds[1]
+    split = yaml_load(out / "entropy_s1" / "round1" / "split.yaml")
+    assert not set(split["labeled"]) & set(split["unlabeled"])  # the pool's labels stay hidden
+    assert (out / "dice_vs_labeled.png").is_file() and "| entropy |" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert loop.main(["--smoke", "--strategies", "random,entropy", "--seeds", "1,2", "--output", str(out)]) == 0
+    assert "[run]" not in capsys.readouterr().err  # a second call reuses the finished rounds
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
