@@ -18,6 +18,7 @@ import torch
 from bfaseg.config import RunConfig
 from bfaseg.errors import BfasegError
 from bfaseg.models import build_model
+from bfaseg.precision import bf16_is_fast
 from bfaseg.training.checkpoint import load_checkpoint
 
 __all__ = ["load_model_from_checkpoint", "checkpoint_config", "strip_prefixes", "describe_checkpoint"]
@@ -116,17 +117,6 @@ def describe_checkpoint(path: str | Path, state: dict[str, Any]) -> dict[str, An
 # ------------------------------------------------------------------ predicting with a loaded model
 # Published sliding-window strides at full resolution (UA-MT / BCP test scripts).
 PAPER_STRIDES = {"la": (18, 18, 4), "pancreas": (16, 16, 16)}
-
-
-def bf16_is_fast(device: str | torch.device) -> bool:
-    """bf16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX).
-
-    Without it (e.g. AVX2-only CPUs) oneDNN emulates bf16 and a V-Net forward pass is
-    ~20x SLOWER than fp32, so ``auto`` precision picks fp32 there.
-    """
-    from bfaseg.training.distributed import native_bf16_on_cpu
-
-    return torch.device(device).type == "cuda" or native_bf16_on_cpu()
 
 
 def resolve_precision(requested: str | None, mode: str, device: str | torch.device) -> str:
