@@ -35,6 +35,10 @@ class UAMT(MeanTeacher):
     name = "ua_mt"
     Params = UAMTParams
 
+    @classmethod
+    def teacher_passes(cls, params) -> int:
+        return 1 + params.mc_passes  # the consistency target + the Monte-Carlo passes of the uncertainty
+
     @torch.no_grad()
     def uncertainty(self, x_u: torch.Tensor) -> torch.Tensor:
         teacher = self.t.teacher
