@@ -445,7 +445,7 @@ def _plateau_cell(run_dir: Path) -> str:
     from bfaseg.reporting import plateau, read_run
 
     try:
-        p = plateau(read_run(run_dir).val)
+        p = plateau(read_run(run_dir, with_method=False).val)
     except BfasegError:
         return "n/a"
     if p is None:

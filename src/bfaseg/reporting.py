@@ -95,8 +95,9 @@ def _method_of(run_dir: Path) -> str | None:
     return None
 
 
-def read_run(run_dir: str | Path, name: str | None = None) -> RunLog:
-    """Parse ``RUN/log.jsonl``. A torn last line (run killed mid-write) is skipped and counted."""
+def read_run(run_dir: str | Path, name: str | None = None, *, with_method: bool = True) -> RunLog:
+    """Parse ``RUN/log.jsonl``. A torn last line (run killed mid-write) is skipped and counted.
+    ``with_method``: also look up the run's method (may load a checkpoint)."""
     run_dir = Path(run_dir)
     log = run_dir / "log.jsonl"
     if not run_dir.is_dir():
@@ -126,7 +127,7 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunLog:
             run.train.append(rec)
     run.train.sort(key=lambda r: r["iteration"])
     run.val.sort(key=lambda r: r["iteration"])
-    run.method = _method_of(run_dir)
+    run.method = _method_of(run_dir) if with_method else None
     return run
 
 
