@@ -90,10 +90,16 @@ def images_per_step(cfg) -> dict[str, int]:
     return cls.images_per_step(cls.Params.model_validate(cfg.method_params()), cfg.train.batch_labeled, unlabeled)
 
 
-def run_precision(cfg, device) -> str:
-    """The precision the run trained in (``auto`` resolved on ``device`` as the trainer does)."""
-    from bfaseg.inference.checkpoints import bf16_is_fast
+def run_precision(path: Path, cfg, device) -> str:
+    """The precision the run of checkpoint ``path`` trained in: its train_summary.json's choice
+    (``auto`` may have picked fp32 for a reason), else ``auto`` resolved on ``device``."""
+    from bfaseg.precision import bf16_is_fast
 
+    summary = Path(path).parent.parent / "train_summary.json"
+    if summary.is_file():
+        chosen = json.loads(summary.read_text()).get("precision")
+        if chosen:
+            return chosen
     if cfg.train.precision == "auto":
         return "bf16" if bf16_is_fast(device) else "fp32"
     return cfg.train.precision
@@ -113,7 +119,7 @@ def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:
     model, cfg, state = load_model_from_checkpoint(path, which="student")
     device = resolve_device(cfg.train.device)
     model.to(device)
-    precision = run_precision(cfg, device)
+    precision = run_precision(path, cfg, device)
     k = cfg.model.num_classes
     per_case = []
     with torch.no_grad():
