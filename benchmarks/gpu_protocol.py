@@ -120,7 +120,8 @@ def plan_iterations(throughput: list[dict], budget_s: float, smoke_iterations: i
 
 def throughput_table(throughput: list[dict], plan: dict[str, int]) -> str:
     lines = ["| benchmark | method | student images/step | teacher images/step | precision | iterations/s "
-             "| peak GPU memory (GiB) | iterations run | est. training time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| peak GPU memory (GiB) | iterations run | est. training time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in throughput:
         n = plan[t["benchmark"]]
         mem = "n/a (CPU)" if t["peak_memory_gib"] is None else f"{t['peak_memory_gib']:.2f}"

@@ -64,7 +64,8 @@ def test_images_per_step_is_what_the_methods_forward(tmp_path):
         seen = {"student": 0, "teacher": 0}
         for role, net in (("student", trainer.student), ("teacher", trainer.teacher)):
             if net is not None:
-                net.register_forward_hook(lambda m, inp, out, role=role: seen.__setitem__(role, seen[role] + len(inp[0])))
+                net.register_forward_hook(
+                    lambda m, inp, out, role=role: seen.__setitem__(role, seen[role] + len(inp[0])))
         last = cfg.train.iterations - 1  # after any pre-training
         trainer.method.on_iteration_start(last)
         trainer.method.training_step(batch, last)

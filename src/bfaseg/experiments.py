@@ -456,7 +456,8 @@ def _plateau_cell(run_dir: Path) -> str:
         return "n/a"
     if p is None:
         return "n/a"
-    return f"{p['gain'] * 100:+.2f} points ({p['from_iteration']}→{p['to_iteration']}{', plateau' if p['plateau'] else ''})"
+    verdict = ", plateau" if p["plateau"] else ""
+    return f"{p['gain'] * 100:+.2f} points ({p['from_iteration']}→{p['to_iteration']}{verdict})"
 
 
 def _plot_curves(results: dict, out: Path) -> None:
