@@ -32,6 +32,7 @@ import numpy as np
 
 from bfaseg.cli.evaluate import (
     Predictor,
+    add_empty_class_option,
     case_row,
     jsonable,
     progress_iter,
@@ -70,6 +71,7 @@ def register(sub) -> None:
                    help="reference labels (<case>.nii.gz/.nii/.h5) to score the predictions, or 'input' for "
                    "the 'label' dataset of input h5 files; metrics go to OUTPUT/summary.json")
     p.add_argument("--policy", choices=("strict", "worst", "paper"), default="strict", help="empty-mask policy")
+    add_empty_class_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -288,7 +290,7 @@ def run(args) -> int:
                                   f"the prediction {pred.shape}")
             if gt.size and (gt.min() < 0 or gt.max() >= num_classes):
                 raise BfasegError(f"--labels: the label of case {case_id!r} has values outside 0..{num_classes - 1}")
-            result = score_case(pred, gt.astype(np.int32), num_classes, spacing, args.policy)
+            result = score_case(pred, gt.astype(np.int32), num_classes, spacing, args.policy, args.empty_class_policy)
             units = result["units"]
             results.append(result)
             row = case_row(case_id, result)
@@ -306,7 +308,7 @@ def run(args) -> int:
     }
     if results:
         units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"
-        doc.update(summary_metrics(results, args.policy, units), units_source=units_note)
+        doc.update(summary_metrics(results, args.policy, units, args.empty_class_policy), units_source=units_note)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "summary.json", jsonable(doc))
     msg = f"wrote {len(written)} file(s) to {out_dir}"
