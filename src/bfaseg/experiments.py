@@ -115,9 +115,14 @@ def run_experiment(
     from bfaseg.data.readers import load_cases, read_list
     from bfaseg.training.trainer import Trainer
 
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    from bfaseg.io.output import check_output_dir
+
+    out = check_output_dir(output)
     base_raw = load_yaml(base_config)
+    for variant in variants:  # every variant's config is valid before the first one trains
+        for seed in seeds:
+            variant_config(base_raw, variant, seed, overrides or [])
+    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     eval_cases = None

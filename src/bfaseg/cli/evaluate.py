@@ -403,6 +403,10 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise BfasegError("--batch-size: must be at least 1")
     spacing_opt = parse_spacing(args.spacing)
+    from bfaseg.io.output import check_output_dir
+
+    output = check_output_dir(args.output or (
+        Path(args.checkpoint).resolve().parent.parent / f"eval_{split_path.stem}_{args.mode}"))
     predictor = Predictor.from_args(args)
     cfg = predictor.cfg
     dataset = args.dataset or cfg.data.dataset
@@ -425,9 +429,6 @@ def run(args) -> int:
         warn.append(msg)
         print(f"warning: {msg}", file=sys.stderr)
 
-    output = Path(args.output) if args.output else (
-        predictor.checkpoint.resolve().parent.parent / f"eval_{split_path.stem}_{args.mode}"
-    )
     rows, results, times = [], [], []
     units = "voxel"
     for case_id in progress_iter(ids, f"evaluate {split_path.name}", not args.no_progress):

@@ -40,8 +40,17 @@ def run(args) -> int:
         overrides.append(f"data.root={args.data}")
     if args.labeled:
         overrides.append(f"data.labeled={args.labeled}")
+    from bfaseg.errors import BfasegError
+
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise BfasegError(f"--seeds: expected comma-separated integers (e.g. 1,2), got {args.seeds!r}") from None
+    if not variants or not seeds:
+        raise BfasegError("--methods and --seeds must each name at least one entry")
+    if len(set(seeds)) != len(seeds) or len(set(variants)) != len(variants):
+        raise BfasegError(f"--methods/--seeds: duplicate entry in {args.methods!r} / {args.seeds!r}")
     run_experiment(args.config, variants, seeds, args.output, overrides=overrides, eval_list=args.eval_list,
                    progress=not args.no_progress, train=not args.no_train,
                    reevaluate=args.reevaluate)

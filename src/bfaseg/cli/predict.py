@@ -207,10 +207,11 @@ def _h5_meta(shape: tuple[int, ...], spacing: tuple[float, ...] | None, source: 
 
 # ----------------------------------------------------------------------------- command
 def run(args) -> int:
+    from bfaseg.io.output import check_output_dir, remove_stale_temporaries
+
     inputs = collect_inputs(Path(args.input))
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BfasegError(f"--output: {out_dir} exists and is not a folder")
+    out_dir = check_output_dir(args.output)
+    remove_stale_temporaries(out_dir)  # left by an earlier predict killed with SIGKILL
     labels_dir = None
     if args.labels and args.labels != "input":
         labels_dir = Path(args.labels)
