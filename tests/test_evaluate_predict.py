@@ -56,6 +56,7 @@ def la_run(tmp_path_factory):
         "data": {"dataset": "la", "root": str(root), "val_cases": 1, "patch_size": [16, 16, 16], "downsample": 2},
         "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
         "train": {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 0, "device": "cpu", "threads": 1,
+                  "precision": "fp32",
                   "val_every": 4, "log_every": 2, "checkpoint_every": 4, "keep_checkpoints": 0},
         "method": {"name": "supervised"},
     }
@@ -81,6 +82,7 @@ def acdc_run(tmp_path_factory):
         "data": {"dataset": "acdc", "root": str(root), "patch_size": [32, 32]},
         "model": {"name": "unet2d", "num_classes": 4, "base_channels": 4},
         "train": {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 0, "device": "cpu", "threads": 1,
+                  "precision": "fp32",
                   "val_every": 4, "log_every": 2, "checkpoint_every": 4, "keep_checkpoints": 0},
         "method": {"name": "supervised"},
     }

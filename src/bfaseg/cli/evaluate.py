@@ -366,8 +366,11 @@ def find_nifti(folder: Path, case_id: str, channel: bool) -> Path | None:
     return None
 
 
-def read_nifti_label_raw(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_nifti_label_raw(path: Path, num_classes: int | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI label file with no image beside it, values checked (``check_label_array``), and its zooms."""
     import nibabel as nib
+
+    from bfaseg.data.labels import check_label_array
 
     try:
         img = nib.load(str(path))
@@ -377,9 +380,7 @@ def read_nifti_label_raw(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise BfasegError(f"cannot read label {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.dtype.kind == "f":
-        data = np.rint(data)
-    return data.astype(np.int32), zooms
+    return check_label_array(data, path, num_classes).astype(np.int32), zooms
 
 
 # ----------------------------------------------------------------------------- command
@@ -434,7 +435,7 @@ def run(args) -> int:
     for case_id in progress_iter(ids, f"evaluate {split_path.name}", not args.no_progress):
         t0 = time.perf_counter()
         if dataset == "nifti":
-            from bfaseg.data.nifti import load_nifti_image, restore_geometry
+            from bfaseg.data.nifti import load_nifti_image, read_source_label, restore_geometry
 
             img_path = find_nifti(root / "imagesTr", case_id, True) or find_nifti(root / "imagesTs", case_id, True)
             if img_path is None:
@@ -444,7 +445,8 @@ def run(args) -> int:
             if lab_path is None:
                 raise BfasegError(f"case {case_id!r}: no label {case_id}.nii.gz in {root / 'labelsTr'}")
             case = load_nifti_image(img_path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
-            gt, zooms = read_nifti_label_raw(lab_path)
+            gt = read_source_label(lab_path, case.meta, num_classes)  # as training: shape, affine, values
+            zooms = tuple(case.meta["original_spacing"])
             labels, _, settings = predictor.predict(case.image, xyz=True, downsample=cfg.data.downsample)
             pred = restore_geometry(labels, case.meta, order=0)
             if pred.shape != gt.shape:

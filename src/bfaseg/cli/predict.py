@@ -148,6 +148,9 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ..
     with _open_h5(path) as f:
         if "image" not in f:
             raise BfasegError(f"{path}: missing dataset 'image' (keys: {sorted(f.keys())})")
+        for key in ("image", "label"):
+            if key in f and not isinstance(f[key], __import__("h5py").Dataset):
+                raise BfasegError(f"{path}: '{key}' is a group, not a dataset")
         image = np.asarray(f["image"][()], dtype=np.float32)
         label = np.asarray(f["label"][()]) if "label" in f else None
         spacing = _spacing_attr(f)
@@ -166,13 +169,22 @@ def _find_label(labels_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-def _read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+def _read_label_file(path: Path, num_classes: int, meta: dict | None = None):
+    """``(label, spacing)`` checked as in training; ``meta`` of a NIfTI image adds its shape and affine."""
+    from bfaseg.data.labels import check_label_array
+
     if _strip(path.name, NIFTI_SUFFIXES) is not None:
-        return read_nifti_label_raw(path)
+        if meta is not None:
+            from bfaseg.data.nifti import read_source_label
+
+            return read_source_label(path, meta, num_classes), tuple(meta["original_spacing"])
+        return read_nifti_label_raw(path, num_classes)
     with _open_h5(path) as f:
         if "label" not in f:
             raise BfasegError(f"{path}: missing dataset 'label'")
-        return np.asarray(f["label"][()]), _spacing_attr(f)
+        if not isinstance(f["label"], __import__("h5py").Dataset):
+            raise BfasegError(f"{path}: 'label' is a group, not a dataset")
+        return check_label_array(f["label"][()], path, num_classes), _spacing_attr(f)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -282,15 +294,12 @@ def run(args) -> int:
                 if lab_path is None:
                     raise BfasegError(f"--labels: no label for case {case_id!r} in {labels_dir} "
                                       f"({case_id}.nii.gz, {case_id}.nii or {case_id}.h5)")
-                gt, gt_spacing = _read_label_file(lab_path)
+                gt, gt_spacing = _read_label_file(lab_path, num_classes, case.meta if kind == "nifti" else None)
                 if kind == "h5" and gt_spacing is not None and spacing is None:
                     spacing = gt_spacing
-            gt = np.asarray(gt)
-            if gt.shape != pred.shape:
-                raise BfasegError(f"--labels: the label of case {case_id!r} has shape {gt.shape}, "
-                                  f"the prediction {pred.shape}")
-            if gt.size and (gt.min() < 0 or gt.max() >= num_classes):
-                raise BfasegError(f"--labels: the label of case {case_id!r} has values outside 0..{num_classes - 1}")
+            from bfaseg.data.labels import check_label_array
+
+            gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=pred.shape)
             result = score_case(pred, gt.astype(np.int32), num_classes, spacing, args.policy, args.empty_class_policy)
             units = result["units"]
             results.append(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from bfaseg.errors import BfasegError
@@ -60,3 +61,33 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+@contextmanager
+def removed_if_failed(path: str | os.PathLike):
+    """Run the body; if it fails, remove ``path`` and the parents it created, where still free of files.
+
+    Only folders that did not exist before are touched, and only empty ones, deepest first.
+    """
+    path = Path(path)
+    missing = []
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        yield path
+    except BaseException:
+        for folder in missing:  # deepest first
+            if folder.is_dir():
+                for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    _try_rmdir(sub)
+                _try_rmdir(folder)
+        raise
+
+
+def _try_rmdir(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: a file was written, keep it
+        pass
