@@ -257,6 +257,10 @@ def run(args) -> int:
                 spacing = tuple(case.meta["original_spacing"])
         else:
             image, inline_label, spacing = _read_h5(path)
+            if args.labels == "input" and inline_label is not None:  # checked before anything is written
+                from bfaseg.data.labels import check_label_array
+
+                inline_label = check_label_array(inline_label, f"{path} 'label'", num_classes, shape=image.shape)
             if image.ndim == 2:
                 if ndim == 3:
                     raise BfasegError(f"{path}: a 3-D network needs 3-D images, got shape {image.shape}")
