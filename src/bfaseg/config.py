@@ -87,8 +87,10 @@ class TrainConfig(_Section):
     poly_power: Num = Field(default=0.9, gt=0)
     step_milestones: list[Annotated[int, Strict(), Field(ge=1)]] = Field(default_factory=list)
     step_gamma: Num = Field(default=0.1, gt=0, le=1)
-    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is ~10x slower)
+    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX) where its gradients are right
+    # (bfaseg.precision), fp32 elsewhere (emulated bf16 is ~10x slower)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    force_precision: bool = False  # train in bf16 even where bfaseg.precision knows its gradients are wrong
     channels_last: bool = True
     compile: bool = False
     device: str = "auto"
