@@ -295,7 +295,7 @@ CASES = [
          ["cannot read the voxel data of {tmp}/nii/imagesTr/case2_0000.nii.gz"]),
     # output folder and runs
     Case("output_not_writable", lambda tmp: (SYNTH, ["--output", str(_a_file(tmp)) + "/sub"]),
-         ["--output {tmp}/a_file/sub: not writable (Not a directory)"]),
+         ["--output {tmp}/a_file/sub: not writable (Not a directory: {tmp}/a_file is a file)"]),
     Case("existing_run_without_resume", lambda tmp: _with_run(tmp),
          ["{tmp}/out: a run already exists here; pass --resume"], fresh_output=False),
     Case("resume_without_run", lambda tmp: (SYNTH, ["--resume"]),

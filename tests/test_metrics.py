@@ -159,7 +159,9 @@ def test_multiclass_keys_and_classes():
     assert set(out) == set(METRICS)
     assert sorted(out["dice"]) == [1, 2, 3]
     assert all(isinstance(c, int) for c in out["dice"])
-    assert out["dice"][2] == 1.0 and out["hd95"][2] == 0.0  # class absent in both: both_empty
+    assert math.isnan(out["dice"][2]) and math.isnan(out["hd95"][2])  # class absent in both: NaN (nnU-Net)
+    old = compute(pred, gt, empty_class="one")
+    assert old["dice"][2] == 1.0 and old["hd95"][2] == 0.0  # the old behaviour, by name only
     for c in (1, 3):
         _assert_same({k: out[k][c] for k in METRICS}, _medpy(pred == c, gt == c))
     assert sorted(compute(pred, gt, classes=[3])["dice"]) == [3]
@@ -204,7 +206,9 @@ def test_strict_policy():
     some, empty = _masks()
     both = compute_case(empty, empty)
     assert both["status"] == "both_empty"
-    assert [both[k] for k in METRICS] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert all(math.isnan(both[k]) for k in METRICS)  # nnU-Net: NaN, left out of means
+    old = compute_case(empty, empty, empty_class="one")
+    assert [old[k] for k in METRICS] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     for pred, gt, status in ((empty, some, "pred_empty"), (some, empty, "gt_empty")):
         r = compute_case(pred, gt)
         assert r["status"] == status
@@ -220,7 +224,7 @@ def test_worst_policy_uses_image_diagonal():
     assert image_diagonal(some.shape, spacing) == pytest.approx(diag)
     assert r["status"] == "pred_empty" and r["dice"] == 0.0
     assert all(r[k] == pytest.approx(diag) for k in ("hd95", "asd", "assd", "hd"))
-    assert compute(empty, empty, policy="worst")["hd"] == 0.0
+    assert compute(empty, empty, policy="worst", empty_class="one")["hd"] == 0.0
 
 
 def test_paper_policy_reproduces_reference_code():
@@ -239,9 +243,11 @@ def test_aggregate_binary_counts_failures():
     results = [compute_case(shifted, some), compute_case(empty, some), compute_case(empty, empty)]
     agg = aggregate(results)
     assert agg["n_cases"] == 3 and agg["n_failed"] == 1 and agg["n_both_empty"] == 1
-    assert agg["hd95"]["n"] == 2  # the NaN of the failed case is left out
-    assert agg["hd95"]["mean"] == pytest.approx((results[0]["hd95"] + 0.0) / 2)
-    assert agg["dice"]["mean"] == pytest.approx((results[0]["dice"] + 0 + 1) / 3)
+    assert agg["hd95"]["n"] == 1  # the NaN of the failed and of the both-empty case are left out
+    assert agg["hd95"]["mean"] == pytest.approx(results[0]["hd95"])
+    assert agg["dice"]["mean"] == pytest.approx((results[0]["dice"] + 0) / 2)
+    old = aggregate([compute_case(shifted, some), compute_case(empty, empty, empty_class="one")])
+    assert old["n_both_empty"] == 1 and old["dice"]["mean"] == pytest.approx((results[0]["dice"] + 1) / 2)
     # plain compute() results: failures inferred from NaN
     assert aggregate([compute(empty, some), compute(some, some)])["n_failed"] == 1
     # paper policy: the failure is still counted although its numbers look perfect

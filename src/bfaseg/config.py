@@ -2,18 +2,33 @@
 
 Every section forbids unknown keys, so a typo is an error naming the key.
 ``--set a.b=value`` overrides are parsed as YAML scalars and validated the same way.
+
+Every numeric field has bounds, and every integer is strict (``iterations: true`` is
+an error, not 1); the checks between fields live in :meth:`RunConfig._cross_checks`.
+All of it runs before a command creates any output.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from bfaseg.errors import BfasegError
+
+
+def _not_bool(value):
+    if isinstance(value, bool):  # YAML `true` is not the number 1
+        raise ValueError(f"Input should be a number, not {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, Strict()]  # a YAML int: no bool, no float, no string
+# int or float (or a YAML-1.1 "1e-3" string); no bool, NaN or Inf
+Num = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -25,22 +40,22 @@ class DataConfig(_Section):
     root: str | None = None
     train_list: str | None = None  # default per dataset (train.list / train_slices.list)
     val_list: str | None = None  # evaluation split used for model selection
-    val_cases: int | None = None  # LA/Pancreas: hold out the LAST n cases of train_list for validation
-    labeled: int | None = Field(default=None, ge=1)  # first N entries of the training list are labeled
-    labeled_fraction: float | None = Field(default=None, gt=0, le=1)
+    val_cases: Int | None = Field(default=None, ge=1)  # LA/Pancreas: hold out the LAST n cases of train_list for validation
+    labeled: Int | None = Field(default=None, ge=1)  # first N entries of the training list are labeled
+    labeled_fraction: Num | None = Field(default=None, gt=0, le=1)
     split_file: str | None = None  # YAML/JSON with `labeled:` and `unlabeled:` id lists
-    patch_size: list[int] = Field(default_factory=lambda: [64, 64])
-    downsample: float = Field(default=1.0, ge=1.0)  # LA/Pancreas: shrink volumes by this factor at load time
+    patch_size: list[Int] = Field(default_factory=lambda: [64, 64])
+    downsample: Num = Field(default=1.0, ge=1.0)  # LA/Pancreas: shrink volumes by this factor at load time
     rotation: Literal["rot90_flip", "rotate", "both"] = "both"  # 2-D augmentation
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: Int = Field(default=0, ge=0)
     # synthetic data
     synthetic_ndim: Literal[2, 3] = 2
-    synthetic_cases: int = Field(default=40, ge=2)
-    synthetic_size: list[int] = Field(default_factory=lambda: [64, 64])
-    synthetic_classes: int = Field(default=3, ge=2)
-    synthetic_val_cases: int = Field(default=6, ge=1)
+    synthetic_cases: Int = Field(default=40, ge=2)
+    synthetic_size: list[Int] = Field(default_factory=lambda: [64, 64])
+    synthetic_classes: Int = Field(default=3, ge=2)
+    synthetic_val_cases: Int = Field(default=6, ge=1)
     # NIfTI folders
-    target_spacing: list[float] | None = None
+    target_spacing: list[Annotated[Num, Field(gt=0)]] | None = None
     modality: Literal["auto", "CT", "MR"] = "auto"
 
     @field_validator("patch_size", "synthetic_size")
@@ -53,25 +68,25 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: Literal["unet2d", "vnet"] = "unet2d"
-    in_channels: int = Field(default=1, ge=1)
-    num_classes: int = Field(default=4, ge=2)
-    base_channels: int = Field(default=16, ge=2)
+    in_channels: Int = Field(default=1, ge=1)
+    num_classes: Int = Field(default=4, ge=2)
+    base_channels: Int = Field(default=16, ge=2)
     dropout: bool = True
     sync_batchnorm: bool = False
 
 
 class TrainConfig(_Section):
-    iterations: int = Field(default=1000, ge=1)
-    batch_labeled: int = Field(default=4, ge=1)
-    batch_unlabeled: int = Field(default=4, ge=0)
+    iterations: Int = Field(default=1000, ge=1)
+    batch_labeled: Int = Field(default=4, ge=1)
+    batch_unlabeled: Int = Field(default=4, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(default=0.01, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=1e-4, ge=0)
+    lr: Num = Field(default=0.01, gt=0)
+    momentum: Num = Field(default=0.9, ge=0, lt=1)
+    weight_decay: Num = Field(default=1e-4, ge=0)
     schedule: Literal["poly", "step", "constant"] = "poly"
-    poly_power: float = 0.9
-    step_milestones: list[int] = Field(default_factory=list)
-    step_gamma: float = 0.1
+    poly_power: Num = Field(default=0.9, gt=0)
+    step_milestones: list[Annotated[int, Strict(), Field(ge=1)]] = Field(default_factory=list)
+    step_gamma: Num = Field(default=0.1, gt=0, le=1)
     # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX) where its gradients are right
     # (bfaseg.precision), fp32 elsewhere (emulated bf16 is ~10x slower)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -79,24 +94,24 @@ class TrainConfig(_Section):
     channels_last: bool = True
     compile: bool = False
     device: str = "auto"
-    seed: int = 1337
+    seed: Int = Field(default=1337, ge=0, lt=2**32)
     deterministic: bool = False
-    val_every: int = Field(default=200, ge=1)
-    log_every: int = Field(default=20, ge=1)
-    checkpoint_every: int = Field(default=500, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=0)  # periodic checkpoints kept besides last/best
+    val_every: Int = Field(default=200, ge=1)
+    log_every: Int = Field(default=20, ge=1)
+    checkpoint_every: Int = Field(default=500, ge=1)
+    keep_checkpoints: Int = Field(default=2, ge=0)  # periodic checkpoints kept besides last/best
     teacher_mode: Literal["eval", "train"] = "eval"
-    ema_decay: float = Field(default=0.99, ge=0, le=1)
-    threads: int | None = None
+    ema_decay: Num = Field(default=0.99, ge=0, le=1)
+    threads: Int | None = Field(default=None, ge=1)
 
 
 class EvalConfig(_Section):
     mode: Literal["fast", "paper"] = "fast"
-    stride: list[int] | None = None  # paper mode strides (LA 18,18,4; Pancreas 16,16,16)
-    overlap: float = Field(default=0.5, ge=0, lt=1)
-    batch_size: int = Field(default=4, ge=1)
+    stride: list[Annotated[int, Strict(), Field(ge=1)]] | None = None  # paper mode strides (LA 18,18,4; Pancreas 16,16,16)
+    overlap: Num = Field(default=0.5, ge=0, lt=1)
+    batch_size: Int = Field(default=4, ge=1)
     largest_component: bool = False
-    max_cases: int | None = None  # validate on the first n cases only (faster validation)
+    max_cases: Int | None = Field(default=None, ge=1)  # validate on the first n cases only (faster validation)
     model: Literal["student", "teacher"] = "student"  # which network validation scores (same for all methods)
 
 
@@ -168,11 +183,29 @@ def load_yaml(path: str | Path) -> dict:
         raise BfasegError(f"{path}: invalid YAML{where}" + (f": {problem}" if problem else "")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BfasegError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # an empty file would silently train the built-in defaults
+        raise BfasegError(f"{path}: the config is empty; give at least the data, model and train sections")
     if not isinstance(raw, dict):
         raise BfasegError(f"{path}: the config must be a mapping of sections (data, model, train, ...)")
     return raw
+
+
+def _cross_checks(cfg: RunConfig) -> tuple[str, str] | None:
+    """The checks between fields, in one place: ``(key, message)`` of the first that fails."""
+    d, e, t = cfg.data, cfg.eval, cfg.train
+    model_ndim = {"unet2d": 2, "vnet": 3}[cfg.model.name]
+    if len(d.patch_size) not in (2, 3):
+        return "data.patch_size", (f"{len(d.patch_size)} entries {d.patch_size}; {cfg.model.name} "
+                                   f"(model.name) needs {model_ndim}")
+    if d.dataset == "synthetic" and len(d.synthetic_size) != d.synthetic_ndim:
+        return "data.synthetic_size", f"{d.synthetic_size} does not match synthetic_ndim={d.synthetic_ndim}"
+    if d.target_spacing is not None and len(d.target_spacing) not in (1, 3):
+        return "data.target_spacing", f"one number or three (x, y, z), got {d.target_spacing}"
+    if e.stride is not None and len(e.stride) not in (1, 3):
+        return "eval.stride", f"one number or three (one per axis), got {e.stride}"
+    if t.step_milestones != sorted(set(t.step_milestones)):
+        return "train.step_milestones", f"must be strictly increasing, got {t.step_milestones}"
+    return None
 
 
 def validate_config(raw: dict, source: str = "config") -> RunConfig:
@@ -180,6 +213,9 @@ def validate_config(raw: dict, source: str = "config") -> RunConfig:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise BfasegError(_format_validation_error(exc, source)) from None
+    problem = _cross_checks(cfg)
+    if problem:
+        raise BfasegError(f"{source}: {problem[0]}: {problem[1]}")
     # method params are validated against the method's own schema
     from bfaseg.methods import get_method_class
 

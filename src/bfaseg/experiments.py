@@ -272,13 +272,15 @@ def run_experiment(
     reevaluate: bool = False,
     jobs: int = 1,
 ) -> dict:
+    from bfaseg.io.output import check_output_dir
+
     if jobs < 1:
         raise BfasegError(f"--jobs: must be >= 1, got {jobs}")
     overrides = list(overrides or [])
     if jobs > 1:
         overrides.append("train.threads=1")  # resumable change: a run started with other threads continues
-    runs = plan_runs(base_config, variants, seeds, overrides, eval_list)
-    out = Path(output)
+    runs = plan_runs(base_config, variants, seeds, overrides, eval_list)  # every config valid before any training
+    out = check_output_dir(output)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

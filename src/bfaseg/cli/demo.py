@@ -24,10 +24,41 @@ def register(sub) -> None:
         "cases labeled on the CPU, evaluates both on held-out phantoms and prints Dice and HD95 side by side.",
     )
     p.add_argument("--iterations", type=int, default=DEMO_CONFIG["train"]["iterations"], help="per method")
-    p.add_argument("--output", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--output", help="keep the runs here (default: a temporary folder); a second demo with the "
+                   "same settings reuses them, other settings need --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="retrain in --output although it holds a demo "
+                   "with other settings (its supervised/ and bfa/ runs are replaced)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def prepare_demo_folder(root: Path, settings: dict, overwrite: bool) -> Path:
+    """Refuse to report runs of other settings: ``demo.json`` records what the folder's runs are."""
+    import shutil
+
+    from bfaseg.errors import BfasegError
+    from bfaseg.io.output import check_output_dir
+    from bfaseg.training.checkpoint import atomic_write_bytes
+
+    check_output_dir(root)
+    record = root / "demo.json"
+    kept = [root / m for m in ("supervised", "bfa") if (root / m).exists()]
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text())
+        except ValueError:
+            old = None
+        if old != settings:
+            if not overwrite:
+                raise BfasegError(f"--output {root}: holds a demo with other settings ({old}); pass --overwrite "
+                                  f"to retrain it with {settings}, or choose another --output")
+            for d in kept:
+                shutil.rmtree(d)
+    elif root.is_dir() and any(root.iterdir()):
+        raise BfasegError(f"--output {root}: not empty and not a demo folder (no demo.json); choose another --output")
+    atomic_write_bytes(record, lambda f: f.write((json.dumps(settings) + "\n").encode()))
+    return root
 
 
 def run(args) -> int:
@@ -38,9 +69,14 @@ def run(args) -> int:
     from bfaseg.experiments import evaluate_checkpoint
     from bfaseg.training.trainer import Trainer
 
+    from bfaseg.errors import BfasegError
+
+    if args.iterations < 1:
+        raise BfasegError(f"--iterations: must be >= 1, got {args.iterations}")
     tmp = None
     if args.output:
-        root = Path(args.output)
+        root = prepare_demo_folder(Path(args.output), {"iterations": args.iterations, "seed": args.seed},
+                                   args.overwrite)
     else:
         tmp = tempfile.TemporaryDirectory(prefix="bfaseg-demo-")
         root = Path(tmp.name)

@@ -62,6 +62,7 @@ def register(sub) -> None:
                    "header); default: distances in voxels, as the reference code")
     p.add_argument("--policy", choices=("strict", "worst", "paper"), default="strict",
                    help="empty-mask policy of the metrics (see `bfaseg metrics --help`)")
+    add_empty_class_option(p)
     p.add_argument("--largest-component", action="store_true", help="keep the largest connected component per class")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
                    help="forward-pass precision (auto: fp32 for paper; bf16 for fast where it is fast)")
@@ -76,6 +77,13 @@ def register(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers (shared with predict)
+def add_empty_class_option(parser) -> None:
+    from bfaseg.cli.metrics import EMPTY_CLASS_HELP
+    from bfaseg.metrics import EMPTY_CLASS_POLICIES
+
+    parser.add_argument("--empty-class-policy", choices=EMPTY_CLASS_POLICIES, default="nan", help=EMPTY_CLASS_HELP)
+
+
 def resolve_device(name: str) -> str:
     import torch
 
@@ -137,14 +145,15 @@ def progress_iter(items, desc: str, enabled: bool):
     return tqdm(items, desc=desc, unit="case", dynamic_ncols=True, file=sys.stderr)
 
 
-def score_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing, policy: str) -> dict:
+def score_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing, policy: str,
+               empty_class: str = "nan") -> dict:
     """Metrics of one case (``compute_case``): binary floats for 2 classes, ``{class: value}`` otherwise."""
     from bfaseg.metrics import compute_case
 
     classes = None if num_classes <= 2 else list(range(1, num_classes))
     if num_classes <= 2:
         pred, gt = pred > 0, gt > 0
-    return compute_case(pred, gt, spacing=spacing, classes=classes, policy=policy)
+    return compute_case(pred, gt, spacing=spacing, classes=classes, policy=policy, empty_class=empty_class)
 
 
 def case_row(case_id: str, result: dict) -> dict:
@@ -176,18 +185,20 @@ def summarize(results: list[dict]) -> dict:
         std["per_class"] = {k: {str(c): s["std"] for c, s in agg[k]["per_class"].items()} for k in METRICS}
     out = {"mean": mean, "std": std, "n_cases": agg["n_cases"], "n_failed": agg["n_failed"],
            "n_both_empty": agg["n_both_empty"]}
-    if "n_failed_per_class" in agg:
-        out["n_failed_per_class"] = {str(c): n for c, n in agg["n_failed_per_class"].items()}
+    for key in ("n_failed_per_class", "n_both_empty_per_class"):
+        if key in agg:
+            out[key] = {str(c): n for c, n in agg[key].items()}
     return out
 
 
-def summary_metrics(results: list[dict], policy: str, units: str) -> dict:
+def summary_metrics(results: list[dict], policy: str, units: str, empty_class: str = "nan") -> dict:
     """The metric fields of ``summary.json``: mean, std, case counts, empty-mask policy, units."""
     summary = summarize(results)
     fields = {k: summary[k] for k in ("mean", "std", "n_cases", "n_failed", "n_both_empty")}
-    if "n_failed_per_class" in summary:
-        fields["n_failed_per_class"] = summary["n_failed_per_class"]
-    fields.update(policy=policy, units=units)
+    for key in ("n_failed_per_class", "n_both_empty_per_class"):
+        if key in summary:
+            fields[key] = summary[key]
+    fields.update(policy=policy, empty_class_policy=empty_class, units=units)
     return fields
 
 
@@ -305,8 +316,9 @@ def format_table(rows: list[dict], summary: dict, units: str) -> str:
     m, s = summary["mean"], summary["std"]
     lines.append(line("mean", [m[k] for k in MAIN_METRICS], m.get("per_class", {}).get("dice")))
     lines.append(line("std", [s[k] for k in MAIN_METRICS]))
-    lines.append(f"{summary['n_cases']} cases, {summary['n_failed']} failed (empty prediction or reference); "
-                 f"distances in {units}")
+    lines.append(f"{summary['n_cases']} cases, {summary['n_failed']} failed (empty prediction or reference), "
+                 f"{summary['n_both_empty']} empty in both (empty-class policy "
+                 f"{summary.get('empty_class_policy', 'nan')}); distances in {units}")
     return "\n".join(lines)
 
 
@@ -354,8 +366,11 @@ def find_nifti(folder: Path, case_id: str, channel: bool) -> Path | None:
     return None
 
 
-def read_nifti_label_raw(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_nifti_label_raw(path: Path, num_classes: int | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI label file with no image beside it, values checked (``check_label_array``), and its zooms."""
     import nibabel as nib
+
+    from bfaseg.data.labels import check_label_array
 
     try:
         img = nib.load(str(path))
@@ -365,9 +380,7 @@ def read_nifti_label_raw(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise BfasegError(f"cannot read label {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.dtype.kind == "f":
-        data = np.rint(data)
-    return data.astype(np.int32), zooms
+    return check_label_array(data, path, num_classes).astype(np.int32), zooms
 
 
 # ----------------------------------------------------------------------------- command
@@ -391,6 +404,10 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise BfasegError("--batch-size: must be at least 1")
     spacing_opt = parse_spacing(args.spacing)
+    from bfaseg.io.output import check_output_dir
+
+    output = check_output_dir(args.output or (
+        Path(args.checkpoint).resolve().parent.parent / f"eval_{split_path.stem}_{args.mode}"))
     predictor = Predictor.from_args(args)
     cfg = predictor.cfg
     dataset = args.dataset or cfg.data.dataset
@@ -413,15 +430,12 @@ def run(args) -> int:
         warn.append(msg)
         print(f"warning: {msg}", file=sys.stderr)
 
-    output = Path(args.output) if args.output else (
-        predictor.checkpoint.resolve().parent.parent / f"eval_{split_path.stem}_{args.mode}"
-    )
     rows, results, times = [], [], []
     units = "voxel"
     for case_id in progress_iter(ids, f"evaluate {split_path.name}", not args.no_progress):
         t0 = time.perf_counter()
         if dataset == "nifti":
-            from bfaseg.data.nifti import load_nifti_image, restore_geometry
+            from bfaseg.data.nifti import load_nifti_image, read_source_label, restore_geometry
 
             img_path = find_nifti(root / "imagesTr", case_id, True) or find_nifti(root / "imagesTs", case_id, True)
             if img_path is None:
@@ -431,7 +445,8 @@ def run(args) -> int:
             if lab_path is None:
                 raise BfasegError(f"case {case_id!r}: no label {case_id}.nii.gz in {root / 'labelsTr'}")
             case = load_nifti_image(img_path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
-            gt, zooms = read_nifti_label_raw(lab_path)
+            gt = read_source_label(lab_path, case.meta, num_classes)  # as training: shape, affine, values
+            zooms = tuple(case.meta["original_spacing"])
             labels, _, settings = predictor.predict(case.image, xyz=True, downsample=cfg.data.downsample)
             pred = restore_geometry(labels, case.meta, order=0)
             if pred.shape != gt.shape:
@@ -453,7 +468,7 @@ def run(args) -> int:
                 spacing = tuple(s * o / n for s, o, n in zip(case.spacing, orig_shape, image.shape))
             else:
                 spacing = spacing_opt
-        result = score_case(pred, gt, num_classes, spacing, args.policy)
+        result = score_case(pred, gt, num_classes, spacing, args.policy, args.empty_class_policy)
         units = result["units"]
         results.append(result)
         row = case_row(case_id, result)
@@ -470,7 +485,7 @@ def run(args) -> int:
     elif dataset == "nifti":
         resolution = "prediction mapped back to the source NIfTI grid; metrics in the label file's geometry"
     doc = {
-        **summary_metrics(results, args.policy, units),
+        **summary_metrics(results, args.policy, units, args.empty_class_policy),
         "per_case": rows,
         "spacing": "auto" if spacing_opt == "auto" else (list(spacing_opt) if spacing_opt else None),
         "resolution": resolution,

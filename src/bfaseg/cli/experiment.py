@@ -50,7 +50,8 @@ def run(args) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise BfasegError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        raise BfasegError(f"--seeds: expected comma-separated integers (e.g. 1,2), got {args.seeds!r}") from None
+    # empty or repeated entries: checked with every config by experiments.plan_runs
     run_experiment(args.config, variants, seeds, args.output, overrides=overrides, eval_list=args.eval_list,
                    progress=not args.no_progress and args.jobs == 1, train=not args.no_train,
                    reevaluate=args.reevaluate, jobs=args.jobs)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import traceback
 
 from bfaseg import __version__
-from bfaseg.errors import BfasegError
+from bfaseg.errors import BfasegError, Interrupted
 
 COMMANDS = [
     "train",
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-supervised medical image segmentation with boundary feature alignment.",
     )
     parser.add_argument("--version", action="version", version=f"bfaseg {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an unexpected error (default: one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -78,14 +82,47 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    old_term = signal.signal(signal.SIGTERM, _terminate) if _default_sigterm() else None
     try:
         return int(args.func(args) or 0)
     except BfasegError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an input no check knew: still one line, naming what failed
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)} (unexpected; rerun with --debug for the traceback and please report it)",
+              file=sys.stderr)
+        return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _default_sigterm() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+
+
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C, so atomic writes remove their temporary files (training has its own handler)."""
+    raise Interrupted("terminated by SIGTERM; files being written were removed, finished outputs kept")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:300]
+    where = ""
+    filename = getattr(exc, "filename", None)
+    if filename and str(filename) not in text:
+        where = f"{filename}: "
+    return f"{where}{type(exc).__name__}: {text}" if text else f"{where}{type(exc).__name__}"
 
 
 if __name__ == "__main__":

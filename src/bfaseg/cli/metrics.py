@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from bfaseg.errors import BfasegError
-from bfaseg.metrics.core import FAILED, METRICS, POLICIES, compute_case
+from bfaseg.metrics.core import BOTH_EMPTY, EMPTY_CLASS_POLICIES, FAILED, METRICS, POLICIES, compute_case
+
+EMPTY_CLASS_HELP = ("a class empty in BOTH masks: nan (default, as nnU-Net: all metrics NaN, left out of the "
+                    "mean and counted as both_empty) or one (the old behaviour: Dice 1, distances 0, which "
+                    "lifts the mean with classes that are not there)")
 
 
 def register(subparsers) -> None:
@@ -37,8 +41,10 @@ def register(subparsers) -> None:
                         help="empty-mask policy: strict (default; one mask empty -> NaN distances, failed), "
                         "worst (image diagonal instead of NaN), paper (reference code: empty prediction "
                         "scored 0 everywhere)")
+    parser.add_argument("--empty-class-policy", choices=EMPTY_CLASS_POLICIES, default="nan", help=EMPTY_CLASS_HELP)
     parser.add_argument("--classes", type=int, metavar="N",
-                        help="score classes 1..N (default: binary if only 0/1, else 1..max label)")
+                        help="score classes 1..N (default: binary if only 0/1, else 1..max label); "
+                        "a mask value above N is an error")
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     parser.set_defaults(func=run)
 
@@ -126,10 +132,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         spacing, source = None, None
 
-    if args.classes is not None and args.classes < 1:
-        raise BfasegError(f"--classes must be >= 1, got {args.classes}")
+    if args.classes is not None:
+        if args.classes < 1:
+            raise BfasegError(f"--classes must be >= 1, got {args.classes}")
+        for arr, path in ((pred, args.pred), (gt, args.gt)):
+            if arr.size and arr.max() > args.classes:
+                raise BfasegError(f"{path}: holds label {int(arr.max())}, outside 0..{args.classes} (--classes "
+                                  f"{args.classes})")
     try:
-        result = compute_case(pred, gt, spacing=spacing, classes=args.classes, policy=args.policy)
+        result = compute_case(pred, gt, spacing=spacing, classes=args.classes, policy=args.policy,
+                              empty_class=args.empty_class_policy)
     except ValueError as exc:
         raise BfasegError(f"{args.pred} vs {args.gt}: {exc}") from exc
 
@@ -141,14 +153,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: _jsonable(result[k]) for k in METRICS}))
         for c, s in statuses.items():
             if s != "ok":
-                print(f"note: {'class ' + str(c) + ': ' if c is not None else ''}{s} (policy {args.policy})",
+                print(f"note: {'class ' + str(c) + ': ' if c is not None else ''}{s} (policy {args.policy}, "
+                      f"empty-class policy {args.empty_class_policy})",
                       file=sys.stderr)
         return 0
 
     units = "voxels" if spacing is None else "mm"
     where = "" if spacing is None else f", spacing {' '.join(f'{s:g}' for s in spacing)} from {source}"
     print(f"PRED {args.pred}\nGT   {args.gt}")
-    print(f"distances in {units}{where}; policy {args.policy}; ASD is directed PRED -> GT")
+    print(f"distances in {units}{where}; policy {args.policy}; empty-class policy {args.empty_class_policy}; "
+          f"ASD is directed PRED -> GT")
     print(f"{'class':<6}" + "".join(f"{k:>10}" for k in METRICS) + "  status")
     rows = [(c, {k: result[k][c] for k in METRICS}) for c in statuses] if isinstance(status, dict) \
         else [(None, {k: result[k] for k in METRICS})]
@@ -161,4 +175,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'mean':<6}" + "".join(f"{_fmt(means[k], k):>10}" for k in METRICS))
     if failed:
         print(f"failed: {len(failed)} (one mask empty; see --policy)")
+    both = [c for c, s in statuses.items() if s == BOTH_EMPTY]
+    if both:
+        how = "NaN, left out of the mean" if args.empty_class_policy == "nan" else "scored by --policy"
+        print(f"empty in both masks: {len(both)} ({how}; see --empty-class-policy)")
     return 0

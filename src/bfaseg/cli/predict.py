@@ -32,6 +32,7 @@ import numpy as np
 
 from bfaseg.cli.evaluate import (
     Predictor,
+    add_empty_class_option,
     case_row,
     jsonable,
     progress_iter,
@@ -70,6 +71,7 @@ def register(sub) -> None:
                    help="reference labels (<case>.nii.gz/.nii/.h5) to score the predictions, or 'input' for "
                    "the 'label' dataset of input h5 files; metrics go to OUTPUT/summary.json")
     p.add_argument("--policy", choices=("strict", "worst", "paper"), default="strict", help="empty-mask policy")
+    add_empty_class_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-quality", action="store_true", help="skip quality.json (per-case scores and flags, bfaseg.suggest)")
     p.set_defaults(func=run)
@@ -147,6 +149,9 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ..
     with _open_h5(path) as f:
         if "image" not in f:
             raise BfasegError(f"{path}: missing dataset 'image' (keys: {sorted(f.keys())})")
+        for key in ("image", "label"):
+            if key in f and not isinstance(f[key], __import__("h5py").Dataset):
+                raise BfasegError(f"{path}: '{key}' is a group, not a dataset")
         image = np.asarray(f["image"][()], dtype=np.float32)
         label = np.asarray(f["label"][()]) if "label" in f else None
         spacing = _spacing_attr(f)
@@ -165,13 +170,22 @@ def _find_label(labels_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-def _read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+def _read_label_file(path: Path, num_classes: int, meta: dict | None = None):
+    """``(label, spacing)`` checked as in training; ``meta`` of a NIfTI image adds its shape and affine."""
+    from bfaseg.data.labels import check_label_array
+
     if _strip(path.name, NIFTI_SUFFIXES) is not None:
-        return read_nifti_label_raw(path)
+        if meta is not None:
+            from bfaseg.data.nifti import read_source_label
+
+            return read_source_label(path, meta, num_classes), tuple(meta["original_spacing"])
+        return read_nifti_label_raw(path, num_classes)
     with _open_h5(path) as f:
         if "label" not in f:
             raise BfasegError(f"{path}: missing dataset 'label'")
-        return np.asarray(f["label"][()]), _spacing_attr(f)
+        if not isinstance(f["label"], __import__("h5py").Dataset):
+            raise BfasegError(f"{path}: 'label' is a group, not a dataset")
+        return check_label_array(f["label"][()], path, num_classes), _spacing_attr(f)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -206,10 +220,11 @@ def _h5_meta(shape: tuple[int, ...], spacing: tuple[float, ...] | None, source: 
 
 # ----------------------------------------------------------------------------- command
 def run(args) -> int:
+    from bfaseg.io.output import check_output_dir, remove_stale_temporaries
+
     inputs = collect_inputs(Path(args.input))
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BfasegError(f"--output: {out_dir} exists and is not a folder")
+    out_dir = check_output_dir(args.output)
+    remove_stale_temporaries(out_dir)  # left by an earlier predict killed with SIGKILL
     labels_dir = None
     if args.labels and args.labels != "input":
         labels_dir = Path(args.labels)
@@ -247,6 +262,10 @@ def run(args) -> int:
                 spacing = tuple(case.meta["original_spacing"])
         else:
             image, inline_label, spacing = _read_h5(path)
+            if args.labels == "input" and inline_label is not None:  # checked before anything is written
+                from bfaseg.data.labels import check_label_array
+
+                inline_label = check_label_array(inline_label, f"{path} 'label'", num_classes, shape=image.shape)
             if image.ndim == 2:
                 if ndim == 3:
                     raise BfasegError(f"{path}: a 3-D network needs 3-D images, got shape {image.shape}")
@@ -286,16 +305,13 @@ def run(args) -> int:
                 if lab_path is None:
                     raise BfasegError(f"--labels: no label for case {case_id!r} in {labels_dir} "
                                       f"({case_id}.nii.gz, {case_id}.nii or {case_id}.h5)")
-                gt, gt_spacing = _read_label_file(lab_path)
+                gt, gt_spacing = _read_label_file(lab_path, num_classes, case.meta if kind == "nifti" else None)
                 if kind == "h5" and gt_spacing is not None and spacing is None:
                     spacing = gt_spacing
-            gt = np.asarray(gt)
-            if gt.shape != pred.shape:
-                raise BfasegError(f"--labels: the label of case {case_id!r} has shape {gt.shape}, "
-                                  f"the prediction {pred.shape}")
-            if gt.size and (gt.min() < 0 or gt.max() >= num_classes):
-                raise BfasegError(f"--labels: the label of case {case_id!r} has values outside 0..{num_classes - 1}")
-            result = score_case(pred, gt.astype(np.int32), num_classes, spacing, args.policy)
+            from bfaseg.data.labels import check_label_array
+
+            gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=pred.shape)
+            result = score_case(pred, gt.astype(np.int32), num_classes, spacing, args.policy, args.empty_class_policy)
             units = result["units"]
             results.append(result)
             row = case_row(case_id, result)
@@ -313,7 +329,7 @@ def run(args) -> int:
     }
     if results:
         units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"
-        doc.update(summary_metrics(results, args.policy, units), units_source=units_note)
+        doc.update(summary_metrics(results, args.policy, units, args.empty_class_policy), units_source=units_note)
     out_dir.mkdir(parents=True, exist_ok=True)
     if quality:
         written.append(str(quality.write(out_dir)))

@@ -86,7 +86,10 @@ def _dataset_parser(sub, name: str, *, help: str, description: str) -> argparse.
 def run(args) -> int:
     from bfaseg.data import prepare
 
+    from bfaseg.io.output import check_output_dir, removed_if_failed
+
     name, options = CONVERTERS[args.dataset]
     convert = getattr(prepare, name)
-    convert(args.raw, args.out, show_progress=not args.no_progress, **{k: getattr(args, k) for k in options})
+    with removed_if_failed(check_output_dir(args.out, option="OUT")):  # garbage input: no empty folder left
+        convert(args.raw, args.out, show_progress=not args.no_progress, **{k: getattr(args, k) for k in options})
     return 0

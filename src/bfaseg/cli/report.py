@@ -136,10 +136,13 @@ def run(args) -> int:
     from bfaseg.reporting import comparison_table, plot_curves, read_run
     from bfaseg.training.checkpoint import atomic_write_bytes
 
+    from bfaseg.io.output import check_output_dir
+
     if args.overlay_cases < 0:
         raise BfasegError("--overlay-cases: must be >= 0")
     if args.plateau_points <= 0:
         raise BfasegError("--plateau-points: must be > 0")
+    check_output_dir(args.output)
     runs = []
     names: dict[str, int] = {}
     for d in args.runs:

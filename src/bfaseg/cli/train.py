@@ -31,6 +31,9 @@ def run(args) -> int:
         overrides.append("train.deterministic=true")
     cfg = load_config(args.config, overrides)
     output = Path(args.output or cfg.output or Path("runs") / Path(args.config).stem)
+    from bfaseg.io.output import check_output_dir
+
+    check_output_dir(output)
     from bfaseg.training.distributed import shutdown
     from bfaseg.training.trainer import Trainer
 

@@ -40,6 +40,16 @@ def _num_labeled(cfg: DataConfig, n_total: int) -> int:
     return n
 
 
+def _downsample_all(cases: list[Case], factor: float) -> None:
+    """``data.downsample`` every case, refusing a factor that leaves an axis under 2 voxels."""
+    for c in cases:
+        shape = c.image.shape
+        c.image, c.label = downsample_case_arrays(c.image, c.label, factor)
+        if min(c.image.shape) < 2 <= min(shape):
+            raise BfasegError(f"data.downsample: {factor:g} shrinks case {c.case_id!r} from {tuple(shape)} to "
+                              f"{tuple(c.image.shape)}; use a smaller factor")
+
+
 def _read_split_file(path: str) -> tuple[list[str], list[str]]:
     p = Path(path)
     if not p.is_file():
@@ -50,10 +60,22 @@ def _read_split_file(path: str) -> tuple[list[str], list[str]]:
         raise BfasegError(f"{p}: cannot parse split file") from None
     if not isinstance(raw, dict) or "labeled" not in raw:
         raise BfasegError(f"{p}: split file needs a 'labeled' list (and optionally 'unlabeled')")
-    labeled = [str(i) for i in raw.get("labeled") or []]
-    if not labeled:
+    lists = {}
+    for key in ("labeled", "unlabeled"):
+        ids = raw.get(key) or []
+        if not isinstance(ids, list) or any(isinstance(i, (list, dict, bool)) or i is None for i in ids):
+            raise BfasegError(f"{p}: '{key}' must be a list of case ids")
+        ids = [str(i) for i in ids]
+        dup = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+        if dup is not None:
+            raise BfasegError(f"{p}: case {dup!r} is listed twice in '{key}'")
+        lists[key] = ids
+    if not lists["labeled"]:
         raise BfasegError(f"{p}: 'labeled' is empty; at least one labeled case is needed")
-    return labeled, [str(i) for i in raw.get("unlabeled") or []]
+    both = next((i for i in lists["labeled"] if i in set(lists["unlabeled"])), None)
+    if both is not None:
+        raise BfasegError(f"{p}: case {both!r} is both labeled and unlabeled")
+    return lists["labeled"], lists["unlabeled"]
 
 
 def _split_ids(cfg: DataConfig, train_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -117,8 +139,7 @@ def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> Data
     else:
         if len(cfg.patch_size) != 3:
             raise BfasegError(f"data.patch_size: {cfg.dataset} trains 3-D patches, got {cfg.patch_size}")
-        for c in labeled + unlabeled + val:
-            c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.downsample)
+        _downsample_all(labeled + unlabeled + val, cfg.downsample)
         train_ndim = 3
     for c in unlabeled:
         c.label = None  # the unlabeled pool never carries labels into training
@@ -170,6 +191,5 @@ def _build_nifti(cfg: DataConfig, num_classes: int) -> DataBundle:
         if c.label is not None and c.label.max() >= num_classes:
             raise BfasegError(f"case {c.case_id}: label {int(c.label.max())} >= model.num_classes ({num_classes})")
     labeled, unlabeled, val, n_val = split_nifti_cases(cfg, labeled_all, unlabeled)
-    for c in labeled + unlabeled + val:
-        c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.downsample)
+    _downsample_all(labeled + unlabeled + val, cfg.downsample)
     return DataBundle(labeled, unlabeled, val, len(cfg.patch_size), f"last {n_val} labeled cases")

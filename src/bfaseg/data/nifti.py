@@ -87,11 +87,15 @@ def _load(path: Path):
     if len(shape) == 4 and shape[3] == 1:
         img = img.slicer[..., 0]
         shape = shape[:3]
+    if len(shape) == 4:
+        raise BfasegError(f"{path}: expected a 3-D volume, got shape {shape} "
+                          "(multi-channel images are not supported; use one file per case)")
     if len(shape) != 3:
-        raise BfasegError(
-            f"{path}: expected a 3-D volume, got shape {shape} "
-            "(multi-channel images are not supported; use one file per case)"
-        )
+        raise BfasegError(f"{path}: expected a 3-D volume, got a {len(shape)}-D array of shape {shape}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise BfasegError(f"{path}: the affine is singular or not finite (voxel size 0 or axes collinear); "
+                          "fix the header (qform/sform)")
     return img
 
 
@@ -281,20 +285,16 @@ def load_nifti_image(
     )
 
 
-def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarray:
-    """Read the label map of ``reference_case`` with the same reorientation and resampling
-    (nearest neighbour); returns a uint8 array shaped like ``reference_case.image``.
-
-    The label file must have the same shape and affine (to 1e-4) as the image file, else
-    :class:`BfasegError`. The caller assigns the result to ``reference_case.label``.
+def read_source_label(path: str | os.PathLike, meta: dict, num_classes: int | None = None,
+                      source: str | None = None) -> np.ndarray:
+    """The label file of an image read by :func:`load_nifti_image` (``meta``: its ``case.meta``), in the
+    source grid, checked as in training: the image's shape and affine (to 1e-4), finite integer values,
+    0..255 (0..num_classes-1 when given). Returns uint8; any failure is a :class:`BfasegError`.
     """
     nib = _nib()
     path = Path(path)
-    meta = reference_case.meta
-    if "original_affine" not in meta:
-        raise BfasegError(f"{path}: reference case {reference_case.case_id!r} was not read by load_nifti_image")
     img = _load(path)
-    src = meta.get("source", reference_case.case_id)
+    src = source or meta.get("source", "the image")
     shape = tuple(int(s) for s in img.shape[:3])
     if shape != tuple(meta["original_shape"]):
         raise BfasegError(
@@ -307,17 +307,24 @@ def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarra
             f"label {path} and image {src} differ in affine (max difference {diff:.4g}; "
             f"label axes {''.join(nib.aff2axcodes(affine))}, image axes {''.join(meta['original_axcodes'])})"
         )
-    data = _read_array(img, path, as_label=True)
-    if data.dtype.kind == "f":
-        if not np.all(np.isfinite(data)):
-            raise BfasegError(f"label {path} contains NaN or Inf values")
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise BfasegError(f"label {path} has non-integer values (is it a probability map?)")
-        data = rounded
-    if data.size and (data.min() < 0 or data.max() > 255):
-        raise BfasegError(f"label {path} has values outside 0..255 (min {data.min()}, max {data.max()})")
-    data = data.astype(np.uint8)
+    from bfaseg.data.labels import check_label_array
+
+    return check_label_array(_read_array(img, path, as_label=True), path, num_classes)
+
+
+def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarray:
+    """Read the label map of ``reference_case`` with the same reorientation and resampling
+    (nearest neighbour); returns a uint8 array shaped like ``reference_case.image``.
+
+    The label file must have the same shape and affine (to 1e-4) as the image file, else
+    :class:`BfasegError`. The caller assigns the result to ``reference_case.label``.
+    """
+    nib = _nib()
+    path = Path(path)
+    meta = reference_case.meta
+    if "original_affine" not in meta:
+        raise BfasegError(f"{path}: reference case {reference_case.case_id!r} was not read by load_nifti_image")
+    data = read_source_label(path, meta, source=meta.get("source", reference_case.case_id))
     if meta.get("canonical", True):
         data = nib.orientations.apply_orientation(data, meta["orientation"])
     data = np.ascontiguousarray(data)

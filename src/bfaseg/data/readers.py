@@ -57,6 +57,9 @@ def read_h5_case(
         with h5py.File(path, "r") as f:
             if "image" not in f:
                 raise BfasegError(f"{path}: missing key 'image' (keys: {sorted(f.keys())})")
+            for key in ("image", "label"):
+                if key in f and not isinstance(f[key], h5py.Dataset):
+                    raise BfasegError(f"{path}: '{key}' is a group, not a dataset")
             image = np.asarray(f["image"][()], dtype=np.float32)
             label = None
             if "label" in f:
@@ -73,6 +76,8 @@ def read_h5_case(
     if not np.isfinite(image).all():
         raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
     if label is not None:
+        if label.dtype.kind not in "biuf":
+            raise BfasegError(f"{path}: 'label' must hold integer labels, got dtype {label.dtype}")
         if label.shape != image.shape:
             raise BfasegError(f"{path}: 'label' shape {label.shape} differs from 'image' shape {image.shape}")
         if label.size and (label.min() < 0 or (num_classes is not None and label.max() >= num_classes)):

@@ -73,6 +73,11 @@ def load_model_from_checkpoint(
         weights = state["student"]
         which = "student"
     weights = strip_prefixes(weights)
+    bad = [k for k, v in weights.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # such a network predicts background everywhere and scores 0 without a word
+        raise BfasegError(f"{path}: the {which} weights hold NaN/Inf ({len(bad)} tensors, first {bad[0]}); "
+                          f"the run diverged: use an earlier checkpoint")
 
     # SyncBatchNorm needs a process group; for inference plain BatchNorm has the same keys and maths
     model = build_model(cfg.model.model_copy(update={"sync_batchnorm": False}))

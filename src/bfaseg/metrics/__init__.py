@@ -9,10 +9,12 @@ Public API::
     surface_distances(pred_bool, gt_bool, spacing=None) -> (pred_to_gt, gt_to_pred)
 
 Empty-mask policies: ``"strict"`` (default), ``"worst"``, ``"paper"``; see
-:mod:`bfaseg.metrics.core`.
+:mod:`bfaseg.metrics.core`. A class empty in both masks is NaN and left
+out of means (``empty_class="nan"``, as nnU-Net); ``empty_class="one"`` gives the old Dice 1.
 """
 
 from bfaseg.metrics.core import (
+    EMPTY_CLASS_POLICIES,
     FAILED,
     METRICS,
     POLICIES,
@@ -25,6 +27,7 @@ from bfaseg.metrics.core import (
 from bfaseg.metrics.surface import distance_metrics, mask_surface, surface_distances
 
 __all__ = [
+    "EMPTY_CLASS_POLICIES",
     "FAILED",
     "METRICS",
     "POLICIES",

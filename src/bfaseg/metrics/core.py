@@ -30,6 +30,12 @@ policy         both empty                  one of the two empty                 
                                            with published numbers only
 =============  ==========================  ====================================  ===============================
 
+Classes empty in BOTH masks (``empty_class=``). ``"nan"`` (the default, as nnU-Net): all
+six metrics are NaN, so the class is left out of every mean, and :func:`aggregate` counts it
+in ``n_both_empty``. ``"one"``: the old behaviour, scored by the table above (Dice 1 and
+distances 0 under ``"strict"``/``"worst"``, the reference code's 0 under ``"paper"``), which
+lifts a mean with classes that were never there.
+
 The image diagonal of ``"worst"`` is ``sqrt(sum((n_i * s_i)**2))`` over the array
 shape ``n`` and spacing ``s`` (1 per axis without spacing): no distance inside
 the image can exceed it.
@@ -47,6 +53,7 @@ from bfaseg.metrics.surface import as_spacing, distance_metrics, surface_distanc
 METRICS = ("dice", "jaccard", "hd95", "asd", "assd", "hd")
 DISTANCES = ("hd95", "asd", "assd", "hd")
 POLICIES = ("strict", "worst", "paper")
+EMPTY_CLASS_POLICIES = ("nan", "one")
 OK, BOTH_EMPTY, PRED_EMPTY, GT_EMPTY = "ok", "both_empty", "pred_empty", "gt_empty"
 FAILED = (PRED_EMPTY, GT_EMPTY)
 
@@ -56,6 +63,11 @@ def _check_policy(policy: str) -> None:
         raise ValueError(f"unknown empty-mask policy {policy!r}; choose from {', '.join(POLICIES)}")
 
 
+def _check_empty_class(empty_class: str) -> None:
+    if empty_class not in EMPTY_CLASS_POLICIES:
+        raise ValueError(f"unknown empty-class policy {empty_class!r}; choose from {', '.join(EMPTY_CLASS_POLICIES)}")
+
+
 def image_diagonal(shape: Sequence[int], spacing=None) -> float:
     """Length of the image diagonal, ``sqrt(sum((n_i * s_i)**2))``: the ``"worst"`` distance."""
     s = as_spacing(spacing, len(shape))
@@ -63,7 +75,8 @@ def image_diagonal(shape: Sequence[int], spacing=None) -> float:
     return float(math.sqrt(sum((n * si) ** 2 for n, si in zip(shape, s))))
 
 
-def binary_metrics(pred, gt, spacing=None, policy: str = "strict", method: str = "fast") -> dict:
+def binary_metrics(pred, gt, spacing=None, policy: str = "strict", method: str = "fast",
+                   empty_class: str = "nan") -> dict:
     """All six metrics of two binary masks (nonzero = object), plus ``"status"``.
 
     Returns ``{"dice", "jaccard", "hd95", "asd", "assd", "hd": float, "status": str}``.
@@ -73,8 +86,10 @@ def binary_metrics(pred, gt, spacing=None, policy: str = "strict", method: str =
     size per axis (distances in its units), or None for voxel units.
     ``method`` (``"fast"`` or ``"edt"``) picks the surface-distance algorithm of
     :func:`bfaseg.metrics.surface.surface_distances`; both give the same numbers.
+    ``empty_class`` (``"nan"`` or ``"one"``) scores masks empty in both (module docstring).
     """
     _check_policy(policy)
+    _check_empty_class(empty_class)
     pred = np.asarray(pred)
     gt = np.asarray(gt)
     if pred.shape != gt.shape:
@@ -100,6 +115,8 @@ def binary_metrics(pred, gt, spacing=None, policy: str = "strict", method: str =
     else:
         status = PRED_EMPTY if not n_pred else GT_EMPTY
 
+    if status == BOTH_EMPTY and empty_class == "nan":
+        return {**{k: math.nan for k in METRICS}, "status": status}
     if policy == "paper" and not n_pred:
         # The reference code: ``if pred.sum() > 0: ... else: return 0, 0, 0, 0``.
         return {**{k: 0.0 for k in METRICS}, "status": status}
@@ -134,7 +151,8 @@ def _label_classes(pred: np.ndarray, gt: np.ndarray, classes) -> list[int] | Non
     return None if top <= 1 else list(range(1, top + 1))
 
 
-def compute_case(pred, gt, spacing=None, classes=None, policy: str = "strict", method: str = "fast") -> dict:
+def compute_case(pred, gt, spacing=None, classes=None, policy: str = "strict", method: str = "fast",
+                 empty_class: str = "nan") -> dict:
     """:func:`compute` plus bookkeeping: ``status``, ``policy``, ``units``, ``spacing``.
 
     ``status`` has the shape of the metrics (a string for binary inputs, else
@@ -142,6 +160,7 @@ def compute_case(pred, gt, spacing=None, classes=None, policy: str = "strict", m
     :func:`aggregate` for exact failure counts.
     """
     _check_policy(policy)
+    _check_empty_class(empty_class)
     pred = np.asarray(pred)
     gt = np.asarray(gt)
     if pred.shape != gt.shape:
@@ -151,17 +170,19 @@ def compute_case(pred, gt, spacing=None, classes=None, policy: str = "strict", m
     spacing = as_spacing(spacing, pred.ndim)
     label_list = _label_classes(pred, gt, classes)
     if label_list is None:
-        out = binary_metrics(pred, gt, spacing, policy, method)
+        out = binary_metrics(pred, gt, spacing, policy, method, empty_class)
     else:
-        per_class = {c: binary_metrics(pred == c, gt == c, spacing, policy, method) for c in label_list}
+        per_class = {c: binary_metrics(pred == c, gt == c, spacing, policy, method, empty_class)
+                     for c in label_list}
         out = {k: {c: r[k] for c, r in per_class.items()} for k in (*METRICS, "status")}
     out["policy"] = policy
+    out["empty_class"] = empty_class
     out["units"] = "voxel" if spacing is None else "mm"
     out["spacing"] = None if spacing is None else [float(s) for s in spacing]
     return out
 
 
-def compute(pred, gt, spacing=None, classes=None, policy: str = "strict") -> dict:
+def compute(pred, gt, spacing=None, classes=None, policy: str = "strict", empty_class: str = "nan") -> dict:
     """Dice, Jaccard, HD95, ASD, ASSD and HD of a prediction against a reference.
 
     ``pred``, ``gt``: 2-D or 3-D arrays of the same shape, binary masks or label
@@ -169,7 +190,8 @@ def compute(pred, gt, spacing=None, classes=None, policy: str = "strict") -> dic
     distances are then in its units (mm), else in voxels. ``classes``: None,
     an int K (score classes 1..K) or a list of class labels. ``policy``: the
     empty-mask policy, ``"strict"`` (default), ``"worst"`` or ``"paper"`` (see
-    the module docstring).
+    the module docstring). ``empty_class``: ``"nan"`` (default; a class empty in both
+    maps is NaN, left out of means) or ``"one"`` (the old Dice 1 / distance 0).
 
     Returns exactly the keys ``dice, jaccard, hd95, asd, assd, hd``. For binary
     inputs (only labels 0/1 and ``classes`` None) each is a float; otherwise each
@@ -177,7 +199,7 @@ def compute(pred, gt, spacing=None, classes=None, policy: str = "strict") -> dic
     map (or ``classes``). Failed cases (one mask empty) hold NaN distances under
     ``"strict"``; use :func:`compute_case` to get the status as well.
     """
-    result = compute_case(pred, gt, spacing, classes, policy)
+    result = compute_case(pred, gt, spacing, classes, policy, empty_class=empty_class)
     return {k: result[k] for k in METRICS}
 
 
@@ -195,6 +217,9 @@ def _status_of(result: dict, cls=None) -> str:
     status = result.get("status")
     if status is not None:
         return status if cls is None else status[cls]
+    dice = result["dice"] if cls is None else result["dice"][cls]
+    if isinstance(dice, float) and math.isnan(dice):
+        return BOTH_EMPTY  # the "nan" empty-class policy
     values = [result[k] if cls is None else result[k][cls] for k in DISTANCES]
     return GT_EMPTY if any(isinstance(v, float) and math.isnan(v) for v in values) else OK
 
@@ -247,14 +272,15 @@ def aggregate(results: Iterable[dict]) -> dict:
             "per_class": cls_stats,
         }
     failed = {c: 0 for c in classes}
-    both_empty = 0
+    both_empty = {c: 0 for c in classes}
     for r in results:
         for c in r["dice"]:
             s = _status_of(r, c)
             failed[c] += s in FAILED
-            both_empty += s == BOTH_EMPTY
+            both_empty[c] += s == BOTH_EMPTY
     out["n_cases"] = len(results)
     out["n_failed"] = sum(failed.values())
     out["n_failed_per_class"] = failed
-    out["n_both_empty"] = both_empty
+    out["n_both_empty"] = sum(both_empty.values())
+    out["n_both_empty_per_class"] = both_empty
     return out

@@ -20,6 +20,7 @@ import torch
 
 from bfaseg import __version__
 from bfaseg.errors import BfasegError
+from bfaseg.io.output import user_file_mode
 
 SCHEMA_VERSION = 1
 
@@ -53,6 +54,7 @@ def atomic_write_bytes(path: Path, write_fn) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, user_file_mode())  # mkstemp makes 0600; outputs get the user's umask, as open() would
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()

@@ -1,0 +1,1 @@
+"""Small helpers for files a command writes (output folders, file modes)."""

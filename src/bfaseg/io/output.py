@@ -1,0 +1,93 @@
+"""Checks on the folders and files a command writes, made BEFORE any work.
+
+Every command that writes (train, evaluate, predict, report, experiment, demo) calls
+:func:`check_output_dir` on its ``--output`` first: a file in the way, a read-only
+folder or a read-only file system is then one line at start-up, not a traceback after
+an hour of predicting. The check creates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from bfaseg.errors import BfasegError
+
+
+def _nearest_existing(path: Path) -> Path:
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--output") -> Path:
+    """``path`` as a Path if it is, or can become, a writable folder; else :class:`BfasegError`.
+
+    Creates nothing: writability is probed with a temporary file in the nearest existing
+    folder, removed at once (``os.access`` would say yes to root on a read-only mount).
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise BfasegError(f"{option} {path}: exists and is not a folder")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise BfasegError(f"{option} {path}: not writable (Not a directory: {base} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bfaseg-write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BfasegError(f"{option} {path}: not writable ({exc.strerror or exc} in {base})") from None
+    return path
+
+
+def user_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: 0o666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove ``.<name>.<random>.tmp`` files that an atomic write cut short by SIGKILL left in ``folder``."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            if p.is_file() and p.name.count(".") >= 3:  # .<name>.<random>.tmp, as atomic_write_bytes names them
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+@contextmanager
+def removed_if_failed(path: str | os.PathLike):
+    """Run the body; if it fails, remove ``path`` and the parents it created, where still free of files.
+
+    Only folders that did not exist before are touched, and only empty ones, deepest first.
+    """
+    path = Path(path)
+    missing = []
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        yield path
+    except BaseException:
+        for folder in missing:  # deepest first
+            if folder.is_dir():
+                for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    _try_rmdir(sub)
+                _try_rmdir(folder)
+        raise
+
+
+def _try_rmdir(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: a file was written, keep it
+        pass

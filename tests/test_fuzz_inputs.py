@@ -1,0 +1,258 @@
+"""Seeded fuzzing of configs and small input files (issue 16).
+
+Every mutated input must give one of two outcomes: success, or one ``error: ...`` line on
+stderr with exit code 2 (3 for a diverged run), no traceback, and no new file in the
+output folder. The generator is seeded, so a failure names a reproducible case id.
+Everything is tiny (32x32 phantoms, 2 iterations) so that the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from bfaseg.cli.main import main
+
+SEED = 16
+SYNTH = {
+    "data": {"dataset": "synthetic", "synthetic_ndim": 2, "synthetic_size": [32, 32], "patch_size": [32, 32],
+             "labeled_fraction": 0.3, "synthetic_cases": 6, "synthetic_val_cases": 1},
+    "model": {"name": "unet2d", "num_classes": 3, "base_channels": 4},
+    "train": {"iterations": 2, "batch_labeled": 2, "batch_unlabeled": 2, "val_every": 2, "log_every": 1,
+              "checkpoint_every": 2, "threads": 1, "precision": "fp32", "device": "cpu"},
+    "method": {"name": "supervised"},
+}
+# values an adversarial user types: wrong types, signs, sizes, NaN, lists where numbers go
+VALUES = [-1, 0, True, "abc", None, [], [8, 8, 8, 8], 2.5, float("nan"), {"a": 1}, [0, 1], -0.5, 7]
+KEYS = [(s, k) for s in ("data", "model", "train") for k in SYNTH[s]] + [
+    ("train", "poly_power"), ("train", "seed"), ("train", "ema_decay"), ("train", "step_milestones"),
+    ("eval", "stride"), ("eval", "max_cases"), ("eval", "overlap"), ("data", "val_cases"), ("data", "downsample"),
+    ("method", "name"), ("data", "labeled"),
+]
+
+
+def _snapshot(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def run_checked(argv, out_dir, capsys) -> int:
+    """Run ``bfaseg argv``; assert success or one clear line and nothing new in ``out_dir``."""
+    before = _snapshot(out_dir)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    if code == 0:
+        return code
+    assert code in (2, 3), f"exit {code}: {err!r}"
+    assert err.startswith("error: ") and err.count("\n") == 1, f"not one line: {err!r}"
+    assert "unexpected" not in err, err
+    if code == 2:
+        assert _snapshot(out_dir) == before, f"{argv}: left {set(_snapshot(out_dir)) - set(before)}"
+    return code
+
+
+def mutated_configs(n: int):
+    rng = random.Random(SEED)
+    for i in range(n):
+        cfg = copy.deepcopy(SYNTH)
+        for _ in range(rng.choice((1, 1, 2))):
+            section, key = rng.choice(KEYS)
+            cfg.setdefault(section, {})[key] = copy.deepcopy(rng.choice(VALUES))
+        yield f"cfg{i}", cfg
+
+
+@pytest.mark.parametrize("name,cfg", list(mutated_configs(24)))
+def test_train_mutated_config(name, cfg, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    run_checked(["train", str(path), "--output", str(out), "--no-progress"], out, capsys)
+    capsys.readouterr()
+
+
+def test_train_mutated_yaml_text(tmp_path, capsys):
+    """Whole-file mutations: empty, a scalar, a list, truncated YAML, a section that is a number."""
+    base = yaml.safe_dump(SYNTH)
+    for n, text in enumerate(["", "3\n", "- a\n", base[: len(base) // 2] + "[", base.replace("model:", "model: 3\nx:"),
+                              "data: 3\n"]):
+        path = tmp_path / f"c{n}.yaml"
+        path.write_text(text)
+        out = tmp_path / f"out{n}"
+        assert run_checked(["train", str(path), "--output", str(out), "--no-progress"], out, capsys) == 2
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _masks(rng):
+    gt = np.zeros((12, 12, 6), np.uint8)
+    gt[2:7, 3:8, 1:4] = 1
+    gt[7:10, 2:6, 2:5] = 2
+    return np.roll(gt, int(rng.integers(0, 2)), axis=0), gt
+
+
+MASK_MUTATIONS = {
+    "negative": lambda a: a.astype(np.int16) - 1,
+    "fractional": lambda a: a.astype(np.float32) * 0.5,
+    "nan": lambda a: np.where(a == 1, np.nan, a).astype(np.float32),
+    "value_300": lambda a: np.where(a == 2, 300, a).astype(np.int16),
+    "one_d": lambda a: a.ravel(),
+    "four_d": lambda a: a[..., None],
+    "cropped": lambda a: a[:-1],
+    "strings": lambda a: a.astype(str),
+    "empty": lambda a: np.zeros_like(a),
+    "bool": lambda a: a > 0,
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MASK_MUTATIONS))
+@pytest.mark.parametrize("suffix", [".npy", ".nii.gz"])
+def test_metrics_mutated_masks(mutation, suffix, tmp_path, capsys):
+    rng = np.random.default_rng(SEED)
+    pred, gt = _masks(rng)
+    bad = MASK_MUTATIONS[mutation](pred)
+    paths = []
+    for name, arr in (("pred", bad), ("gt", gt)):
+        path = tmp_path / f"{name}{suffix}"
+        if suffix == ".npy":
+            np.save(path, arr)
+        else:
+            import nibabel as nib
+
+            if arr.dtype.kind not in "biuf" or arr.dtype == bool or arr.ndim < 2:
+                pytest.skip("NIfTI cannot hold this array")
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
+        paths.append(str(path))
+    for extra in ([], ["--classes", "2"], ["--json"], ["--empty-class-policy", "one", "--policy", "paper"]):
+        run_checked(["metrics", *paths, *extra], tmp_path / "none", capsys)
+
+
+def test_metrics_empty_class_is_nan_and_value_above_classes_is_an_error(tmp_path, capsys):
+    """Issue 16, reproduction 1: a class absent from both masks no longer lifts the mean."""
+    pred, gt = _masks(np.random.default_rng(0))
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "g.npy", gt)
+    assert main(["metrics", str(tmp_path / "p.npy"), str(tmp_path / "g.npy"), "--classes", "4", "--json"]) == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    assert result["dice"]["3"] is None and result["dice"]["4"] is None
+    np.save(tmp_path / "p300.npy", np.where(pred == 2, 300, pred).astype(np.int16))
+    code = run_checked(["metrics", str(tmp_path / "p300.npy"), str(tmp_path / "g.npy"), "--classes", "4"],
+                       tmp_path / "none", capsys)
+    assert code == 2
+
+
+# --------------------------------------------------------------------------- predict / evaluate / splits
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz_run")
+    (tmp / "c.yaml").write_text(yaml.safe_dump(SYNTH))
+    assert main(["train", str(tmp / "c.yaml"), "--output", str(tmp / "run"), "--no-progress"]) == 0
+    return tmp / "run" / "checkpoints" / "last.pt"
+
+
+def _h5(path, **datasets):
+    with h5py.File(path, "w") as f:
+        for k, v in datasets.items():
+            if isinstance(v, str):
+                f.create_group(k)
+            else:
+                f[k] = v
+
+
+IMAGE = np.random.default_rng(SEED).normal(size=(2, 32, 32)).astype(np.float32)
+LABEL = (IMAGE > 0.5).astype(np.uint8)
+H5_MUTATIONS = {
+    "ok": dict(image=IMAGE, label=LABEL),
+    "image_group": dict(image="group", label=LABEL),
+    "label_group": dict(image=IMAGE, label="group"),
+    "label_7": dict(image=IMAGE, label=LABEL * 7),
+    "label_probabilities": dict(image=IMAGE, label=LABEL * 0.4),
+    "label_shape": dict(image=IMAGE, label=LABEL[:, :-1]),
+    "image_nan": dict(image=np.where(IMAGE > 1, np.nan, IMAGE), label=LABEL),
+    "image_1d": dict(image=IMAGE.ravel(), label=LABEL.ravel()),
+    "no_image": dict(label=LABEL),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(H5_MUTATIONS))
+def test_predict_mutated_h5(mutation, checkpoint, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    _h5(src / "case1.h5", **H5_MUTATIONS[mutation])
+    out = tmp_path / "out"
+    code = run_checked(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out),
+                        "--labels", "input", "--no-progress", "--device", "cpu", "--precision", "fp32"], out, capsys)
+    assert (code == 0) == (mutation == "ok")
+
+
+@pytest.mark.parametrize("output", ["file", "file_parent"])
+@pytest.mark.parametrize("command", ["predict", "report", "experiment", "train"])
+def test_bad_output_is_one_line_before_any_work(command, output, checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file in the way\n")
+    out = blocker if output == "file" else blocker / "sub"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(SYNTH))
+    src = tmp_path / "in"
+    src.mkdir()
+    _h5(src / "case1.h5", image=IMAGE, label=LABEL)
+    argv = {
+        "predict": ["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--device", "cpu"],
+        "report": ["report", str(checkpoint.parent.parent)],
+        "experiment": ["experiment", str(cfg), "--methods", "supervised", "--seeds", "1"],
+        "train": ["train", str(cfg)],
+    }[command]
+    progress = [] if command == "report" else ["--no-progress"]
+    assert run_checked([*argv, "--output", str(out), *progress], tmp_path / "nothing", capsys) == 2
+    assert blocker.read_text() == "a file in the way\n"
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--seeds", "1,x"], "--seeds: expected comma-separated integers"),
+    (["--methods", "supervised,nope"], "--methods: unknown variant 'nope'"),
+])
+def test_experiment_options_rejected_before_training(argv, expect, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(SYNTH))
+    out = tmp_path / "exp"
+    assert main(["experiment", str(cfg), "--output", str(out), "--no-progress", *argv]) == 2
+    assert expect in capsys.readouterr().err
+    assert not out.exists()
+
+
+SPLITS = {
+    "duplicate": {"labeled": ["synth_000", "synth_000"], "unlabeled": ["synth_001"]},
+    "overlap": {"labeled": ["synth_000"], "unlabeled": ["synth_000", "synth_001"]},
+    "nested": {"labeled": [["synth_000"]]},
+    "not_a_list": {"labeled": "synth_000"},
+    "unknown": {"labeled": ["ghost"]},
+}
+
+
+@pytest.mark.parametrize("split", sorted(SPLITS))
+def test_bad_split_file(split, tmp_path, capsys):
+    (tmp_path / "split.yaml").write_text(yaml.safe_dump(SPLITS[split]))
+    cfg = copy.deepcopy(SYNTH)
+    cfg["data"].pop("labeled_fraction")
+    cfg["data"]["split_file"] = str(tmp_path / "split.yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert run_checked(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"], out, capsys) == 2
+
+
+def test_demo_refuses_other_settings(tmp_path, capsys, monkeypatch):
+    """Issue 16, reproduction 4: a second demo with other settings does not report the old runs."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.json").write_text('{"iterations": 2, "seed": 1}\n')
+    assert main(["demo", "--output", str(out), "--iterations", "3", "--no-progress"]) == 2
+    assert "holds a demo with other settings" in capsys.readouterr().err
