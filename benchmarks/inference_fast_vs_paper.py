@@ -1,6 +1,6 @@
 """Sliding-window inference on real LA volumes: ``paper`` mode vs ``fast`` mode.
 
-    python benchmarks/inference_fast_vs_paper.py --data /work/shared/data/la            # train, then time
+    python benchmarks/inference_fast_vs_paper.py --data ../shared/data/la             # train, then time
     python benchmarks/inference_fast_vs_paper.py --data ... --checkpoint runs/x/checkpoints/best.pt
 
 Without ``--checkpoint`` a supervised V-Net is trained on the first ``40 - cases`` IDs of
@@ -46,7 +46,7 @@ from bfaseg.training.checkpoint import checkpoint_digest
 
 def default_data() -> str:
     env = os.environ.get("BFASEG_DATA")
-    return str(Path(env) / "la") if env else "/work/shared/data/la"
+    return str(Path(env) / "la") if env else "../shared/data/la"
 
 
 def parse_args(argv=None):

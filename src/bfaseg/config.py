@@ -152,10 +152,38 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # the protocol configs, shipped in the wheel
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file: ``name`` as a path when it exists, else a packaged config by name.
+
+    ``acdc/bfa_10``, ``acdc/bfa_10.yaml`` and ``configs/acdc/bfa_10.yaml`` all name
+    the packaged ``configs/acdc/bfa_10.yaml``, so the commands in the docs also work
+    from an installed wheel, outside the repository.
+    """
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    if parts:
+        packaged = PACKAGED_CONFIGS.joinpath(*parts)
+        if packaged.suffix not in (".yaml", ".yml"):
+            packaged = packaged.with_name(packaged.name + ".yaml")
+        if packaged.is_file():
+            return packaged
+    return path
+
+
+def packaged_config_names() -> list[str]:
+    """``benchmark/name`` of every packaged config, e.g. ``acdc/bfa_10``."""
+    return sorted(p.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix() for p in PACKAGED_CONFIGS.glob("*/*.yaml"))
+
+
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = resolve_config_path(path)
     if not path.is_file():
-        raise BfasegError(f"config file not found: {path}")
+        raise BfasegError(f"config file not found: {path} (or a packaged name such as acdc/bfa_10)")
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)  # safe loader: no Python objects from YAML tags
