@@ -38,10 +38,10 @@ from bfaseg.inference.checkpoints import (
     model_ndim,
     paper_stride,
     predict_array,
-    resolve_precision,
 )
+from bfaseg.io.checkpoint import checkpoint_digest
 from bfaseg.metrics import compute
-from bfaseg.training.checkpoint import checkpoint_digest
+from bfaseg.precision import resolve_precision
 
 
 def default_data() -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from bfaseg.config import apply_overrides, load_yaml, validate_config
 from bfaseg.errors import BfasegError
+from bfaseg.methods import check_method_params
 
 # name -> config overrides; every variant shares the base config's budget
 VARIANTS: dict[str, dict] = {
@@ -60,7 +61,9 @@ def variant_config(base_raw: dict, variant: str, seed: int, overrides: list[str]
     if variant == "full":  # all labeled, but keep the method's own params off
         raw["method"] = {"name": "supervised"}
     raw = apply_overrides(raw, overrides)
-    return validate_config(raw, source=f"variant {variant}")
+    cfg = validate_config(raw, source=f"variant {variant}")
+    check_method_params(cfg, source=f"variant {variant}")
+    return cfg
 
 
 def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:

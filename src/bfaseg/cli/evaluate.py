@@ -123,7 +123,7 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
@@ -216,8 +216,8 @@ class Predictor:
             inference_fn,
             load_model_from_checkpoint,
             model_ndim,
-            resolve_precision,
         )
+        from bfaseg.precision import resolve_precision
 
         device = resolve_device(args.device)
         checkpoint = Path(args.checkpoint)

@@ -177,7 +177,7 @@ def _read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
 def _write_h5_atomic(path: Path, label: np.ndarray, probs: np.ndarray | None, attrs: dict) -> None:
     import h5py
 
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     def write(stream) -> None:
         with h5py.File(stream, "w") as f:

@@ -84,7 +84,8 @@ def validation_cases(cfg, state, root: Path | None, n: int):
 
 def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
     from bfaseg.cli.evaluate import resolve_device
-    from bfaseg.inference.checkpoints import load_model_from_checkpoint, model_ndim, predict_array, resolve_precision
+    from bfaseg.inference.checkpoints import load_model_from_checkpoint, model_ndim, predict_array
+    from bfaseg.precision import resolve_precision
     from bfaseg.reporting import overlay_figure, pick_slice, save_figure
 
     ckpt = run_log.path / "checkpoints" / f"{args.checkpoint}.pt"
@@ -130,7 +131,7 @@ def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
 
 def run(args) -> int:
     from bfaseg.reporting import comparison_table, plot_curves, read_run
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     if args.overlay_cases < 0:
         raise BfasegError("--overlay-cases: must be >= 0")

@@ -30,6 +30,9 @@ def run(args) -> int:
     if args.deterministic:
         overrides.append("train.deterministic=true")
     cfg = load_config(args.config, overrides)
+    from bfaseg.methods import check_method_params
+
+    check_method_params(cfg, source=str(args.config))
     output = Path(args.output or cfg.output or Path("runs") / Path(args.config).stem)
     from bfaseg.training.distributed import shutdown
     from bfaseg.training.trainer import Trainer

@@ -369,7 +369,7 @@ def _atomic_nifti_save(img, out_path: Path) -> None:
     """``nib.save`` through ``atomic_write_bytes``; gzip-compressed for ``.nii.gz``, as nibabel writes it."""
     import gzip
 
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     nib = _nib()
     if not out_path.name.endswith(NIFTI_SUFFIXES):

@@ -2,10 +2,10 @@
 
 A checkpoint (``bfaseg.training.trainer.Trainer.state_dict``) holds the student's
 weights, the run's config (``RunConfig.model_dump()``), the iteration, the best
-validation score and, for methods with a teacher, the teacher's weights. BFA
-students carry a boundary head; it is re-added (stage from the method's
-``boundary_stage``, size and fusion read from the weights) so the state dict loads
-strictly and the forward pass is the one that was trained.
+validation score and, for methods with a teacher, the teacher's weights. Modules a
+method added to the network (BFA's boundary head) are re-added by the method's
+``restore_modules`` hook, so the state dict loads strictly and the forward pass is
+the one that was trained.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 
 from bfaseg.config import RunConfig
 from bfaseg.errors import BfasegError
+from bfaseg.methods import get_method_class
 from bfaseg.models import build_model
-from bfaseg.training.checkpoint import load_checkpoint
+from bfaseg.io.checkpoint import load_checkpoint
 
 __all__ = ["load_model_from_checkpoint", "checkpoint_config", "strip_prefixes", "describe_checkpoint"]
 
@@ -75,16 +76,10 @@ def load_model_from_checkpoint(
 
     # SyncBatchNorm needs a process group; for inference plain BatchNorm has the same keys and maths
     model = build_model(cfg.model.model_copy(update={"sync_batchnorm": False}))
-    if any(k.startswith("boundary_head.") for k in weights):
-        params = cfg.method_params()
-        stage = int(params.get("boundary_stage", 1))
-        pred_w = weights.get("boundary_head.predict.weight")
-        n = int(pred_w.shape[0]) if pred_w is not None else cfg.model.num_classes - 1
-        fuse = "boundary_head.fuse.weight" in weights
-        try:
-            model.add_boundary_head(stage, n, fuse=fuse)
-        except ValueError as exc:
-            raise BfasegError(f"{path}: cannot rebuild the boundary head ({exc})") from None
+    try:  # modules a method added to the network (e.g. BFA's boundary head)
+        get_method_class(cfg.method.name, source=str(path)).restore_modules(model, cfg, weights)
+    except ValueError as exc:
+        raise BfasegError(f"{path}: cannot rebuild the {cfg.method.name} modules ({exc})") from None
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -98,7 +93,7 @@ def load_model_from_checkpoint(
 
 def describe_checkpoint(path: str | Path, state: dict[str, Any]) -> dict[str, Any]:
     """Provenance for summaries: path, iteration, sha256 digest, method, best validation score."""
-    from bfaseg.training.checkpoint import checkpoint_digest
+    from bfaseg.io.checkpoint import checkpoint_digest
 
     cfg = state.get("config") or {}
     return {
@@ -116,27 +111,6 @@ def describe_checkpoint(path: str | Path, state: dict[str, Any]) -> dict[str, An
 # ------------------------------------------------------------------ predicting with a loaded model
 # Published sliding-window strides at full resolution (UA-MT / BCP test scripts).
 PAPER_STRIDES = {"la": (18, 18, 4), "pancreas": (16, 16, 16)}
-
-
-def bf16_is_fast(device: str | torch.device) -> bool:
-    """bf16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX).
-
-    Without it (e.g. AVX2-only CPUs) oneDNN emulates bf16 and a V-Net forward pass is
-    ~20x SLOWER than fp32, so ``auto`` precision picks fp32 there.
-    """
-    from bfaseg.training.distributed import native_bf16_on_cpu
-
-    return torch.device(device).type == "cuda" or native_bf16_on_cpu()
-
-
-def resolve_precision(requested: str | None, mode: str, device: str | torch.device) -> str:
-    """``fp32``/``bf16`` as requested; ``None``/``auto``: paper -> fp32 (the reference),
-    fast -> bf16 where it is fast (:func:`bf16_is_fast`), else fp32."""
-    if requested in ("fp32", "bf16"):
-        return requested
-    if requested not in (None, "auto"):
-        raise BfasegError(f"--precision: expected fp32, bf16 or auto, got {requested!r}")
-    return "bf16" if mode == "fast" and bf16_is_fast(device) else "fp32"
 
 
 def model_ndim(cfg: RunConfig, state: dict[str, Any] | None = None) -> int:

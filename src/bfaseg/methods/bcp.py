@@ -13,7 +13,7 @@ import torch
 
 from bfaseg.methods.base import Method, MethodParams, cuboid_mask, paste, sigmoid_rampup, split_pairs
 from bfaseg.methods.boundary import remove_small_components
-from bfaseg.training.losses import dice_ce_loss
+from bfaseg.losses import dice_ce_loss
 
 
 class BCPParams(MethodParams):

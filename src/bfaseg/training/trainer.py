@@ -25,11 +25,13 @@ from bfaseg.config import RunConfig
 from bfaseg.data.batches import TwoStreamBatches, make_loader
 from bfaseg.data.build import DataBundle, build_data
 from bfaseg.errors import BfasegError, Interrupted, TrainingDiverged
+from bfaseg.io import checkpoint as ckpt
+from bfaseg.io.files import atomic_write_bytes
 from bfaseg.methods import build_method
 from bfaseg.models import build_model
-from bfaseg.training import checkpoint as ckpt
+from bfaseg.precision import bf16_is_fast, native_bf16_on_cpu
 from bfaseg.training.distributed import (
-    DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed, native_bf16_on_cpu,
+    DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed,
 )
 from bfaseg.training.ema import ema_decay, ema_update
 from bfaseg.training.validation import validate
@@ -97,8 +99,6 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         if tc.precision == "auto":
-            from bfaseg.inference.checkpoints import bf16_is_fast
-
             self.precision = "bf16" if bf16_is_fast(self.device) else "fp32"
         else:
             self.precision = tc.precision
@@ -137,7 +137,7 @@ class Trainer:
         self.patch_size = tuple(cfg.data.patch_size)
         self.total_iterations = tc.iterations
 
-        self.method = build_method(cfg.method.name, cfg.method_params(), self)
+        self.method = build_method(cfg, self)
         if self.method.uses_unlabeled and not self.data.unlabeled:
             raise BfasegError(f"method {cfg.method.name!r} needs unlabeled data but every training case is labeled")
         student = build_model(cfg.model)
@@ -264,7 +264,7 @@ class Trainer:
                 continue
             if isinstance(record, dict) and int(record.get("iteration", 0)) <= iteration:
                 keep.append(line + "\n")
-        ckpt.atomic_write_bytes(path, lambda f: f.write("".join(keep).encode()))
+        atomic_write_bytes(path, lambda f: f.write("".join(keep).encode()))
 
     # ------------------------------------------------------------ utilities
     def autocast(self):
@@ -509,5 +509,5 @@ class Trainer:
             "best_checkpoint": str(self.ckpt_dir / "best.pt") if self.best["iteration"] is not None else None,
         }
         if self.dist.is_main:
-            ckpt.atomic_write_bytes(self.output_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+            atomic_write_bytes(self.output_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
         return summary

@@ -71,7 +71,7 @@ def atomic_write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict | N
     """Write an h5 file atomically (``atomic_write_bytes``: temporary file beside it, then rename)."""
     import h5py
 
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     def write(stream) -> None:
         with h5py.File(stream, "w") as f:
@@ -87,7 +87,7 @@ def atomic_write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict | N
 
 
 def atomic_write_lines(path: Path, lines: Sequence[str]) -> Path:
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     path = Path(path)
     make_out_dir(path.parent)
