@@ -32,13 +32,8 @@ import torch
 
 from bfaseg.data.readers import load_cases, read_list
 from bfaseg.data.transforms import downsample_case_arrays
-from bfaseg.inference.checkpoints import (
-    inference_fn,
-    load_model_from_checkpoint,
-    model_ndim,
-    paper_stride,
-    predict_array,
-)
+from bfaseg.inference.checkpoints import load_model_from_checkpoint
+from bfaseg.inference.predictor import inference_fn, model_ndim, paper_stride, predict_array
 from bfaseg.io.checkpoint import checkpoint_digest
 from bfaseg.metrics import compute
 from bfaseg.precision import resolve_precision

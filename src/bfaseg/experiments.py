@@ -8,7 +8,6 @@ interrupted ones resumed, so the whole table can be rebuilt by re-running the co
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -67,39 +66,20 @@ def variant_config(base_raw: dict, variant: str, seed: int, overrides: list[str]
 
 
 def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:
-    """Per-case metrics (voxels) of one checkpoint on in-memory cases; classes 1..K-1."""
-    import torch
+    """Metrics (voxels) of one checkpoint on in-memory cases, predicted as the run validated:
+    on the run's device, in the run's precision, with the network it validated (``eval.model``)."""
+    import dataclasses
 
-    from bfaseg.inference.checkpoints import load_model_from_checkpoint
-    from bfaseg.metrics import compute
-    from bfaseg.training.validation import predict_case
+    from bfaseg.evaluation import evaluate_cases
+    from bfaseg.inference.predictor import Predictor
 
-    model, cfg, state = load_model_from_checkpoint(path, which="student")
-    k = cfg.model.num_classes
-    per_case = []
-    with torch.no_grad():
-        for case in cases:
-            labels, _ = predict_case(
-                model, case.image, train_ndim=state["data"]["train_ndim"], patch_size=tuple(cfg.data.patch_size),
-                num_classes=k, eval_cfg=eval_cfg_override or cfg.eval, precision=cfg.train.precision,
-            )
-            res = compute(labels, case.label, classes=list(range(1, k)))
-            row = {"case": case.case_id}
-            for m in METRICS:
-                vals = res[m] if isinstance(res[m], dict) else {1: res[m]}
-                for c, v in vals.items():
-                    row[f"{m}_{c}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-                finite = [v for v in vals.values() if v is not None and not (isinstance(v, float) and math.isnan(v))]
-                row[m] = float(np.mean(finite)) if finite else None
-            per_case.append(row)
-    mean = {}
-    for key in per_case[0]:
-        if key == "case":
-            continue
-        vals = [r[key] for r in per_case if r[key] is not None]
-        mean[key] = float(np.mean(vals)) if vals else None
-    n_failed = sum(1 for r in per_case for m in ("hd95",) if r[m] is None)
-    return {"iteration": int(state["iteration"]), "mean": mean, "per_case": per_case, "n_failed": n_failed}
+    predictor = Predictor.from_checkpoint(path, device="run", precision="run")
+    ev = eval_cfg_override or predictor.cfg.eval
+    predictor = dataclasses.replace(
+        predictor, mode=ev.mode, stride=ev.stride, overlap=ev.overlap, batch_size=ev.batch_size,
+        largest_component=ev.largest_component,
+    )
+    return evaluate_cases(predictor, cases)
 
 
 def run_experiment(

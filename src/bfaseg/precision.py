@@ -1,7 +1,7 @@
-"""Precision policy: which floating-point format runs where, in one place.
+"""Device and precision policy: where a network runs and in which floating-point format.
 
-Training (``train.precision``) and inference (``--precision``) both ask this module,
-so ``auto`` means the same thing everywhere.
+Training (``train.device``, ``train.precision``) and inference (``--device``, ``--precision``)
+both ask this module, so ``auto`` means the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -9,6 +9,21 @@ from __future__ import annotations
 import torch
 
 from bfaseg.errors import BfasegError
+
+
+def resolve_device(name: str | torch.device, option: str = "train.device") -> torch.device:
+    """``auto``: CUDA when available, else the CPU; a clear error naming ``option`` for bad names."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BfasegError(f"{option}: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BfasegError(f"{option}: {name!r} requested but no CUDA device is available")
+    return device
 
 
 def native_bf16_on_cpu() -> bool:

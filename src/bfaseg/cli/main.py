@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from bfaseg import __version__
@@ -24,6 +25,24 @@ COMMANDS = [
     "report",
     "experiment",
 ]
+
+
+class _StderrLines(logging.Handler):
+    """Library log records as one line each on the current ``sys.stderr``: ``warning: ...``; info as is.
+
+    The library (``bfaseg.*``) logs and never prints; only the command line decides where it goes.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        print(prefix + record.getMessage(), file=sys.stderr, flush=True)
+
+
+def _route_library_logs() -> None:
+    logger = logging.getLogger("bfaseg")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _route_library_logs()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -30,17 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from bfaseg.cli.evaluate import (
-    Predictor,
-    case_row,
-    jsonable,
-    progress_iter,
-    read_nifti_label_raw,
-    score_case,
-    summary_metrics,
-    write_json_atomic,
-)
 from bfaseg.errors import BfasegError
+from bfaseg.evaluation.evaluate import progress_iter, read_nifti_label_raw
+from bfaseg.evaluation.scoring import case_row, score_case, summary_metrics
+from bfaseg.inference.predictor import Predictor
+from bfaseg.io.files import jsonable, write_json_atomic
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5", ".hdf5")

@@ -83,9 +83,7 @@ def validation_cases(cfg, state, root: Path | None, n: int):
 
 
 def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
-    from bfaseg.cli.evaluate import resolve_device
-    from bfaseg.inference.checkpoints import load_model_from_checkpoint, model_ndim, predict_array
-    from bfaseg.precision import resolve_precision
+    from bfaseg.inference.predictor import Predictor
     from bfaseg.reporting import overlay_figure, pick_slice, save_figure
 
     ckpt = run_log.path / "checkpoints" / f"{args.checkpoint}.pt"
@@ -95,9 +93,8 @@ def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
             print(f"note: {run_log.name}: no checkpoint, no overlays", file=sys.stderr)
             return []
         ckpt = alt
-    device = resolve_device(args.device)
-    model, cfg, state = load_model_from_checkpoint(ckpt, device)
-    ndim = model_ndim(cfg, state)
+    predictor = Predictor.from_checkpoint(ckpt, device=args.device, precision="auto", mode="fast")
+    cfg, state = predictor.cfg, predictor.state
     cases, axis = validation_cases(cfg, state, Path(args.data) if args.data else None, args.overlay_cases)
     tb = None
     if args.tensorboard:
@@ -110,8 +107,7 @@ def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
     written = []
     try:
         for c in cases:
-            labels, _, _ = predict_array(model, cfg, c.image, ndim=ndim, mode="fast",
-                                         precision=resolve_precision("auto", "fast", device), device=device)
+            labels, _, _ = predictor.predict(c.image)
             idx = pick_slice(c.label, axis)
             take = lambda a: np.take(a, idx, axis=axis)  # noqa: E731
             img, gt, pred = take(c.image), take(c.label), take(labels)

@@ -29,7 +29,7 @@ from bfaseg.io import checkpoint as ckpt
 from bfaseg.io.files import atomic_write_bytes
 from bfaseg.methods import build_method
 from bfaseg.models import build_model
-from bfaseg.precision import bf16_is_fast, native_bf16_on_cpu
+from bfaseg.precision import bf16_is_fast, native_bf16_on_cpu, resolve_device
 from bfaseg.training.distributed import (
     DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed,
 )
@@ -38,18 +38,6 @@ from bfaseg.training.validation import validate
 
 # keys that may differ between the original run and a resume (everything else must match)
 RESUMABLE_CHANGES = {("train", "iterations"), ("train", "num_workers"), ("data", "num_workers"), ("train", "threads")}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BfasegError(f"train.device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BfasegError("train.device: 'cuda' requested but no CUDA device is available")
-    return device
 
 
 def lr_factor(cfg, iteration: int) -> float:
@@ -357,9 +345,8 @@ class Trainer:
     def run_validation(self, iteration: int) -> dict:
         model = self.teacher if (self.teacher is not None and self.cfg.eval.model == "teacher") else self.student
         result = validate(
-            model, self.data.val, train_ndim=self.train_ndim, patch_size=self.patch_size,
-            num_classes=self.num_classes, eval_cfg=self.cfg.eval, precision=self.precision,
-            device=str(self.device),
+            model, self.data.val, cfg=self.cfg, train_ndim=self.train_ndim, precision=self.precision,
+            device=self.device,
         )
         record = {"iteration": iteration, "val_dice": result["dice"]}
         for k, d in enumerate(result["dice_per_class"], start=1):
