@@ -27,22 +27,37 @@ COMMANDS = [
 ]
 
 
-class _StderrLines(logging.Handler):
-    """Library log records as one line each on the current ``sys.stderr``: ``warning: ...``; info as is.
+class _OneLine(logging.Formatter):
+    """The message; warnings and worse prefixed ``warning: `` / ``error: `` like the CLI's own errors."""
 
-    The library (``bfaseg.*``) logs and never prints; only the command line decides where it goes.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
-        print(prefix + record.getMessage(), file=sys.stderr, flush=True)
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
 
 
-def _route_library_logs() -> None:
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which tests and callers may swap), one line per record."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(_OneLine())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging() -> None:
+    """Library notices (``logging`` under ``bfaseg``) go to stderr, one line each."""
     logger = logging.getLogger("bfaseg")
-    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
-        logger.addHandler(_StderrLines())
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
     logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _route_library_logs()
+    configure_logging()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -17,9 +17,9 @@ import torch
 
 from bfaseg.config import RunConfig
 from bfaseg.errors import BfasegError
+from bfaseg.io.checkpoint import load_checkpoint
 from bfaseg.methods import get_method_class
 from bfaseg.models import build_model
-from bfaseg.io.checkpoint import load_checkpoint
 
 __all__ = ["load_model_from_checkpoint", "checkpoint_config", "strip_prefixes", "describe_checkpoint"]
 

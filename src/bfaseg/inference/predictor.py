@@ -47,7 +47,9 @@ def paper_stride(cfg: RunConfig, patch_size: tuple[int, ...]) -> list[int]:
 
 def inference_fn(model: torch.nn.Module, ndim: int, device: str | torch.device = "cpu"):
     """The model as a ``batch -> logits`` callable in channels-last memory format
-    (about 2x faster for 3-D convolutions on CPU; same numbers)."""
+    (about 2x faster for 3-D convolutions on CPU). Not bit-equal to the contiguous model: the
+    convolutions sum in another order, so probabilities may differ in the last bits; labels are
+    expected identical and probabilities equal to 1e-5 (tests/test_reference_equivalence.py)."""
     fmt = torch.channels_last_3d if ndim == 3 else torch.channels_last
     model.to(device=torch.device(device), memory_format=fmt)
 

@@ -79,12 +79,13 @@ def noisy(x: torch.Tensor, sigma: float = 0.1, clip: float = 0.2) -> torch.Tenso
 
 
 def cuboid_mask(shape: tuple[int, ...], batch: int, fraction: float, device) -> torch.Tensor:
-    """Per-sample boxes of ``fraction`` of each side at a random offset: 1 inside, 0 outside."""
+    """Per-sample boxes of ``fraction`` of each side (rounded down, as the reference's ``int(s * ratio)``)
+    at a random offset: 1 inside, 0 outside."""
     mask = torch.zeros((batch, *shape), device=device)
     for n in range(batch):
         sl = [n]
         for s in shape:
-            size = max(1, int(round(s * fraction)))
+            size = max(1, int(s * fraction))
             start = int(torch.randint(0, s - size + 1, (1,)))
             sl.append(slice(start, start + size))
         mask[tuple(sl)] = 1.0

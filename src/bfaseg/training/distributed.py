@@ -147,4 +147,3 @@ def cpu_sync_batchnorm(module: nn.Module) -> int:
             m.__class__ = CPUSyncBatchNorm
             n += 1
     return n
-
