@@ -24,8 +24,9 @@ LAYERS = [
     ["methods"],
     ["inference"],  # the one prediction pipeline; training's validation calls it
     ["training"],
-    ["evaluation"],
-    ["reporting", "experiments"],
+    ["evaluation", "suggest"],
+    ["reporting"],
+    ["experiments"],
     ["cli"],
     ["__main__"],
 ]

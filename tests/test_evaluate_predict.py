@@ -335,9 +335,10 @@ def test_experiment_table_and_evaluate_agree_on_one_checkpoint(tmp_path, capsys)
             assert table["mean"][metric] == pytest.approx(summary["mean"][metric])
     assert summary["mean"]["dice"] > 0  # a real comparison, not two empty predictions
 
-    # the same weights from a run that trained in bf16 are scored in bf16, as that run validated
+    # the same weights from a run that trained (and validated) in bf16 are scored in bf16
     ckpt = exp / "supervised_s1" / "checkpoints" / "last.pt"
     state = load_checkpoint(ckpt)
-    state["config"]["train"]["precision"] = "bf16"
+    assert state["precision"] == precision
+    state["precision"] = "bf16"
     save_checkpoint(tmp_path / "bf16.pt", state)
     assert evaluate_checkpoint(tmp_path / "bf16.pt", [])["inference"]["precision"] == "bf16"

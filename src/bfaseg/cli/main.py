@@ -24,6 +24,7 @@ COMMANDS = [
     "prepare",
     "report",
     "experiment",
+    "suggest",
 ]
 
 

@@ -8,6 +8,7 @@ checkpoint, device and precision give the same labels.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ class Predictor:
             if len(stride) != 3 or min(stride) < 1:
                 raise BfasegError(f"--stride: expected 3 positive integers, got {stride}")
         if precision == "run":
-            precision = run_precision(cfg, device)
+            precision = run_precision(checkpoint, cfg, state, device)
         return cls(
             checkpoint=checkpoint, model=model, cfg=cfg, state=state, ndim=ndim, device=str(device),
             precision=resolve_precision(precision, mode, device), forward=inference_fn(model, ndim, device),
@@ -241,9 +242,19 @@ class Predictor:
         }
 
 
-def run_precision(cfg: RunConfig, device) -> str:
-    """The precision a run trained and validated in (``train.precision``; ``auto`` as the trainer resolves it)."""
-    requested = cfg.train.precision
-    if requested == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp32"
-    return "bf16" if requested == "bf16" else "fp32"  # fp16 runs are predicted in fp32, as validation did
+def run_precision(checkpoint: Path, cfg: RunConfig, state: dict[str, Any], device) -> str:
+    """The precision the run validated in: the one the trainer chose (stored in the checkpoint, or in
+    the run's train_summary.json for older checkpoints; ``auto`` may have picked fp32 for a reason),
+    else ``train.precision`` with ``auto`` resolved on ``device``. fp16 runs validated in fp32."""
+    chosen = state.get("precision")
+    summary = Path(checkpoint).parent.parent / "train_summary.json"
+    if chosen is None and summary.is_file():
+        try:
+            chosen = json.loads(summary.read_text()).get("precision")
+        except (OSError, ValueError):
+            chosen = None
+    if chosen is None:
+        chosen = cfg.train.precision
+        if chosen == "auto":
+            chosen = "bf16" if bf16_is_fast(device) else "fp32"
+    return "bf16" if chosen == "bf16" else "fp32"

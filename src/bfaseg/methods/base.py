@@ -61,6 +61,12 @@ class Method:
         """Config values <= 1 are fractions of the run; larger values are iteration counts."""
         return int(round(value * self.t.total_iterations)) if value <= 1 else int(value)
 
+    @classmethod
+    def images_per_step(cls, params: MethodParams, batch_labeled: int, batch_unlabeled: int) -> dict[str, int]:
+        """Images one training step forwards through the student and the teacher (the compute a
+        comparison must state). Methods with a pre-training phase add ``*_pretrain`` counts."""
+        return {"student": batch_labeled, "teacher": 0}
+
     def student(self, x: torch.Tensor, return_extras: bool = False):
         return self.t.forward_model(x, return_extras=return_extras)
 

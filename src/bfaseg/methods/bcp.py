@@ -59,6 +59,18 @@ class BCP(Method):
         super().__init__(params, trainer)
         self.pretrain_iterations = self.fraction_to_iterations(params.pretrain) if params.pretrain > 0 else 0
 
+    @classmethod
+    def images_per_step(cls, params, batch_labeled, batch_unlabeled):
+        """Mixed images (both copy-paste directions, 2 x half the smaller batch), plus the un-mixed labeled
+        batch when ``supervised_weight`` > 0; the teacher labels the unlabeled halves. Pre-training mixes
+        labeled with labeled in one direction only and has no teacher forward."""
+        sup = batch_labeled if params.supervised_weight > 0 else 0
+        half = split_pairs(batch_labeled, batch_unlabeled)[0].stop
+        counts = {"student": 2 * half + sup, "teacher": 2 * half}
+        if params.pretrain > 0:
+            counts.update(student_pretrain=split_pairs(batch_labeled, batch_labeled)[0].stop + sup, teacher_pretrain=0)
+        return counts
+
     def on_iteration_start(self, iteration: int) -> None:
         if iteration == self.pretrain_iterations and self.pretrain_iterations > 0:
             self.t.copy_student_to_teacher()

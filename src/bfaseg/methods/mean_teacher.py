@@ -28,6 +28,15 @@ class MeanTeacher(Method):
     uses_unlabeled = True
     Params = MeanTeacherParams
 
+    @classmethod
+    def images_per_step(cls, params, batch_labeled, batch_unlabeled):
+        # one student forward on labeled + unlabeled, one teacher forward on the unlabeled
+        return {"student": batch_labeled + batch_unlabeled, "teacher": cls.teacher_passes(params) * batch_unlabeled}
+
+    @classmethod
+    def teacher_passes(cls, params) -> int:
+        return 1
+
     def consistency_weight(self, iteration: int) -> float:
         step = max(1, self.p.rampup_step)
         return self.p.consistency * sigmoid_rampup(step * (iteration // step), self.fraction_to_iterations(self.p.rampup))

@@ -39,6 +39,10 @@ class UAMT(MeanTeacher):
     name = "ua_mt"
     Params = UAMTParams
 
+    @classmethod
+    def teacher_passes(cls, params) -> int:
+        return 1 + params.mc_passes  # the consistency target + the Monte-Carlo passes of the uncertainty
+
     def threshold(self, iteration: int) -> float:
         """Entropy bound of the certainty mask: ramps over the whole run (train.iterations)."""
         ramp = sigmoid_rampup(iteration, self.t.total_iterations)

@@ -290,6 +290,7 @@ class Trainer:
             "config": self.cfg.model_dump(),
             "best": dict(self.best),
             "running": {k: v.detach().float().cpu() for k, v in self.running.items()},
+            "precision": self.precision,  # what auto chose: inference of this checkpoint repeats it
             "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split},
         }
 
