@@ -342,3 +342,21 @@ def test_experiment_table_and_evaluate_agree_on_one_checkpoint(tmp_path, capsys)
     state["precision"] = "bf16"
     save_checkpoint(tmp_path / "bf16.pt", state)
     assert evaluate_checkpoint(tmp_path / "bf16.pt", [])["inference"]["precision"] == "bf16"
+
+
+def test_the_validation_split_is_stored_as_ids(la_run):
+    """Computed once in training, stored in the checkpoint; report/evaluate read it back, never re-parse it."""
+    from bfaseg.data.build import stored_validation_cases
+    from bfaseg.inference.checkpoints import checkpoint_config
+
+    root, ckpt = la_run
+    state = load_checkpoint(ckpt)
+    data = state["data"]
+    assert data["val_ids"] == LA_IDS[2:3] and data["train_ids"] == LA_IDS[:2]
+    cfg = checkpoint_config(state, ckpt)
+    cases = stored_validation_cases(cfg, data, root)
+    assert [c.case_id for c in cases] == LA_IDS[2:3]
+    assert cases[0].image.shape == (20, 18, 10)  # downsampled x2 as in training
+    # a checkpoint from before the ids were stored: the same split, recomputed by build_data's function
+    old = {k: v for k, v in data.items() if k not in ("val_ids", "train_ids")}
+    assert [c.case_id for c in stored_validation_cases(cfg, old, root)] == LA_IDS[2:3]

@@ -50,24 +50,26 @@ def resolve_split(root: Path, split: str) -> Path:
     raise BfasegError(f"--split: list file not found: {cand}" + ("" if p.is_absolute() else f" (nor {p.resolve()})"))
 
 
-def training_ids(cfg, root: Path) -> tuple[set[str], str | None]:
-    """Ids the run trained on (labeled + unlabeled), as volume ids; and the list's name."""
-    from bfaseg.data.readers import DEFAULT_LISTS, read_list
+def training_ids(cfg, root: Path, data_state: dict | None = None) -> tuple[set[str], str | None]:
+    """Ids the run trained on (labeled + unlabeled), as volume ids; and the training list's name.
+
+    From the ids stored in the checkpoint (``data_state["train_ids"]``); checkpoints written before
+    they were stored get the split recomputed by the function training uses.
+    """
+    from bfaseg.data.build import benchmark_split_ids
+    from bfaseg.data.readers import DEFAULT_LISTS
 
     dataset = cfg.data.dataset
     if dataset not in DEFAULT_LISTS:
         return set(), None
     name = cfg.data.train_list or DEFAULT_LISTS[dataset][0]
-    path = root / name
-    if not path.is_file():
-        return set(), name
-    try:
-        ids = read_list(path)
-    except BfasegError:
-        return set(), name
-    if dataset != "acdc" and not cfg.data.val_list:  # LA/Pancreas hold out the last val_cases of the list
-        n_val = cfg.data.val_cases if cfg.data.val_cases is not None else max(1, len(ids) // 5)
-        ids = ids[:-n_val] if 0 < n_val < len(ids) else ids
+    ids = (data_state or {}).get("train_ids")
+    if ids is None:
+        try:
+            labeled, unlabeled, _, _ = benchmark_split_ids(cfg.data, root)
+        except BfasegError:  # the run's lists are not under this root: nothing to compare against
+            return set(), name
+        ids = labeled + unlabeled
     if dataset == "acdc":  # slices patientXXX_frameYY_slice_K -> volumes patientXXX_frameYY
         ids = [re.sub(r"_slice_\d+$", "", i) for i in ids]
     return set(ids), name
@@ -140,7 +142,7 @@ def evaluate_split(
     downsample = cfg.data.downsample if dataset in ("la", "pancreas") else 1.0
 
     warn: list[str] = []
-    train_set, train_name = training_ids(cfg, root)
+    train_set, train_name = training_ids(cfg, root, predictor.state.get("data"))
     overlap_ids = [i for i in ids if i in train_set]
     if overlap_ids:
         msg = (f"{len(overlap_ids)} of the {len(ids)} cases of {split_path.name} were in the run's training list "

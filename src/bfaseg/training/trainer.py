@@ -291,7 +291,8 @@ class Trainer:
             "best": dict(self.best),
             "running": {k: v.detach().float().cpu() for k, v in self.running.items()},
             "precision": self.precision,  # what auto chose: inference of this checkpoint repeats it
-            "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split},
+            "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split,
+                     "val_ids": self.data.val_ids, "train_ids": self.data.train_ids},
         }
 
     def save(self, name: str, iteration: int) -> Path:
@@ -489,6 +490,7 @@ class Trainer:
             "best_dice": self.best["dice"],
             "best_iteration": self.best["iteration"],
             "val_split": self.data.val_split,
+            "val_ids": self.data.val_ids,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "last_checkpoint": str(self.ckpt_dir / "last.pt"),
