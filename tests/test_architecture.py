@@ -71,7 +71,7 @@ def imports_between_parts() -> dict[tuple[str, str], set[str]]:
 
 
 def test_every_part_has_a_layer():
-    parts = {_part(_module_name(p)) for p in PKG.rglob("*.py")} - {None}
+    parts = {_part(_module_name(p)) for p in PKG.rglob("*.py")} - {None, "configs"}
     assert parts <= set(RANK), f"add to LAYERS: {sorted(parts - set(RANK))}"
 
 
@@ -107,3 +107,30 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     assert any(isinstance(n, ast.ImportFrom) and n.module == "bfaseg.training.trainer" for n in ast.walk(tree))
     edges = imports_between_parts()
     assert ("training", "inference") in edges  # validation predicts through inference, inside a function
+
+
+def _library_files():
+    return [p for p in sorted(PKG.rglob("*.py")) if _part(_module_name(p)) not in ("cli", "__main__", "configs")]
+
+
+def test_library_code_logs_and_only_the_cli_prints():
+    printing = [
+        f"{p.relative_to(PKG)}:{node.lineno}"
+        for p in _library_files()
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+    ]
+    assert not printing, f"print() in library code (use logging): {printing}"
+
+
+def test_nothing_imports_from_the_cli_but_its_entry_point():
+    """cli/ modules parse options and call the library; none defines what another module needs."""
+    offenders = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                if name.startswith("bfaseg.cli.") and name != "bfaseg.cli.main":
+                    offenders.append(f"{path.relative_to(PKG)} imports {name}")
+    assert not offenders, offenders

@@ -10,6 +10,7 @@ runs in parallel processes of one thread each; the tables are rewritten whenever
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import traceback
@@ -20,7 +21,10 @@ import numpy as np
 
 from bfaseg.config import apply_overrides, load_yaml, validate_config
 from bfaseg.errors import BfasegError, Interrupted
+from bfaseg.io.files import atomic_write_text
 from bfaseg.methods import check_method_params
+
+log = logging.getLogger(__name__)
 
 # a variant key (not a config key): train.batch_labeled := the student images per step of that variant,
 # so a supervised control gets the same number of student forward images per step (equal compute)
@@ -180,7 +184,7 @@ def train_and_evaluate(run: PlannedRun, run_dir: Path, previous: dict, eval_list
         if last.exists():
             from bfaseg.io.checkpoint import load_checkpoint
 
-            print(f"[resume] {run.name} from iteration {int(load_checkpoint(last)['iteration'])}", flush=True)
+            log.info(f"[resume] {run.name} from iteration {int(load_checkpoint(last)['iteration'])}")
         Trainer(cfg, run_dir, resume=last.exists(), progress=progress).fit()
     cases, eval_split = _eval_cases(cfg, eval_list)
     entry = dict(previous, variant=run.variant, seed=run.seed, eval_split=eval_split)
@@ -195,7 +199,12 @@ def train_and_evaluate(run: PlannedRun, run_dir: Path, previous: dict, eval_list
 
 
 def _one_thread_worker() -> None:
-    """Worker start-up: one intra-op thread (the runs share the machine's cores)."""
+    """Worker start-up: one intra-op thread (the runs share the machine's cores); the worker's
+    progress notes ([resume], [done]) go to stderr, as the parent's do."""
+    logger = logging.getLogger("bfaseg")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+        logger.setLevel(logging.INFO)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     import torch
@@ -206,7 +215,7 @@ def _one_thread_worker() -> None:
 def _worker(run: PlannedRun, run_dir: Path, previous: dict, eval_list: str | None) -> dict:
     t0 = time.perf_counter()
     entry = train_and_evaluate(run, run_dir, previous, eval_list, progress=False)
-    print(f"[done] {run.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    log.info(f"[done] {run.name} ({time.perf_counter() - t0:.0f} s)")
     return entry
 
 
@@ -215,9 +224,7 @@ def _update_results(results_path: Path, updates: dict) -> dict:
     folder) and write it atomically; returns the merged results."""
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.update(updates)
-    tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(results_path)
+    atomic_write_text(results_path, json.dumps(results, indent=1))
     return results
 
 
@@ -252,9 +259,9 @@ def run_experiment(
             entry = {k: v for k, v in entry.items() if k not in EVALUATIONS}
         trained = (out / run.name / "train_summary.json").exists()
         if trained and all(w in entry for w in EVALUATIONS):
-            print(f"[skip] {run.name}: done")
+            log.info(f"[skip] {run.name}: done")
         elif not train and not trained:
-            print(f"[skip] {run.name}: not trained (--no-train)")
+            log.info(f"[skip] {run.name}: not trained (--no-train)")
         else:
             todo.append((run, entry))
     # runs already in the table get their images per step (tables written before they were recorded)
@@ -267,7 +274,7 @@ def run_experiment(
         if error is not None:
             detail = str(error) if isinstance(error, BfasegError) else "".join(
                 traceback.format_exception(type(error), error, error.__traceback__))
-            print(f"[failed] {run.name}: {detail}", flush=True)
+            log.warning(f"[failed] {run.name}: {detail}")
             failed.append(run.name)
             return
         results = _update_results(results_path, {run.name: dict(entry, images_per_step=images[run.name])})
@@ -275,7 +282,7 @@ def run_experiment(
 
     if jobs == 1:
         for run, entry in todo:
-            print(f"[run] {run.name}", flush=True)
+            log.info(f"[run] {run.name}")
             try:
                 finished(run, train_and_evaluate(run, out / run.name, entry, eval_list, progress), None)
             except Interrupted:
@@ -301,7 +308,7 @@ def _run_parallel(todo, out: Path, eval_list, jobs: int, finished) -> None:
     try:
         futures = {}
         for run, entry in todo:
-            print(f"[run] {run.name} (parallel, {jobs} jobs)", flush=True)
+            log.info(f"[run] {run.name} (parallel, {jobs} jobs)")
             futures[pool.submit(_worker, run, out / run.name, entry, eval_list)] = run
         for fut in as_completed(futures):
             run = futures[fut]
@@ -403,9 +410,7 @@ def write_tables(results: dict, out: Path) -> None:
                     "(validation excluded). "
                     "'missed' = (case, class) pairs where prediction or reference is empty: excluded from the "
                     "distance means (strict policy), so compare distances together with this count.\n")
-    tmp = out / f".results.md.{os.getpid()}.tmp"  # readers of a partial table never see half of one
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "results.md")
+    atomic_write_text(out / "results.md", "\n".join(lines))  # readers never see half a table
     _plot_curves(results, out)
 
 
@@ -435,10 +440,10 @@ def _plot_curves(results: dict, out: Path) -> None:
     seeds = sorted({e["seed"] for e in results.values()})
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for name, entry in _ordered_runs(results):
-        log = out / name / "log.jsonl"
-        if not log.exists():
+        log_path = out / name / "log.jsonl"
+        if not log_path.exists():
             continue
-        pts = [json.loads(line) for line in log.read_text().splitlines() if '"val_dice"' in line]
+        pts = [json.loads(line) for line in log_path.read_text().splitlines() if '"val_dice"' in line]
         if pts:
             ax.plot([p["iteration"] for p in pts], [p["val_dice"] for p in pts], marker="o", ms=3, label=name,
                     color=colours(variants.index(entry["variant"]) % colours.N),
