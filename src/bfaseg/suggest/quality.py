@@ -100,7 +100,7 @@ def validation_reference(scorer: Scorer, root: Path | None, dataset: str | None 
     import json
 
     from bfaseg.suggest.pool import run_cases
-    from bfaseg.suggest.ranking import write_json
+    from bfaseg.io.files import write_json_atomic
     from bfaseg.io.checkpoint import checkpoint_digest
 
     cfg = scorer.cfg
@@ -140,7 +140,7 @@ def validation_reference(scorer: Scorer, root: Path | None, dataset: str | None 
     doc = {"version": REFERENCE_VERSION, "sha256": digest, "checkpoint": str(scorer.checkpoint),
            **summarize_reference(records, scorer.num_classes), "cases": records}
     try:
-        write_json(cache, doc)
+        write_json_atomic(cache, doc)
         where = f"computed on {len(records)} validation cases, cached in {cache}"
     except OSError:
         where = f"computed on {len(records)} validation cases (not cached: {cache.parent} is not writable)"
@@ -174,7 +174,7 @@ class QualityMonitor:
         self.rows.append(rec)
 
     def write(self, out_dir: Path) -> Path:
-        from bfaseg.suggest.ranking import write_json
+        from bfaseg.io.files import write_json_atomic
 
         ref = None
         if self.reference:
@@ -183,5 +183,5 @@ class QualityMonitor:
                "reference": ref, "reference_source": self.source,
                "n_flagged": sum(bool(r["flags"]) for r in self.rows), "cases": self.rows}
         path = Path(out_dir) / "quality.json"
-        write_json(path, doc)
+        write_json_atomic(path, doc)
         return path
