@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from bfaseg.config import RunConfig
+from bfaseg.data.components import largest_connected_component
 from bfaseg.data.transforms import downsample_case_arrays, resize
 from bfaseg.errors import BfasegError
-from bfaseg.inference.postprocess import largest_connected_component
 from bfaseg.inference.slices2d import predict_slices
 from bfaseg.inference.sliding_window import predict_volume
 from bfaseg.precision import bf16_is_fast, resolve_device, resolve_precision

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from bfaseg.data.components import count_components
 from bfaseg.errors import BfasegError
-from bfaseg.suggest.scoring import Scorer, class_components, model_view
+from bfaseg.suggest.scoring import Scorer, model_view
 
 REFERENCE_VERSION = 1
 
@@ -45,7 +46,7 @@ def case_record(scorer: Scorer, case_id: str, view: np.ndarray, labels: np.ndarr
     labels = s.labels if labels is None else labels
     k = scorer.num_classes
     rec: dict[str, Any] = {"case": case_id, "mean_entropy": s.components["mean_entropy"],
-                           "components": {str(c): n for c, n in class_components(labels, k).items()},
+                           "components": {str(c): n for c, n in count_components(labels, k).items()},
                            "voxels": {str(c): int(np.count_nonzero(labels == c)) for c in range(1, k)}}
     if scorer.teacher is not None:
         agree = scorer.agreement(s.labels, view)

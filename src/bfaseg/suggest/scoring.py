@@ -78,12 +78,6 @@ def contour_band(labels: np.ndarray, width: int = BAND) -> np.ndarray:
     return ndimage.binary_dilation(edges, iterations=width) if edges.any() else edges
 
 
-def class_components(labels: np.ndarray, num_classes: int) -> dict[int, int]:
-    """Number of connected components (full connectivity) per foreground class."""
-    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
-    return {c: int(ndimage.label(labels == c, structure)[1]) for c in range(1, num_classes)}
-
-
 def random_score(case_id: str, seed: int) -> float:
     """Uniform in [0, 1) from the seed and the case id: the same case gets the same number in any order."""
     return float(np.random.default_rng([seed, zlib.crc32(case_id.encode())]).random())
