@@ -186,18 +186,6 @@ def _write_h5_atomic(path: Path, label: np.ndarray, probs: np.ndarray | None, at
     atomic_write_bytes(path, write)
 
 
-def _h5_meta(shape: tuple[int, ...], spacing: tuple[float, ...] | None, source: Path) -> dict[str, Any]:
-    """A geometry record for writing an h5 volume as NIfTI (diagonal affine from the spacing)."""
-    sp = tuple(spacing) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
-    affine = np.diag([*sp, 1.0])
-    return {
-        "source": str(source), "original_affine": affine, "original_shape": tuple(shape),
-        "original_spacing": sp, "canonical": False, "canonical_shape": tuple(shape),
-        "resampled_shape": tuple(shape), "resample_step": (1.0, 1.0, 1.0), "qform_code": 1, "sform_code": 1,
-        "xyzt_units": 2,
-    }
-
-
 # ----------------------------------------------------------------------------- command
 def run(args) -> int:
     inputs = collect_inputs(Path(args.input))
@@ -255,9 +243,9 @@ def run(args) -> int:
             if args.h5_format == "nifti":
                 if labels.ndim != 3:
                     raise BfasegError(f"{path}: --h5-format nifti needs 3-D volumes")
-                from bfaseg.data.nifti import save_nifti_mask, save_probabilities
+                from bfaseg.data.nifti import array_geometry, save_nifti_mask, save_probabilities
 
-                meta = _h5_meta(labels.shape, spacing, path)
+                meta = array_geometry(labels.shape, spacing, path)
                 written.append(str(save_nifti_mask(labels, meta, out_dir / f"{case_id}.nii.gz")))
                 if probs is not None:
                     written.append(str(save_probabilities(probs, meta, out_dir / f"{case_id}_probs.nii.gz")))
