@@ -1,6 +1,6 @@
 """Sliding-window inference on real LA volumes: ``paper`` mode vs ``fast`` mode.
 
-    python benchmarks/inference_fast_vs_paper.py --data /work/shared/data/la            # train, then time
+    python benchmarks/inference_fast_vs_paper.py --data ../shared/data/la             # train, then time
     python benchmarks/inference_fast_vs_paper.py --data ... --checkpoint runs/x/checkpoints/best.pt
 
 Without ``--checkpoint`` a supervised V-Net is trained on the first ``40 - cases`` IDs of
@@ -32,21 +32,16 @@ import torch
 
 from bfaseg.data.readers import load_cases, read_list
 from bfaseg.data.transforms import downsample_case_arrays
-from bfaseg.inference.checkpoints import (
-    inference_fn,
-    load_model_from_checkpoint,
-    model_ndim,
-    paper_stride,
-    predict_array,
-    resolve_precision,
-)
+from bfaseg.inference.checkpoints import load_model_from_checkpoint
+from bfaseg.inference.predictor import inference_fn, model_ndim, paper_stride, predict_array
+from bfaseg.io.checkpoint import checkpoint_digest
 from bfaseg.metrics import compute
-from bfaseg.training.checkpoint import checkpoint_digest
+from bfaseg.precision import resolve_precision
 
 
 def default_data() -> str:
     env = os.environ.get("BFASEG_DATA")
-    return str(Path(env) / "la") if env else "/work/shared/data/la"
+    return str(Path(env) / "la") if env else "../shared/data/la"
 
 
 def parse_args(argv=None):

@@ -11,7 +11,7 @@ Then it times
 each as the best of ``--repeat`` runs, checks that the four values agree to 1e-6
 and prints the per-case and overall speed-up.
 
-    python benchmarks/metrics_vs_medpy.py --data /work/shared/data --cases 10
+    python benchmarks/metrics_vs_medpy.py --data ../shared/data --cases 10
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def best_time(fn, repeat: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("BFASEG_DATA", "/work/shared/data"),
-                        help="folder holding la/ (default: $BFASEG_DATA or /work/shared/data)")
+    parser.add_argument("--data", default=os.environ.get("BFASEG_DATA", "../shared/data"),
+                        help="folder holding la/ (default: $BFASEG_DATA or ../shared/data)")
     parser.add_argument("--cases", type=int, default=10, help="number of LA cases (default 10)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per case, best kept (default 3)")
     parser.add_argument("--spacing", type=float, default=None,

@@ -18,7 +18,8 @@ import torch
 from scipy import ndimage
 
 from bfaseg.data.readers import load_cases
-from bfaseg.inference.checkpoints import load_model_from_checkpoint, predict_array
+from bfaseg.inference.checkpoints import load_model_from_checkpoint
+from bfaseg.inference.predictor import predict_array
 
 NAMES = {1: "RV", 2: "Myo", 3: "LV"}
 

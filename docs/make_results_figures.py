@@ -23,16 +23,9 @@ import numpy as np
 import torch
 
 from bfaseg.data.readers import load_cases, read_list
-from bfaseg.training.validation import predict_case
+from bfaseg.inference.predictor import Predictor
 
 CMAP = matplotlib.colors.ListedColormap([(0, 0, 0, 0), (1, 0.2, 0.2, 0.55), (0.2, 1, 0.2, 0.55), (0.2, 0.5, 1, 0.55)])
-
-
-def load(path):
-    from bfaseg.inference.checkpoints import load_model_from_checkpoint
-
-    return load_model_from_checkpoint(path, which="student")
-
 
 
 def main() -> None:
@@ -59,10 +52,10 @@ def main() -> None:
     fig, axes = plt.subplots(len(cases), len(runs) + 1, figsize=(2.6 * (len(runs) + 1), 2.6 * len(cases)), squeeze=False)
     preds = {}
     for r in runs:
-        model, cfg, state = load(exp / r / "checkpoints" / "last.pt")
+        predictor = Predictor.from_checkpoint(exp / r / "checkpoints" / "last.pt", device="cpu", precision="fp32",
+                                              which="student")
         with torch.no_grad():
-            preds[r] = [predict_case(model, c.image, train_ndim=2, patch_size=tuple(cfg.data.patch_size),
-                                     num_classes=4, eval_cfg=cfg.eval)[0] for c in cases]
+            preds[r] = [predictor.predict(c.image)[0] for c in cases]
     for i, c in enumerate(cases):
         z = int(np.argmax((c.label > 0).sum((1, 2))))
         panels = [("ground truth", c.label[z])] + [(r.rsplit("_s", 1)[0], preds[r][i][z]) for r in runs]

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from bfaseg.cli.main import main
-from bfaseg.training import checkpoint as ckpt
+from bfaseg.io import checkpoint as ckpt
 from conftest import TEST_PRECISION
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"

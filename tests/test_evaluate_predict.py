@@ -19,7 +19,7 @@ from bfaseg.cli.main import main
 from bfaseg.config import validate_config
 from bfaseg.data.synthetic import make_phantom
 from bfaseg.errors import BfasegError
-from bfaseg.training.checkpoint import load_checkpoint, save_checkpoint
+from bfaseg.io.checkpoint import load_checkpoint, save_checkpoint
 from conftest import TEST_PRECISION
 
 LA_IDS = ["CASEA01", "CASEB02", "CASEC03", "CASED04"]
@@ -289,3 +289,74 @@ def test_evaluate_nifti_folder(la_run, tmp_path):
     assert s["units"] == "mm" and s["n_cases"] == 2 and s["split"]["dataset"] == "nifti"
     assert np.allclose(s["per_case"][0]["spacing"], [0.8, 1.2, 2.0])
     assert "source NIfTI grid" in s["resolution"]
+
+
+def test_experiment_table_and_evaluate_agree_on_one_checkpoint(tmp_path, capsys):
+    """`experiment` and `evaluate` predict through one Predictor and score through one evaluation stage;
+    the table uses the run's device and precision (bf16 runs are no longer scored in fp32)."""
+    import yaml
+
+    from bfaseg.experiments import evaluate_checkpoint
+
+    precision = "fp32"
+
+    root = tmp_path / "la"
+    rng = np.random.default_rng(5)
+    ids = [f"CASE{i}" for i in range(5)]
+    for cid in ids:
+        image, label = make_phantom((40, 36, 20), 2, rng)
+        _write_h5(root / "2018LA_Seg_Training Set" / cid / "mri_norm2.h5", image, label)
+    (root / "train.list").write_text("\n".join(ids[:3]) + "\n")
+    (root / "test.list").write_text("\n".join(ids[3:]) + "\n")
+    base = {
+        "data": {"dataset": "la", "root": str(root), "val_cases": 1, "patch_size": [16, 16, 16], "downsample": 2},
+        "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
+        "train": {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 0, "device": "cpu", "threads": 1,
+                  "precision": precision, "val_every": 4, "log_every": 2, "checkpoint_every": 4,
+                  "keep_checkpoints": 0},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    exp = tmp_path / "exp"
+    assert main(["experiment", str(tmp_path / "base.yaml"), "--methods", "supervised", "--seeds", "1",
+                 "--eval-list", "test.list", "--output", str(exp), "--no-progress"]) == 0
+    table = json.loads((exp / "results.json").read_text())["supervised_s1"]["last"]
+    assert table["inference"] == {"device": "cpu", "precision": precision, "mode": "fast", "weights": "student"}
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(exp / "supervised_s1" / "checkpoints" / "last.pt"),
+                 "--data", str(root), "--split", "test.list", "--precision", precision, "--device", "cpu",
+                 "--output", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["case"] for r in table["per_case"]] == [r["case"] for r in summary["per_case"]] == ids[3:]
+    for metric in ("dice", "jaccard", "hd95", "asd"):
+        for row, ref in zip(table["per_case"], summary["per_case"]):
+            assert row[metric] == pytest.approx(ref[metric], nan_ok=True) or (row[metric] is None and math.isnan(ref[metric]))
+        if summary["mean"][metric] is not None:
+            assert table["mean"][metric] == pytest.approx(summary["mean"][metric])
+    assert summary["mean"]["dice"] > 0  # a real comparison, not two empty predictions
+
+    # the same weights from a run that trained (and validated) in bf16 are scored in bf16
+    ckpt = exp / "supervised_s1" / "checkpoints" / "last.pt"
+    state = load_checkpoint(ckpt)
+    assert state["precision"] == precision
+    state["precision"] = "bf16"
+    save_checkpoint(tmp_path / "bf16.pt", state)
+    assert evaluate_checkpoint(tmp_path / "bf16.pt", [])["inference"]["precision"] == "bf16"
+
+
+def test_the_validation_split_is_stored_as_ids(la_run):
+    """Computed once in training, stored in the checkpoint; report/evaluate read it back, never re-parse it."""
+    from bfaseg.data.build import stored_validation_cases
+    from bfaseg.inference.checkpoints import checkpoint_config
+
+    root, ckpt = la_run
+    state = load_checkpoint(ckpt)
+    data = state["data"]
+    assert data["val_ids"] == LA_IDS[2:3] and data["train_ids"] == LA_IDS[:2]
+    cfg = checkpoint_config(state, ckpt)
+    cases = stored_validation_cases(cfg, data, root)
+    assert [c.case_id for c in cases] == LA_IDS[2:3]
+    assert cases[0].image.shape == (20, 18, 10)  # downsampled x2 as in training
+    # a checkpoint from before the ids were stored: the same split, recomputed by build_data's function
+    old = {k: v for k, v in data.items() if k not in ("val_ids", "train_ids")}
+    assert [c.case_id for c in stored_validation_cases(cfg, old, root)] == LA_IDS[2:3]

@@ -20,7 +20,7 @@ def test_experiment_runs_skips_and_reevaluates(tmp_path, capsys):
     for entry in results.values():
         assert {"last", "best", "last_lcc"} <= set(entry)
         assert len(entry["last"]["per_case"]) == 2  # the synthetic validation cases
-    table = (out / "results.md").read_text()
+    table = (out / "results.md").read_text(encoding="utf-8")
     assert "supervised" in table and "bfa_distance" in table and (out / "val_curves.png").exists()
     capsys.readouterr()
 
@@ -29,7 +29,7 @@ def test_experiment_runs_skips_and_reevaluates(tmp_path, capsys):
     results["supervised_s1"]["last"]["mean"]["dice"] = -1.0
     (out / "results.json").write_text(json.dumps(results))
     assert main(args) == 0
-    assert "[skip] supervised_s1: done" in capsys.readouterr().out
+    assert "[skip] supervised_s1: done" in capsys.readouterr().err  # progress notes go to stderr
     assert json.loads((out / "results.json").read_text())["supervised_s1"]["last"]["mean"]["dice"] == -1.0
 
     # --reevaluate recomputes from the checkpoints (deterministic: the same numbers come back)
@@ -130,7 +130,7 @@ def test_jobs_resume_and_partial_tables(tmp_path, capsys, monkeypatch):
     assert set(results) == {"supervised_s1", "bfa_s1"}
     assert results["bfa_s1"]["images_per_step"] == {"student": 4, "teacher": 2, "student_pretrain": 3,
                                                      "teacher_pretrain": 0}
-    table = (out / "results.md").read_text()
+    table = (out / "results.md").read_text(encoding="utf-8")
     assert "student images/step" in table and "| bfa | 1 | 4 (3 in pre-training) | 2 (0 in pre-training) |" in table
     assert "| supervised | 1 | 2 | 0 |" in table
     assert "val Dice gained over the last quarter" in table

@@ -349,3 +349,20 @@ def test_largest_connected_component_full_connectivity():
     assert largest_connected_component(np.zeros((4, 4), np.uint8)).sum() == 0
     b = largest_connected_component(np.array([[1, 0, 1, 1]], bool))
     assert b.dtype == bool and b.tolist() == [[False, False, True, True]]
+
+
+def test_one_component_definition_full_connectivity():
+    """Inference's largest-component filter, the methods' pseudo-label filter and the suggestions'
+    component count share bfaseg.data.components: diagonal neighbours connect (full connectivity)."""
+    import numpy as np
+
+    from bfaseg.data.components import count_components, drop_small_components, largest_connected_component
+
+    labels = np.zeros((6, 6), dtype=np.uint8)
+    labels[0, 0] = labels[1, 1] = 1  # touching only diagonally: one component
+    labels[4:6, 4:6] = 1  # a second, larger one
+    assert count_components(labels, 2) == {1: 2}
+    kept = largest_connected_component(labels)
+    assert kept[0, 0] == 0 and kept[4, 4] == 1
+    assert drop_small_components(labels, 2, min_fraction=0.5)[1, 1] == 1  # 2 voxels >= 0.5 * 4
+    assert drop_small_components(labels, 2, min_fraction=0.6)[1, 1] == 0

@@ -5,7 +5,7 @@ import torch
 from bfaseg.config import validate_config
 from bfaseg.methods.base import cuboid_mask, paste, sigmoid_rampup
 from bfaseg.methods.boundary import class_boundaries, remove_small_components, signed_distance_maps
-from bfaseg.training.losses import distance_loss
+from bfaseg.losses import distance_loss
 from bfaseg.models import UNet2D
 from bfaseg.training.ema import ema_decay, ema_update
 from bfaseg.training.trainer import Trainer

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bfaseg.models import UNet2D, VNet, count_parameters
-from bfaseg.training.losses import boundary_loss, dice_ce_loss, soft_dice_loss, weighted_ce
+from bfaseg.losses import boundary_loss, dice_ce_loss, soft_dice_loss, weighted_ce
 
 
 def test_parameter_counts_match_the_reference():

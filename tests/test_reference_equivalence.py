@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from bfaseg.config import validate_config
 from bfaseg.data.batches import TwoStreamBatches
-from bfaseg.inference.checkpoints import inference_fn
+from bfaseg.inference.predictor import inference_fn
 from bfaseg.inference.sliding_window import predict_volume
 from bfaseg.methods.base import sigmoid_rampup
 from bfaseg.methods.bcp import region_loss
 from bfaseg.models import VNet
 from bfaseg.training.ema import ema_decay, ema_update
-from bfaseg.training.losses import boundary_loss
+from bfaseg.losses import boundary_loss
 from bfaseg.training.trainer import Trainer
 
 from conftest import tiny_config

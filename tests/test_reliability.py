@@ -23,7 +23,7 @@ import yaml
 from bfaseg import __version__
 from bfaseg.cli.main import main
 from bfaseg.errors import BfasegError
-from bfaseg.training import checkpoint as ckpt
+from bfaseg.io import checkpoint as ckpt
 from conftest import TEST_PRECISION
 
 BASE = {
@@ -46,7 +46,7 @@ def no_fsync(monkeypatch):
 
     The killed subprocess runs keep the real fsync.
     """
-    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: None)
+    monkeypatch.setattr("bfaseg.io.files.os.fsync", lambda fd: None)
 
 
 def write_cfg(path: Path, method: str = "supervised", **sections) -> Path:

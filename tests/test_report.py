@@ -78,7 +78,7 @@ def test_report_overlays_from_checkpoint(tmp_path):
 
     from bfaseg.config import validate_config
     from bfaseg.models import build_model
-    from bfaseg.training.checkpoint import save_checkpoint
+    from bfaseg.io.checkpoint import save_checkpoint
 
     cfg = validate_config({
         "data": {"dataset": "synthetic", "synthetic_ndim": 2, "synthetic_size": [32, 32], "patch_size": [32, 32],

@@ -14,7 +14,7 @@ from bfaseg.cli.main import main
 from bfaseg.config import validate_config
 from bfaseg.data.synthetic import make_phantom
 from bfaseg.suggest import STRATEGIES, rank
-from bfaseg.training.checkpoint import load_checkpoint, save_checkpoint
+from bfaseg.io.checkpoint import load_checkpoint, save_checkpoint
 from conftest import tiny_config
 
 PATIENTS = ["patient001_frame01", "patient001_frame12", "patient002_frame01", "patient003_frame01"]

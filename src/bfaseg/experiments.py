@@ -10,7 +10,7 @@ runs in parallel processes of one thread each; the tables are rewritten whenever
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import time
 import traceback
@@ -21,6 +21,10 @@ import numpy as np
 
 from bfaseg.config import apply_overrides, load_yaml, validate_config
 from bfaseg.errors import BfasegError, Interrupted
+from bfaseg.io.files import atomic_write_text
+from bfaseg.methods import check_method_params
+
+log = logging.getLogger(__name__)
 
 # a variant key (not a config key): train.batch_labeled := the student images per step of that variant,
 # so a supervised control gets the same number of student forward images per step (equal compute)
@@ -77,7 +81,9 @@ def variant_config(base_raw: dict, variant: str, seed: int, overrides: list[str]
     if match:
         student = images_per_step(variant_config(base_raw, match, seed, overrides))["student"]
         raw = _merge(raw, {"train": {"batch_labeled": student}})
-    return validate_config(raw, source=f"variant {variant}")
+    cfg = validate_config(raw, source=f"variant {variant}")
+    check_method_params(cfg, source=f"variant {variant}")
+    return cfg
 
 
 def images_per_step(cfg) -> dict[str, int]:
@@ -90,61 +96,21 @@ def images_per_step(cfg) -> dict[str, int]:
     return cls.images_per_step(cls.Params.model_validate(cfg.method_params()), cfg.train.batch_labeled, unlabeled)
 
 
-def run_precision(path: Path, cfg, device) -> str:
-    """The precision the run of checkpoint ``path`` trained in: its train_summary.json's choice
-    (``auto`` may have picked fp32 for a reason), else ``auto`` resolved on ``device``."""
-    from bfaseg.precision import bf16_is_fast
-
-    summary = Path(path).parent.parent / "train_summary.json"
-    if summary.is_file():
-        chosen = json.loads(summary.read_text()).get("precision")
-        if chosen:
-            return chosen
-    if cfg.train.precision == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp32"
-    return cfg.train.precision
-
-
 def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:
-    """Per-case metrics (voxels) of one checkpoint on in-memory cases; classes 1..K-1.
+    """Metrics (voxels) of one checkpoint on in-memory cases, predicted as the run validated:
+    on the run's device, in the run's precision, with the network it validated (``eval.model``)."""
+    import dataclasses
 
-    Predicts on the run's device in the run's precision (``train.device``, ``train.precision``)."""
-    import torch
+    from bfaseg.evaluation import evaluate_cases
+    from bfaseg.inference.predictor import Predictor
 
-    from bfaseg.inference.checkpoints import load_model_from_checkpoint
-    from bfaseg.metrics import compute
-    from bfaseg.training.trainer import resolve_device
-    from bfaseg.training.validation import predict_case
-
-    model, cfg, state = load_model_from_checkpoint(path, which="student")
-    device = resolve_device(cfg.train.device)
-    model.to(device)
-    precision = run_precision(path, cfg, device)
-    k = cfg.model.num_classes
-    per_case = []
-    with torch.no_grad():
-        for case in cases:
-            labels, _ = predict_case(
-                model, case.image, train_ndim=state["data"]["train_ndim"], patch_size=tuple(cfg.data.patch_size),
-                num_classes=k, eval_cfg=eval_cfg_override or cfg.eval, precision=precision, device=str(device),
-            )
-            res = compute(labels, case.label, classes=list(range(1, k)))
-            row = {"case": case.case_id}
-            for m in METRICS:
-                vals = res[m] if isinstance(res[m], dict) else {1: res[m]}
-                for c, v in vals.items():
-                    row[f"{m}_{c}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-                finite = [v for v in vals.values() if v is not None and not (isinstance(v, float) and math.isnan(v))]
-                row[m] = float(np.mean(finite)) if finite else None
-            per_case.append(row)
-    mean = {}
-    for key in per_case[0]:
-        if key == "case":
-            continue
-        vals = [r[key] for r in per_case if r[key] is not None]
-        mean[key] = float(np.mean(vals)) if vals else None
-    n_failed = sum(1 for r in per_case for m in ("hd95",) if r[m] is None)
-    return {"iteration": int(state["iteration"]), "mean": mean, "per_case": per_case, "n_failed": n_failed}
+    predictor = Predictor.from_checkpoint(path, device="run", precision="run")
+    ev = eval_cfg_override or predictor.cfg.eval
+    predictor = dataclasses.replace(
+        predictor, mode=ev.mode, stride=ev.stride, overlap=ev.overlap, batch_size=ev.batch_size,
+        largest_component=ev.largest_component,
+    )
+    return evaluate_cases(predictor, cases)
 
 
 @dataclass
@@ -216,9 +182,9 @@ def train_and_evaluate(run: PlannedRun, run_dir: Path, previous: dict, eval_list
     if not (run_dir / "train_summary.json").exists():
         last = run_dir / "checkpoints" / "last.pt"
         if last.exists():
-            from bfaseg.training.checkpoint import load_checkpoint
+            from bfaseg.io.checkpoint import load_checkpoint
 
-            print(f"[resume] {run.name} from iteration {int(load_checkpoint(last)['iteration'])}", flush=True)
+            log.info(f"[resume] {run.name} from iteration {int(load_checkpoint(last)['iteration'])}")
         Trainer(cfg, run_dir, resume=last.exists(), progress=progress).fit()
     cases, eval_split = _eval_cases(cfg, eval_list)
     entry = dict(previous, variant=run.variant, seed=run.seed, eval_split=eval_split)
@@ -233,7 +199,12 @@ def train_and_evaluate(run: PlannedRun, run_dir: Path, previous: dict, eval_list
 
 
 def _one_thread_worker() -> None:
-    """Worker start-up: one intra-op thread (the runs share the machine's cores)."""
+    """Worker start-up: one intra-op thread (the runs share the machine's cores); the worker's
+    progress notes ([resume], [done]) go to stderr, as the parent's do."""
+    logger = logging.getLogger("bfaseg")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+        logger.setLevel(logging.INFO)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     import torch
@@ -244,7 +215,7 @@ def _one_thread_worker() -> None:
 def _worker(run: PlannedRun, run_dir: Path, previous: dict, eval_list: str | None) -> dict:
     t0 = time.perf_counter()
     entry = train_and_evaluate(run, run_dir, previous, eval_list, progress=False)
-    print(f"[done] {run.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    log.info(f"[done] {run.name} ({time.perf_counter() - t0:.0f} s)")
     return entry
 
 
@@ -253,9 +224,7 @@ def _update_results(results_path: Path, updates: dict) -> dict:
     folder) and write it atomically; returns the merged results."""
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.update(updates)
-    tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(results_path)
+    atomic_write_text(results_path, json.dumps(results, indent=1))
     return results
 
 
@@ -292,9 +261,9 @@ def run_experiment(
             entry = {k: v for k, v in entry.items() if k not in EVALUATIONS}
         trained = (out / run.name / "train_summary.json").exists()
         if trained and all(w in entry for w in EVALUATIONS):
-            print(f"[skip] {run.name}: done")
+            log.info(f"[skip] {run.name}: done")
         elif not train and not trained:
-            print(f"[skip] {run.name}: not trained (--no-train)")
+            log.info(f"[skip] {run.name}: not trained (--no-train)")
         else:
             todo.append((run, entry))
     # runs already in the table get their images per step (tables written before they were recorded)
@@ -307,7 +276,7 @@ def run_experiment(
         if error is not None:
             detail = str(error) if isinstance(error, BfasegError) else "".join(
                 traceback.format_exception(type(error), error, error.__traceback__))
-            print(f"[failed] {run.name}: {detail}", flush=True)
+            log.warning(f"[failed] {run.name}: {detail}")
             failed.append(run.name)
             return
         results = _update_results(results_path, {run.name: dict(entry, images_per_step=images[run.name])})
@@ -315,7 +284,7 @@ def run_experiment(
 
     if jobs == 1:
         for run, entry in todo:
-            print(f"[run] {run.name}", flush=True)
+            log.info(f"[run] {run.name}")
             try:
                 finished(run, train_and_evaluate(run, out / run.name, entry, eval_list, progress), None)
             except Interrupted:
@@ -341,7 +310,7 @@ def _run_parallel(todo, out: Path, eval_list, jobs: int, finished) -> None:
     try:
         futures = {}
         for run, entry in todo:
-            print(f"[run] {run.name} (parallel, {jobs} jobs)", flush=True)
+            log.info(f"[run] {run.name} (parallel, {jobs} jobs)")
             futures[pool.submit(_worker, run, out / run.name, entry, eval_list)] = run
         for fut in as_completed(futures):
             run = futures[fut]
@@ -443,9 +412,7 @@ def write_tables(results: dict, out: Path) -> None:
                     "(validation excluded). "
                     "'missed' = (case, class) pairs where prediction or reference is empty: excluded from the "
                     "distance means (strict policy), so compare distances together with this count.\n")
-    tmp = out / f".results.md.{os.getpid()}.tmp"  # readers of a partial table never see half of one
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "results.md")
+    atomic_write_text(out / "results.md", "\n".join(lines))  # readers never see half a table
     _plot_curves(results, out)
 
 
@@ -475,10 +442,10 @@ def _plot_curves(results: dict, out: Path) -> None:
     seeds = sorted({e["seed"] for e in results.values()})
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for name, entry in _ordered_runs(results):
-        log = out / name / "log.jsonl"
-        if not log.exists():
+        log_path = out / name / "log.jsonl"
+        if not log_path.exists():
             continue
-        pts = [json.loads(line) for line in log.read_text().splitlines() if '"val_dice"' in line]
+        pts = [json.loads(line) for line in log_path.read_text().splitlines() if '"val_dice"' in line]
         if pts:
             ax.plot([p["iteration"] for p in pts], [p["val_dice"] for p in pts], marker="o", ms=3, label=name,
                     color=colours(variants.index(entry["variant"]) % colours.N),

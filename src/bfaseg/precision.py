@@ -1,4 +1,4 @@
-"""Which precision a run may use on this hardware: one policy for training and inference.
+"""Where and in which precision a network runs: one policy for training and inference.
 
 ``auto`` picks bf16 where it is fast (CUDA, CPUs with native bf16: AVX512-BF16/AMX) and
 right, fp32 elsewhere. "Right" is not a given on the CPU: with torch 2.13.0, oneDNN's bf16
@@ -49,6 +49,32 @@ def bf16_is_fast(device: str | torch.device) -> bool:
     ~20x SLOWER than fp32, so ``auto`` precision picks fp32 there.
     """
     return torch.device(device).type == "cuda" or native_bf16_on_cpu()
+
+
+def resolve_precision(requested: str | None, mode: str, device: str | torch.device) -> str:
+    """Inference precision: ``fp32``/``bf16`` as requested; ``None``/``auto``: paper -> fp32 (the
+    reference), fast -> bf16 where it is fast (:func:`bf16_is_fast`), else fp32. (Forward passes
+    are unaffected by the bf16 weight-gradient fault described above.)"""
+    if requested in ("fp32", "bf16"):
+        return requested
+    if requested not in (None, "auto"):
+        raise BfasegError(f"--precision: expected fp32, bf16 or auto, got {requested!r}")
+    return "bf16" if mode == "fast" and bf16_is_fast(device) else "fp32"
+
+
+def resolve_device(name: str | torch.device, option: str = "train.device") -> torch.device:
+    """``auto``: CUDA when available, else the CPU; a clear error naming ``option`` for bad names."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BfasegError(f"{option}: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BfasegError(f"{option}: {name!r} requested but no CUDA device is available")
+    return device
 
 
 def level_shapes(patch_size: tuple[int, ...], depth: int = 4) -> list[tuple[int, ...]]:

@@ -86,7 +86,7 @@ def _method_of(run_dir: Path) -> str | None:
         p = run_dir / "checkpoints" / name
         if p.is_file():
             try:
-                from bfaseg.training.checkpoint import load_checkpoint
+                from bfaseg.io.checkpoint import load_checkpoint
 
                 state = load_checkpoint(p)
                 return state.get("method_name") or (state.get("config") or {}).get("method", {}).get("name")
@@ -143,7 +143,7 @@ def _plt():
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")

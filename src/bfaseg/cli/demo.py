@@ -39,7 +39,7 @@ def prepare_demo_folder(root: Path, settings: dict, overwrite: bool) -> Path:
 
     from bfaseg.errors import BfasegError
     from bfaseg.io.output import check_output_dir
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     check_output_dir(root)
     record = root / "demo.json"

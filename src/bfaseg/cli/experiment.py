@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -55,5 +57,5 @@ def run(args) -> int:
     run_experiment(args.config, variants, seeds, args.output, overrides=overrides, eval_list=args.eval_list,
                    progress=not args.no_progress and args.jobs == 1, train=not args.no_train,
                    reevaluate=args.reevaluate, jobs=args.jobs)
-    print((__import__("pathlib").Path(args.output) / "results.md").read_text())
+    print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     return 0

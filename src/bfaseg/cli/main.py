@@ -30,12 +30,20 @@ COMMANDS = [
 ]
 
 
+class _OneLine(logging.Formatter):
+    """The message; warnings and worse prefixed ``warning: `` / ``error: `` like the CLI's own errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
 class _StderrHandler(logging.StreamHandler):
-    """Writes to the current ``sys.stderr`` (which tests and callers may swap), message only."""
+    """Writes to the current ``sys.stderr`` (which tests and callers may swap), one line per record."""
 
     def __init__(self):
         super().__init__()
-        self.setFormatter(logging.Formatter("%(message)s"))
+        self.setFormatter(_OneLine())
 
     @property
     def stream(self):

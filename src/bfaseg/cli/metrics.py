@@ -18,12 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bfaseg.errors import BfasegError
-from bfaseg.metrics.core import BOTH_EMPTY, EMPTY_CLASS_POLICIES, FAILED, METRICS, POLICIES, compute_case
-
-EMPTY_CLASS_HELP = ("a class empty in BOTH masks: nan (default, as nnU-Net: all metrics NaN, left out of the "
-                    "mean and counted as both_empty) or one (the old behaviour: Dice 1, distances 0, which "
-                    "lifts the mean with classes that are not there)")
-
+from bfaseg.metrics.core import BOTH_EMPTY, EMPTY_CLASS_HELP, EMPTY_CLASS_POLICIES, FAILED, METRICS, POLICIES, compute_case
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(

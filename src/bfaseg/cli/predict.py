@@ -30,18 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from bfaseg.cli.evaluate import (
-    Predictor,
-    add_empty_class_option,
-    case_row,
-    jsonable,
-    progress_iter,
-    read_nifti_label_raw,
-    score_case,
-    summary_metrics,
-    write_json_atomic,
-)
 from bfaseg.errors import BfasegError
+from bfaseg.evaluation.evaluate import progress_iter, read_nifti_label_raw
+from bfaseg.evaluation.scoring import case_row, score_case, summary_metrics
+from bfaseg.inference.predictor import Predictor
+from bfaseg.io.files import jsonable, write_json_atomic
+from bfaseg.metrics import EMPTY_CLASS_HELP, EMPTY_CLASS_POLICIES
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -71,7 +65,7 @@ def register(sub) -> None:
                    help="reference labels (<case>.nii.gz/.nii/.h5) to score the predictions, or 'input' for "
                    "the 'label' dataset of input h5 files; metrics go to OUTPUT/summary.json")
     p.add_argument("--policy", choices=("strict", "worst", "paper"), default="strict", help="empty-mask policy")
-    add_empty_class_option(p)
+    p.add_argument("--empty-class-policy", choices=EMPTY_CLASS_POLICIES, default="nan", help=EMPTY_CLASS_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-quality", action="store_true", help="skip quality.json (per-case scores and flags, bfaseg.suggest)")
     p.set_defaults(func=run)
@@ -192,7 +186,7 @@ def _read_label_file(path: Path, num_classes: int, meta: dict | None = None):
 def _write_h5_atomic(path: Path, label: np.ndarray, probs: np.ndarray | None, attrs: dict) -> None:
     import h5py
 
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     def write(stream) -> None:
         with h5py.File(stream, "w") as f:
@@ -206,20 +200,9 @@ def _write_h5_atomic(path: Path, label: np.ndarray, probs: np.ndarray | None, at
     atomic_write_bytes(path, write)
 
 
-def _h5_meta(shape: tuple[int, ...], spacing: tuple[float, ...] | None, source: Path) -> dict[str, Any]:
-    """A geometry record for writing an h5 volume as NIfTI (diagonal affine from the spacing)."""
-    sp = tuple(spacing) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
-    affine = np.diag([*sp, 1.0])
-    return {
-        "source": str(source), "original_affine": affine, "original_shape": tuple(shape),
-        "original_spacing": sp, "canonical": False, "canonical_shape": tuple(shape),
-        "resampled_shape": tuple(shape), "resample_step": (1.0, 1.0, 1.0), "qform_code": 1, "sform_code": 1,
-        "xyzt_units": 2,
-    }
-
-
 # ----------------------------------------------------------------------------- command
 def run(args) -> int:
+    from bfaseg.data.labels import check_label_array
     from bfaseg.io.output import check_output_dir, remove_stale_temporaries
 
     inputs = collect_inputs(Path(args.input))
@@ -242,6 +225,16 @@ def run(args) -> int:
     def predict(image: np.ndarray, xyz: bool):
         return predictor.predict(image, xyz=xyz, downsample=downsample, probabilities=args.probabilities)
 
+    def reference_label(case_id: str, path: Path, meta: dict | None):
+        """``(label, spacing)`` from --labels DIR, checked as in training BEFORE the case's outputs are written."""
+        if labels_dir is None:
+            return None, None
+        lab_path = _find_label(labels_dir, case_id)
+        if lab_path is None:
+            raise BfasegError(f"--labels: no label for case {case_id!r} in {labels_dir} "
+                              f"({case_id}.nii.gz, {case_id}.nii or {case_id}.h5)")
+        return _read_label_file(lab_path, num_classes, meta)
+
     rows, results, written = [], [], []
     settings: dict[str, Any] = {}
     units = None
@@ -252,6 +245,9 @@ def run(args) -> int:
             from bfaseg.data.nifti import load_nifti_image, restore_geometry, save_nifti_mask, save_probabilities
 
             case = load_nifti_image(path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
+            gt, gt_spacing = reference_label(case_id, path, case.meta)
+            if args.labels == "input":
+                raise BfasegError(f"--labels input: {path} is not an h5 file with a 'label' dataset")
             labels, probs, settings = predict(case.image, xyz=True)
             out = save_nifti_mask(labels, case.meta, out_dir / f"{case_id}.nii.gz")
             written.append(str(out))
@@ -262,10 +258,16 @@ def run(args) -> int:
                 spacing = tuple(case.meta["original_spacing"])
         else:
             image, inline_label, spacing = _read_h5(path)
-            if args.labels == "input" and inline_label is not None:  # checked before anything is written
-                from bfaseg.data.labels import check_label_array
-
-                inline_label = check_label_array(inline_label, f"{path} 'label'", num_classes, shape=image.shape)
+            if args.labels == "input":  # checked before anything is written
+                if inline_label is None:
+                    raise BfasegError(f"--labels input: {path} has no 'label' dataset")
+                gt = check_label_array(inline_label, f"{path} 'label'", num_classes, shape=image.shape)
+            else:
+                gt, gt_spacing = reference_label(case_id, path, None)
+                if gt is not None:
+                    gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=image.shape)
+                    if gt_spacing is not None and spacing is None:
+                        spacing = gt_spacing
             if image.ndim == 2:
                 if ndim == 3:
                     raise BfasegError(f"{path}: a 3-D network needs 3-D images, got shape {image.shape}")
@@ -280,9 +282,9 @@ def run(args) -> int:
             if args.h5_format == "nifti":
                 if labels.ndim != 3:
                     raise BfasegError(f"{path}: --h5-format nifti needs 3-D volumes")
-                from bfaseg.data.nifti import save_nifti_mask, save_probabilities
+                from bfaseg.data.nifti import array_geometry, save_nifti_mask, save_probabilities
 
-                meta = _h5_meta(labels.shape, spacing, path)
+                meta = array_geometry(labels.shape, spacing, path)
                 written.append(str(save_nifti_mask(labels, meta, out_dir / f"{case_id}.nii.gz")))
                 if probs is not None:
                     written.append(str(save_probabilities(probs, meta, out_dir / f"{case_id}_probs.nii.gz")))
@@ -291,25 +293,9 @@ def run(args) -> int:
                 _write_h5_atomic(out, labels, probs, {"spacing": spacing, "source": str(path)})
                 written.append(str(out))
             pred = labels
-            if args.labels == "input":
-                if inline_label is None:
-                    raise BfasegError(f"--labels input: {path} has no 'label' dataset")
-                gt = inline_label
         if quality:
             quality.add(case_id, case.image if kind == "nifti" else image, labels, xyz=kind == "nifti")
         if args.labels is not None:
-            if gt is None:
-                if labels_dir is None:
-                    raise BfasegError(f"--labels input: {path} is not an h5 file with a 'label' dataset")
-                lab_path = _find_label(labels_dir, case_id)
-                if lab_path is None:
-                    raise BfasegError(f"--labels: no label for case {case_id!r} in {labels_dir} "
-                                      f"({case_id}.nii.gz, {case_id}.nii or {case_id}.h5)")
-                gt, gt_spacing = _read_label_file(lab_path, num_classes, case.meta if kind == "nifti" else None)
-                if kind == "h5" and gt_spacing is not None and spacing is None:
-                    spacing = gt_spacing
-            from bfaseg.data.labels import check_label_array
-
             gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=pred.shape)
             result = score_case(pred, gt.astype(np.int32), num_classes, spacing, args.policy, args.empty_class_policy)
             units = result["units"]

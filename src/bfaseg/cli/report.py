@@ -41,54 +41,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def validation_cases(cfg, state, root: Path | None, n: int):
-    """The first ``n`` cases of the run's validation split, preprocessed as in training
-    (LA/Pancreas ``data.downsample``). Returns ``(cases, slice_axis)`` or raises BfasegError."""
-    from bfaseg.data.readers import load_cases, read_list
-    from bfaseg.data.transforms import downsample_case_arrays
-
-    dataset = cfg.data.dataset
-    split = str((state.get("data") or {}).get("val_split") or "")
-    K = cfg.model.num_classes
-    if dataset == "synthetic":
-        from bfaseg.data.synthetic import make_synthetic_cases
-
-        cases = make_synthetic_cases(cfg.data.synthetic_val_cases, tuple(cfg.data.synthetic_size), K,
-                                     seed=2, prefix="synth_val")[:n]
-        if cfg.data.synthetic_ndim == 2:
-            for c in cases:
-                c.image, c.label = c.image[None], c.label[None]
-            return cases, 0
-        return cases, 2
-    if root is None:
-        raise BfasegError("--data is needed for overlays of runs on real data")
-    if dataset == "nifti":
-        from bfaseg.data.nifti import load_nifti_dataset
-
-        labeled, _ = load_nifti_dataset(root, cfg.data.target_spacing, cfg.data.modality)
-        m = re.match(r"last (\d+) labeled", split)
-        val = labeled[-int(m.group(1)):] if m else labeled[-1:]
-        cases = val[:n]
-        axis = 2
-    else:
-        m = re.match(r"last (\d+) of (.+)$", split)
-        if m:
-            ids = read_list(root / m.group(2))[-int(m.group(1)):]
-        elif split and (root / split).is_file():
-            ids = read_list(root / split)
-        else:
-            raise BfasegError(f"cannot tell the validation cases from the checkpoint (val_split {split!r})")
-        cases = load_cases(dataset, root, ids[:n], kind="eval", num_classes=K)
-        axis = 0 if dataset == "acdc" else 2
-    if dataset in ("la", "pancreas", "nifti"):
-        for c in cases:
-            c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.data.downsample)
-    return cases, axis
-
-
 def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
-    from bfaseg.cli.evaluate import resolve_device
-    from bfaseg.inference.checkpoints import load_model_from_checkpoint, model_ndim, predict_array, resolve_precision
+    from bfaseg.data.build import stored_validation_cases
+    from bfaseg.inference.predictor import Predictor
     from bfaseg.reporting import overlay_figure, pick_slice, save_figure
 
     ckpt = run_log.path / "checkpoints" / f"{args.checkpoint}.pt"
@@ -98,10 +53,13 @@ def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
             print(f"note: {run_log.name}: no checkpoint, no overlays", file=sys.stderr)
             return []
         ckpt = alt
-    device = resolve_device(args.device)
-    model, cfg, state = load_model_from_checkpoint(ckpt, device)
-    ndim = model_ndim(cfg, state)
-    cases, axis = validation_cases(cfg, state, Path(args.data) if args.data else None, args.overlay_cases)
+    predictor = Predictor.from_checkpoint(ckpt, device=args.device, precision="auto", mode="fast")
+    cfg, state = predictor.cfg, predictor.state
+    # the validation ids stored in the checkpoint (older checkpoints: the split recomputed from the config)
+    cases = stored_validation_cases(cfg, state.get("data") or {}, Path(args.data) if args.data else None,
+                                    args.overlay_cases)
+    slices_2d = cfg.data.dataset == "acdc" or (cfg.data.dataset == "synthetic" and cfg.data.synthetic_ndim == 2)
+    axis = 0 if slices_2d else 2
     tb = None
     if args.tensorboard:
         try:
@@ -113,8 +71,7 @@ def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
     written = []
     try:
         for c in cases:
-            labels, _, _ = predict_array(model, cfg, c.image, ndim=ndim, mode="fast",
-                                         precision=resolve_precision("auto", "fast", device), device=device)
+            labels, _, _ = predictor.predict(c.image)
             idx = pick_slice(c.label, axis)
             take = lambda a: np.take(a, idx, axis=axis)  # noqa: E731
             img, gt, pred = take(c.image), take(c.label), take(labels)
@@ -134,7 +91,7 @@ def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
 
 def run(args) -> int:
     from bfaseg.reporting import comparison_table, plot_curves, read_run
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     from bfaseg.io.output import check_output_dir
 

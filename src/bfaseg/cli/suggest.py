@@ -46,12 +46,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from bfaseg.cli.evaluate import resolve_device
+    from bfaseg.precision import resolve_device
     from bfaseg.suggest import suggest
 
     if args.passes < 2:
         raise BfasegError(f"--passes: must be at least 2, got {args.passes}")
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device, option="--device"))
     doc = suggest(
         args.checkpoint, args.data, strategy=args.strategy, top=args.top, output=args.output, split=args.split,
         dataset=args.dataset, max_per_patient=args.max_per_patient, mc_passes=args.passes, seed=args.seed,

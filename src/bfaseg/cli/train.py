@@ -15,7 +15,7 @@ def register(sub) -> None:
         description="Train a segmentation model with any method (supervised, mean_teacher, ua_mt, bcp, bfa). "
         "Works under torchrun for multi-process DDP.",
     )
-    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("config", help="YAML config file, or a packaged config by name (e.g. acdc/bfa_10; see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.iterations=100 (repeatable)")
     p.add_argument("--output", help="run folder (default: the config's `output`, else runs/<config name>)")
@@ -30,6 +30,9 @@ def run(args) -> int:
     if args.deterministic:
         overrides.append("train.deterministic=true")
     cfg = load_config(args.config, overrides)
+    from bfaseg.methods import check_method_params
+
+    check_method_params(cfg, source=str(args.config))
     output = Path(args.output or cfg.output or Path("runs") / Path(args.config).stem)
     from bfaseg.io.output import check_output_dir
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from bfaseg.config import DataConfig
+from bfaseg.config import DataConfig, RunConfig
 from bfaseg.data.cases import Case
 from bfaseg.data.readers import DEFAULT_LISTS, load_cases, read_list
 from bfaseg.data.synthetic import make_synthetic_cases
@@ -23,7 +23,17 @@ class DataBundle:
     unlabeled: list[Case]
     val: list[Case]
     train_ndim: int  # 2 = slice-wise network, 3 = volumetric network
-    val_split: str  # what the validation cases are, recorded in summaries
+    val_split: str  # what the validation cases are, in words, recorded in summaries
+
+    @property
+    def val_ids(self) -> list[str]:
+        """The validation split as ids: stored in checkpoints and summaries, never re-derived."""
+        return [c.case_id for c in self.val]
+
+    @property
+    def train_ids(self) -> list[str]:
+        """Every case the run trained on (labeled and unlabeled)."""
+        return [c.case_id for c in self.labeled + self.unlabeled]
 
 
 def _num_labeled(cfg: DataConfig, n_total: int) -> int:
@@ -177,6 +187,41 @@ def split_nifti_cases(cfg: DataConfig, labeled_all: list[Case], unlabeled: list[
     labeled = [c for c in train if c.case_id in set(labeled_ids)]
     unlabeled = unlabeled + [Case(c.case_id, c.image, None, c.spacing, c.meta) for c in train if c not in labeled]
     return labeled, unlabeled, val, n_val
+
+
+def stored_validation_cases(cfg: RunConfig, data_state: dict, root: Path | None, n: int | None = None) -> list[Case]:
+    """The first ``n`` validation cases of a run, preprocessed as in training (``data.downsample``).
+
+    ``data_state`` is the checkpoint's ``data`` record: its ``val_ids`` name the cases. Checkpoints
+    written before the ids were stored get the split recomputed from the config, by the same
+    functions :func:`build_data` uses.
+    """
+    data = cfg.data
+    K = cfg.model.num_classes
+    if data.dataset == "synthetic":
+        return _build_synthetic(data, K).val[:n]
+    if root is None:
+        raise BfasegError("--data is needed for the validation cases of runs on real data")
+    ids = data_state.get("val_ids")
+    if data.dataset == "nifti":
+        from bfaseg.data.nifti import load_nifti_dataset
+
+        labeled_all, _ = load_nifti_dataset(root, data.target_spacing, data.modality)
+        if ids is None:
+            ids = [c.case_id for c in split_nifti_cases(data, labeled_all, [])[2]]
+        by_id = {c.case_id: c for c in labeled_all}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise BfasegError(f"{root}: validation case {missing[0]!r} of the run is not in labelsTr")
+        cases = [by_id[i] for i in ids[:n]]
+    else:
+        if ids is None:
+            ids = benchmark_split_ids(data, root)[2]
+        cases = load_cases(data.dataset, root, ids[:n], kind="eval", num_classes=K)
+    if data.dataset != "acdc":
+        for c in cases:
+            c.image, c.label = downsample_case_arrays(c.image, c.label, data.downsample)
+    return cases
 
 
 def _build_nifti(cfg: DataConfig, num_classes: int) -> DataBundle:

@@ -285,6 +285,19 @@ def load_nifti_image(
     )
 
 
+def array_geometry(shape: tuple[int, ...], spacing: Sequence[float] | None, source: str | os.PathLike) -> dict[str, Any]:
+    """The geometry record (``Case.meta``, as :func:`load_nifti_image` makes it) of a plain array,
+    e.g. an h5 volume, for writing it as NIfTI: a diagonal affine from ``spacing`` (1 mm if unknown),
+    no reorientation, no resampling."""
+    sp = tuple(float(s) for s in spacing) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
+    shape = tuple(int(s) for s in shape)
+    return {
+        "source": str(source), "original_affine": np.diag([*sp, 1.0]), "original_shape": shape,
+        "original_spacing": sp, "canonical": False, "canonical_shape": shape, "resampled_shape": shape,
+        "resample_step": (1.0, 1.0, 1.0), "qform_code": 1, "sform_code": 1, "xyzt_units": 2,
+    }
+
+
 def read_source_label(path: str | os.PathLike, meta: dict, num_classes: int | None = None,
                       source: str | None = None) -> np.ndarray:
     """The label file of an image read by :func:`load_nifti_image` (``meta``: its ``case.meta``), in the
@@ -376,7 +389,7 @@ def _atomic_nifti_save(img, out_path: Path) -> None:
     """``nib.save`` through ``atomic_write_bytes``; gzip-compressed for ``.nii.gz``, as nibabel writes it."""
     import gzip
 
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     nib = _nib()
     if not out_path.name.endswith(NIFTI_SUFFIXES):

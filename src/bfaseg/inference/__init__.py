@@ -4,7 +4,7 @@ All functions take ``model``: a callable mapping a float32 batch ``(N, C, *spati
 to logits ``(N, K, *spatial)`` as a Tensor (wrap networks that return tuples/dicts).
 """
 
-from bfaseg.inference.postprocess import largest_connected_component
+from bfaseg.data.components import largest_connected_component
 from bfaseg.inference.sliding_window import (
     gaussian_importance_map,
     pad_amounts,

@@ -1,1 +1,2 @@
-"""Small helpers for files a command writes (output folders, file modes)."""
+"""Reading and writing files: atomic writes (with the user's umask), JSON export, checkpoint files,
+output-folder checks."""

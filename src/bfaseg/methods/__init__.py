@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib
 
+from pydantic import ValidationError
+
+from bfaseg.config import RunConfig
 from bfaseg.errors import BfasegError
 
 REGISTRY = {
@@ -25,6 +28,17 @@ def get_method_class(name: str, source: str = "config"):
     return getattr(importlib.import_module(module), cls)
 
 
-def build_method(name: str, params: dict, trainer):
-    cls = get_method_class(name)
-    return cls(cls.Params.model_validate(params), trainer)
+def check_method_params(cfg: RunConfig, source: str = "config"):
+    """The ``method`` section validated against the method's own Params (one-line error naming the key)."""
+    cls = get_method_class(cfg.method.name, source=source)
+    try:
+        return cls.Params.model_validate(cfg.method_params())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = "method." + ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise BfasegError(f"{source}: {key}: {msg}") from None
+
+
+def build_method(cfg: RunConfig, trainer, source: str = "config"):
+    return get_method_class(cfg.method.name, source=source)(check_method_params(cfg, source), trainer)

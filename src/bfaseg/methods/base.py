@@ -8,13 +8,10 @@ a dict of its loss terms (tensors; logged without a host sync per step).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:
-    from bfaseg.training.trainer import Trainer
 
 
 class MethodParams(BaseModel):
@@ -28,13 +25,21 @@ class Method:
     may_leave_parameters_unused = False  # tells DDP to look for unused parameters
     Params = MethodParams
 
-    def __init__(self, params: MethodParams, trainer: "Trainer"):
+    def __init__(self, params: MethodParams, trainer: Any):
+        # trainer: the shared bfaseg.training.trainer.Trainer; not imported, as training sits above methods
         self.p = params
         self.t = trainer
 
     # hooks ---------------------------------------------------------------
     def configure_model(self, model: torch.nn.Module) -> None:
         """Add method-specific modules (e.g. BFA's boundary head) before the teacher is copied."""
+
+    @classmethod
+    def restore_modules(cls, model: torch.nn.Module, cfg: Any, weights: dict[str, torch.Tensor]) -> None:
+        """Loading for inference: re-add what ``configure_model`` added, shaped to fit the saved ``weights``.
+
+        ``cfg`` is the run's config (``RunConfig``); raises ``ValueError`` when the weights cannot fit.
+        """
 
     def on_iteration_start(self, iteration: int) -> None:
         pass

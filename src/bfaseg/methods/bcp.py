@@ -19,7 +19,7 @@ import torch
 
 from bfaseg.methods.base import Method, MethodParams, cuboid_mask, paste, sigmoid_rampup, split_pairs
 from bfaseg.methods.boundary import remove_small_components
-from bfaseg.training.losses import dice_ce_loss, masked_ce, masked_dice_loss
+from bfaseg.losses import dice_ce_loss, masked_ce, masked_dice_loss
 
 # The Dice of the reference mix_loss, by spatial dimension: LA/Pancreas (3-D) use a per-sample Dice of
 # probabilities (mask_DiceLoss, smooth 1e-5); ACDC (2-D) one Dice over the batch with squared

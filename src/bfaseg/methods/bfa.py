@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from bfaseg.methods.base import paste, sigmoid_rampup
 from bfaseg.methods.bcp import BCP, BCPParams
 from bfaseg.methods.boundary import class_boundaries, downsample_boundaries, downsample_weights, signed_distance_maps
-from bfaseg.training.losses import boundary_loss, dice_ce_loss, distance_loss
+from bfaseg.losses import boundary_loss, dice_ce_loss, distance_loss
 
 
 class BFAParams(BCPParams):
@@ -75,6 +75,17 @@ class BFA(BCP):
     def configure_model(self, model):
         if self.p.boundary_head:
             model.add_boundary_head(self.p.boundary_stage, self.t.num_classes - 1, fuse=self.p.boundary_fuse)
+
+    @classmethod
+    def restore_modules(cls, model, cfg, weights):
+        # the head's presence, size and fusion come from the weights (ablations may have trained without
+        # it); its stage is not in the weights' shapes, so it comes from the run's config
+        if not any(k.startswith("boundary_head.") for k in weights):
+            return
+        stage = int(cfg.method_params().get("boundary_stage", 1))
+        pred_w = weights.get("boundary_head.predict.weight")
+        n = int(pred_w.shape[0]) if pred_w is not None else cfg.model.num_classes - 1
+        model.add_boundary_head(stage, n, fuse="boundary_head.fuse.weight" in weights)
 
     def state_dict(self):
         return {"memory": self.memory}

@@ -63,26 +63,15 @@ def downsample_weights(weight: torch.Tensor, size: tuple[int, ...]) -> torch.Ten
 def remove_small_components(label: torch.Tensor, num_classes: int, min_fraction: float = 0.1) -> torch.Tensor:
     """Drop connected components smaller than ``min_fraction`` of the class's largest one.
 
-    Runs per sample on the CPU with scipy (pseudo-labels are small); the rest stays on device.
-    Components use full connectivity (diagonal neighbours connect), as skimage's ``label`` in the
-    reference code and ``inference/postprocess.py``.
+    Runs per sample on the CPU (pseudo-labels are small); the rest stays on device. Components
+    use full connectivity, as everywhere in the package (:mod:`bfaseg.data.components`).
     """
     import numpy as np
-    from scipy import ndimage
 
-    out = label.detach().cpu().numpy().copy()
-    full = ndimage.generate_binary_structure(out.ndim - 1, out.ndim - 1)
-    for n in range(out.shape[0]):
-        for k in range(1, num_classes):
-            mask = out[n] == k
-            if not mask.any():
-                continue
-            comps, count = ndimage.label(mask, structure=full)
-            if count <= 1:
-                continue
-            sizes = np.bincount(comps.ravel())[1:]
-            small = np.flatnonzero(sizes < min_fraction * sizes.max()) + 1
-            out[n][np.isin(comps, small)] = 0
+    from bfaseg.data.components import drop_small_components
+
+    out = label.detach().cpu().numpy()
+    out = np.stack([drop_small_components(sample, num_classes, min_fraction) for sample in out])
     return torch.from_numpy(out).to(label.device)
 
 

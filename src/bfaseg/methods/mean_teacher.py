@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from bfaseg.methods.base import Method, MethodParams, noisy, sigmoid_rampup
-from bfaseg.training.losses import dice_ce_loss
+from bfaseg.losses import dice_ce_loss
 
 
 class MeanTeacherParams(MethodParams):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bfaseg.methods.base import Method
-from bfaseg.training.losses import dice_ce_loss
+from bfaseg.losses import dice_ce_loss
 
 
 class Supervised(Method):

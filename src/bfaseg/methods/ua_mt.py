@@ -20,7 +20,7 @@ from torch import nn
 
 from bfaseg.methods.base import noisy, sigmoid_rampup
 from bfaseg.methods.mean_teacher import MeanTeacher, MeanTeacherParams
-from bfaseg.training.losses import dice_ce_loss
+from bfaseg.losses import dice_ce_loss
 
 
 class UAMTParams(MeanTeacherParams):

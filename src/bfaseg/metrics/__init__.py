@@ -14,6 +14,7 @@ out of means (``empty_class="nan"``, as nnU-Net); ``empty_class="one"`` gives th
 """
 
 from bfaseg.metrics.core import (
+    EMPTY_CLASS_HELP,
     EMPTY_CLASS_POLICIES,
     FAILED,
     METRICS,
@@ -27,6 +28,7 @@ from bfaseg.metrics.core import (
 from bfaseg.metrics.surface import distance_metrics, mask_surface, surface_distances
 
 __all__ = [
+    "EMPTY_CLASS_HELP",
     "EMPTY_CLASS_POLICIES",
     "FAILED",
     "METRICS",

@@ -54,6 +54,9 @@ METRICS = ("dice", "jaccard", "hd95", "asd", "assd", "hd")
 DISTANCES = ("hd95", "asd", "assd", "hd")
 POLICIES = ("strict", "worst", "paper")
 EMPTY_CLASS_POLICIES = ("nan", "one")
+EMPTY_CLASS_HELP = ("a class empty in BOTH masks: nan (default, as nnU-Net: all metrics NaN, left out of the "
+                    "mean and counted as both_empty) or one (the old behaviour: Dice 1, distances 0, which "
+                    "lifts the mean with classes that are not there)")
 OK, BOTH_EMPTY, PRED_EMPTY, GT_EMPTY = "ok", "both_empty", "pred_empty", "gt_empty"
 FAILED = (PRED_EMPTY, GT_EMPTY)
 

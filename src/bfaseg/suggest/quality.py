@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from bfaseg.data.components import count_components
 from bfaseg.errors import BfasegError
-from bfaseg.suggest.scoring import Scorer, class_components, model_view
+from bfaseg.suggest.scoring import Scorer, model_view
 
 REFERENCE_VERSION = 1
 
@@ -45,7 +46,7 @@ def case_record(scorer: Scorer, case_id: str, view: np.ndarray, labels: np.ndarr
     labels = s.labels if labels is None else labels
     k = scorer.num_classes
     rec: dict[str, Any] = {"case": case_id, "mean_entropy": s.components["mean_entropy"],
-                           "components": {str(c): n for c, n in class_components(labels, k).items()},
+                           "components": {str(c): n for c, n in count_components(labels, k).items()},
                            "voxels": {str(c): int(np.count_nonzero(labels == c)) for c in range(1, k)}}
     if scorer.teacher is not None:
         agree = scorer.agreement(s.labels, view)
@@ -100,8 +101,8 @@ def validation_reference(scorer: Scorer, root: Path | None, dataset: str | None 
     import json
 
     from bfaseg.suggest.pool import run_cases
-    from bfaseg.suggest.ranking import write_json
-    from bfaseg.training.checkpoint import checkpoint_digest
+    from bfaseg.io.files import write_json_atomic
+    from bfaseg.io.checkpoint import checkpoint_digest
 
     cfg = scorer.cfg
     dataset = dataset or cfg.data.dataset
@@ -140,7 +141,7 @@ def validation_reference(scorer: Scorer, root: Path | None, dataset: str | None 
     doc = {"version": REFERENCE_VERSION, "sha256": digest, "checkpoint": str(scorer.checkpoint),
            **summarize_reference(records, scorer.num_classes), "cases": records}
     try:
-        write_json(cache, doc)
+        write_json_atomic(cache, doc)
         where = f"computed on {len(records)} validation cases, cached in {cache}"
     except OSError:
         where = f"computed on {len(records)} validation cases (not cached: {cache.parent} is not writable)"
@@ -174,7 +175,7 @@ class QualityMonitor:
         self.rows.append(rec)
 
     def write(self, out_dir: Path) -> Path:
-        from bfaseg.suggest.ranking import write_json
+        from bfaseg.io.files import write_json_atomic
 
         ref = None
         if self.reference:
@@ -183,5 +184,5 @@ class QualityMonitor:
                "reference": ref, "reference_source": self.source,
                "n_flagged": sum(bool(r["flags"]) for r in self.rows), "cases": self.rows}
         path = Path(out_dir) / "quality.json"
-        write_json(path, doc)
+        write_json_atomic(path, doc)
         return path

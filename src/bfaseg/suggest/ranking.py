@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from bfaseg.errors import BfasegError
+from bfaseg.io.files import atomic_write_text, write_json_atomic
 
 _PATIENT = re.compile(r"^(patient\d+)", re.IGNORECASE)
 _SUFFIXES = re.compile(r"(_frame\d+)?(_slice_\d+)?$")
@@ -68,28 +68,6 @@ def most_uncertain_slice(image: np.ndarray, labels: np.ndarray, unc: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_text(path: Path, text: str) -> None:
-    from bfaseg.training.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def _clean(value):
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, doc: dict) -> None:
-    _atomic_text(path, json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
-
-
 def csv_text(rows: list[dict], num_classes: int) -> str:
     comp_keys = sorted({k for r in rows for k in r["components"]})
     header = ["rank", "case", "patient", "selected", "score", *comp_keys,
@@ -137,14 +115,14 @@ def strip_png(slices: list[tuple[str, float, dict]], title: str) -> bytes:
 
 def write_suggestions(out_dir: Path, rows: list[dict], doc: dict, png: bytes, num_classes: int) -> list[Path]:
     """suggestions.csv, suggestions.json, suggestions.png in ``out_dir`` (each written atomically)."""
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BfasegError(f"--output: cannot create {out_dir} ({exc.strerror})") from None
     paths = [out_dir / "suggestions.csv", out_dir / "suggestions.json", out_dir / "suggestions.png"]
-    _atomic_text(paths[0], csv_text(rows, num_classes))
-    write_json(paths[1], doc)
+    atomic_write_text(paths[0], csv_text(rows, num_classes))
+    write_json_atomic(paths[1], doc)
     atomic_write_bytes(paths[2], lambda f: f.write(png))
     return paths

@@ -78,12 +78,6 @@ def contour_band(labels: np.ndarray, width: int = BAND) -> np.ndarray:
     return ndimage.binary_dilation(edges, iterations=width) if edges.any() else edges
 
 
-def class_components(labels: np.ndarray, num_classes: int) -> dict[int, int]:
-    """Number of connected components (full connectivity) per foreground class."""
-    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
-    return {c: int(ndimage.label(labels == c, structure)[1]) for c in range(1, num_classes)}
-
-
 def random_score(case_id: str, seed: int) -> float:
     """Uniform in [0, 1) from the seed and the case id: the same case gets the same number in any order."""
     return float(np.random.default_rng([seed, zlib.crc32(case_id.encode())]).random())
@@ -105,7 +99,8 @@ class Scorer:
 
     def __init__(self, checkpoint: str | Path, strategy: str, *, device: str = "cpu", precision: str = "fp32",
                  mc_passes: int = 8, seed: int = 0, which: str | None = None):
-        from bfaseg.inference.checkpoints import inference_fn, load_model_from_checkpoint, model_ndim
+        from bfaseg.inference.checkpoints import load_model_from_checkpoint
+        from bfaseg.inference.predictor import inference_fn, model_ndim
 
         if strategy not in STRATEGIES:
             raise BfasegError(f"--strategy: unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -137,7 +132,7 @@ class Scorer:
 
     # ------------------------------------------------------------------ inference (the project's loops)
     def _predict(self, image: np.ndarray, forward, cfg=None) -> tuple[np.ndarray, np.ndarray]:
-        from bfaseg.inference.checkpoints import predict_array
+        from bfaseg.inference.predictor import predict_array
 
         labels, probs, _ = predict_array(
             self.model, cfg or self.cfg, image, ndim=self.ndim, mode="fast", precision=self.precision,

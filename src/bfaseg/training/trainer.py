@@ -25,10 +25,11 @@ from bfaseg.config import RunConfig
 from bfaseg.data.batches import TwoStreamBatches, make_loader
 from bfaseg.data.build import DataBundle, build_data
 from bfaseg.errors import BfasegError, Interrupted, TrainingDiverged
+from bfaseg.io import checkpoint as ckpt
+from bfaseg.io.files import atomic_write_bytes
 from bfaseg.methods import build_method
 from bfaseg.models import build_model
-from bfaseg.precision import resolve_training_precision
-from bfaseg.training import checkpoint as ckpt
+from bfaseg.precision import resolve_device, resolve_training_precision
 from bfaseg.training.distributed import (
     DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed,
 )
@@ -39,18 +40,6 @@ from bfaseg.training.validation import validate
 log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = {("train", "iterations"), ("train", "num_workers"), ("data", "num_workers"), ("train", "threads")}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BfasegError(f"train.device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BfasegError("train.device: 'cuda' requested but no CUDA device is available")
-    return device
 
 
 def lr_factor(cfg, iteration: int) -> float:
@@ -129,7 +118,7 @@ class Trainer:
         self.patch_size = tuple(cfg.data.patch_size)
         self.total_iterations = tc.iterations
 
-        self.method = build_method(cfg.method.name, cfg.method_params(), self)
+        self.method = build_method(cfg, self)
         if self.method.uses_unlabeled and not self.data.unlabeled:
             raise BfasegError(f"method {cfg.method.name!r} needs unlabeled data but every training case is labeled")
         student = build_model(cfg.model)
@@ -256,7 +245,7 @@ class Trainer:
                 continue
             if isinstance(record, dict) and int(record.get("iteration", 0)) <= iteration:
                 keep.append(line + "\n")
-        ckpt.atomic_write_bytes(path, lambda f: f.write("".join(keep).encode()))
+        atomic_write_bytes(path, lambda f: f.write("".join(keep).encode()))
 
     # ------------------------------------------------------------ utilities
     def autocast(self):
@@ -301,7 +290,9 @@ class Trainer:
             "config": self.cfg.model_dump(),
             "best": dict(self.best),
             "running": {k: v.detach().float().cpu() for k, v in self.running.items()},
-            "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split},
+            "precision": self.precision,  # what auto chose: inference of this checkpoint repeats it
+            "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split,
+                     "val_ids": self.data.val_ids, "train_ids": self.data.train_ids},
         }
 
     def save(self, name: str, iteration: int) -> Path:
@@ -349,9 +340,8 @@ class Trainer:
     def run_validation(self, iteration: int) -> dict:
         model = self.teacher if (self.teacher is not None and self.cfg.eval.model == "teacher") else self.student
         result = validate(
-            model, self.data.val, train_ndim=self.train_ndim, patch_size=self.patch_size,
-            num_classes=self.num_classes, eval_cfg=self.cfg.eval, precision=self.precision,
-            device=str(self.device),
+            model, self.data.val, cfg=self.cfg, train_ndim=self.train_ndim, precision=self.precision,
+            device=self.device,
         )
         record = {"iteration": iteration, "val_dice": result["dice"]}
         for k, d in enumerate(result["dice_per_class"], start=1):
@@ -500,11 +490,12 @@ class Trainer:
             "best_dice": self.best["dice"],
             "best_iteration": self.best["iteration"],
             "val_split": self.data.val_split,
+            "val_ids": self.data.val_ids,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "last_checkpoint": str(self.ckpt_dir / "last.pt"),
             "best_checkpoint": str(self.ckpt_dir / "best.pt") if self.best["iteration"] is not None else None,
         }
         if self.dist.is_main:
-            ckpt.atomic_write_bytes(self.output_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+            atomic_write_bytes(self.output_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
         return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from bfaseg.errors import BfasegError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,7 +41,13 @@ class PrepareSummary:
 
 
 def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress note (the command line shows it on stderr)."""
+    log.info(msg)
+
+
+def warn(msg: str) -> None:
+    """Something the user should check; shown even when no logging is configured."""
+    log.warning(msg)
 
 
 def progress(items: Sequence, desc: str, enabled: bool = True) -> Iterable:
@@ -71,7 +80,7 @@ def atomic_write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict | N
     """Write an h5 file atomically (``atomic_write_bytes``: temporary file beside it, then rename)."""
     import h5py
 
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     def write(stream) -> None:
         with h5py.File(stream, "w") as f:
@@ -87,7 +96,7 @@ def atomic_write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict | N
 
 
 def atomic_write_lines(path: Path, lines: Sequence[str]) -> Path:
-    from bfaseg.training.checkpoint import atomic_write_bytes
+    from bfaseg.io.files import atomic_write_bytes
 
     path = Path(path)
     make_out_dir(path.parent)

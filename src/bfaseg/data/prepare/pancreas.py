@@ -40,7 +40,7 @@ from bfaseg.data.prepare.common import (
     progress,
     read_sitk,
     require_dir,
-    say,
+    warn,
     sitk_array,
     sitk_error_detail,
     split_counts,
@@ -261,7 +261,7 @@ def prepare_pancreas(
         arr = sitk.GetArrayViewFromImage(image)
         digest = hashlib.sha1(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
         if digest in seen:
-            say(f"Pancreas: dropping {case}: its image is identical to {seen[digest]} (duplicate)")
+            warn(f"Pancreas: dropping {case}: its image is identical to {seen[digest]} (duplicate)")
             summary.dropped.append(case)
             continue
         seen[digest] = case
@@ -269,7 +269,7 @@ def prepare_pancreas(
             cases[case], labels[case], spacing=spacing, expand=expand, min_size=min_size, image=image
         )
         for note in notes:
-            say(f"Pancreas: {note}")
+            warn(f"Pancreas: {note}")
         attrs = {"spacing": np.asarray(spacing, dtype=np.float64)}
         summary.write_case(out / H5_FOLDER / f"{case}_norm.h5", img, lab, attrs)
         kept.append(case)

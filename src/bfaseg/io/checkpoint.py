@@ -1,4 +1,4 @@
-"""Checkpoints: one schema for every method and stage, atomic writes, safe loading.
+"""Checkpoint files: one schema for every method and stage, atomic writes, safe loading.
 
 A checkpoint holds only tensors and plain Python values (dict, list, tuple, str,
 int, float, bool, None), so it loads with ``torch.load(weights_only=True)``: a
@@ -8,10 +8,8 @@ beyond PyTorch's default allow-list is needed; numpy RNG state is stored as list
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import torch
 
 from bfaseg import __version__
 from bfaseg.errors import BfasegError
-from bfaseg.io.output import user_file_mode
+from bfaseg.io.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 
@@ -43,39 +41,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _to_tuple(x):
     return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
-
-
-def atomic_write_bytes(path: Path, write_fn) -> None:
-    """Write via ``write_fn(file)`` into a temporary file beside ``path``, fsync, then rename.
-
-    A crash, a full disk or Ctrl-C leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, user_file_mode())  # mkstemp makes 0600; outputs get the user's umask, as open() would
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise BfasegError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
