@@ -497,3 +497,20 @@ def test_every_option_trains_a_step(tmp_path, method, option):
     loss.backward()
     grads = [p.grad for p in t.student.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+# ------------------------------------------------------------ inference weighting
+
+
+def test_gaussian_importance_sigma_is_an_eighth_of_the_patch():
+    from bfaseg.inference.sliding_window import gaussian_importance_map
+
+    w = gaussian_importance_map((16, 8))
+    axis = [torch.exp(-0.5 * ((torch.arange(p, dtype=torch.float64) - (p - 1) / 2) / (p / 8)) ** 2) for p in (16, 8)]
+    expected = axis[0][:, None] * axis[1][None, :]
+    assert torch.allclose(w.double(), expected / expected.max(), rtol=1e-6, atol=1e-12)
+    # sigma = 16 / 8 = 2 voxels: the edge voxel (7.5 from the centre) against the central one (0.5)
+    assert (w[0, 3] / w[7, 3]).item() == pytest.approx(math.exp(-0.5 * (7.5 / 2) ** 2 + 0.5 * (0.5 / 2) ** 2), rel=1e-5)
+    assert w.max() == 1.0
+    tiny = gaussian_importance_map((400,), sigma_scale=0.01)  # far tails underflow: raised to the smallest weight
+    assert tiny.min() > 0 and (tiny == tiny.min()).sum() > 100

@@ -166,6 +166,7 @@ def test_bfa_distance_term_is_logged_only_when_on(tmp_path):
     loss.backward()
 
 
+@pytest.mark.slow
 def test_training_learns_synthetic(tmp_path):
     """A short supervised run on synthetic phantoms reaches Dice > 0.8."""
     raw = tiny_config("supervised", iterations=150, val_every=150, log_every=50, checkpoint_every=150,
@@ -177,6 +178,7 @@ def test_training_learns_synthetic(tmp_path):
     assert (tmp_path / "run" / "log.jsonl").exists() and (tmp_path / "run" / "tensorboard").is_dir()
 
 
+@pytest.mark.slow
 def test_bfa_beats_supervised_with_the_same_labels(tmp_path):
     """2 labeled of 24 synthetic phantoms, 200 iterations each: BFA's Dice beats supervised-only.
 
