@@ -180,20 +180,24 @@ def test_training_learns_synthetic(tmp_path):
 
 @pytest.mark.slow
 def test_bfa_beats_supervised_with_the_same_labels(tmp_path):
-    """2 labeled of 24 synthetic phantoms, 200 iterations each: BFA's Dice beats supervised-only.
+    """1 labeled of 24 synthetic phantoms, 200 iterations: BFA's Dice beats BFA with its unlabeled branch
+    switched off (pseudo_weight 0: the same labels, copy-paste, boundary head and schedule), so the test
+    fails whenever the pseudo-labels stop contributing.
 
-    Measured (seed 1): supervised 88.7 %, BFA 94.5 % (last checkpoints, 6 held-out phantoms).
+    Measured (fp32, last checkpoints, 6 held-out phantoms): seed 1: BFA 94.33 %, ablation 93.03 %;
+    seed 2: 93.38 % vs 92.63 % (two labeled cases: 94.33 % vs 94.69 %: there the labels already suffice).
     """
     from bfaseg.experiments import evaluate_checkpoint
 
     dice = {}
-    for method in ("supervised", "bfa"):
-        raw = tiny_config(method, iterations=200, batch_labeled=4, batch_unlabeled=4, val_every=200,
-                          log_every=50, checkpoint_every=200, keep_checkpoints=0, seed=1)
-        raw["data"].update(synthetic_cases=24, synthetic_val_cases=6, labeled=2)
+    for name, pseudo_weight in (("bfa", None), ("no_unlabeled", 0.0)):
+        raw = tiny_config("bfa", iterations=200, batch_labeled=4, batch_unlabeled=4, val_every=200, log_every=50,
+                          checkpoint_every=200, keep_checkpoints=0, seed=1, precision="fp32")
+        raw["data"].update(synthetic_cases=24, synthetic_val_cases=6, labeled=1)
         raw["data"].pop("labeled_fraction")
-        cfg = validate_config(raw)
-        trainer = Trainer(cfg, tmp_path / method, progress=False)
+        if pseudo_weight is not None:
+            raw["method"]["pseudo_weight"] = pseudo_weight
+        trainer = Trainer(validate_config(raw), tmp_path / name, progress=False)
         trainer.fit()
-        dice[method] = evaluate_checkpoint(tmp_path / method / "checkpoints" / "last.pt", trainer.data.val)["mean"]["dice"]
-    assert dice["bfa"] > dice["supervised"] + 0.02, dice
+        dice[name] = evaluate_checkpoint(tmp_path / name / "checkpoints" / "last.pt", trainer.data.val)["mean"]["dice"]
+    assert dice["bfa"] > dice["no_unlabeled"] + 0.006, dice
