@@ -514,3 +514,17 @@ def test_gaussian_importance_sigma_is_an_eighth_of_the_patch():
     assert w.max() == 1.0
     tiny = gaussian_importance_map((400,), sigma_scale=0.01)  # far tails underflow: raised to the smallest weight
     assert tiny.min() > 0 and (tiny == tiny.min()).sum() > 100
+
+
+def test_signed_distance_defaults_and_a_missing_first_class():
+    from bfaseg.methods.boundary import signed_distance_maps
+
+    label = torch.zeros(1, 1, 90, dtype=torch.long)
+    label[0, 0, :10] = 2  # class 1 absent, class 2 present: both maps still filled
+    phi = signed_distance_maps(label, 3)
+    assert phi.dtype == torch.float32 and phi.shape == (1, 2, 1, 90)
+    assert torch.all(phi[0, 0] == 5.0)  # default clip 5
+    assert phi[0, 1, 0, 30].item() == pytest.approx(2.1)  # default scale: 21 voxels away = 2.1
+    assert phi[0, 1, 0, 9].item() == pytest.approx(-0.1) and phi[0, 1, 0, 80].item() == 5.0
+    full = signed_distance_maps(torch.full((1, 1, 6), 1), 2)  # the class fills the patch: deep inside everywhere
+    assert torch.all(full == -5.0)
