@@ -528,3 +528,9 @@ def test_signed_distance_defaults_and_a_missing_first_class():
     assert phi[0, 1, 0, 9].item() == pytest.approx(-0.1) and phi[0, 1, 0, 80].item() == 5.0
     full = signed_distance_maps(torch.full((1, 1, 6), 1), 2)  # the class fills the patch: deep inside everywhere
     assert torch.all(full == -5.0)
+
+
+def test_supervised_logs_its_loss_as_sup(tmp_path):
+    t = _trainer(tmp_path, "supervised")
+    loss, logs = t.method.training_step(_batch(), 0)
+    assert set(logs) == {"sup"} and logs["sup"].item() == loss.item() and not logs["sup"].requires_grad
