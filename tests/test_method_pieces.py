@@ -368,14 +368,15 @@ def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("method,pretrain", [("bcp", 3), ("bfa", 2), ("mean_teacher", 0)])
-def test_teacher_life_through_the_trainer(tmp_path, method, pretrain):
+@pytest.mark.parametrize("method,fraction,pretrain", [("bcp", 3, 3), ("bfa", 1 / 7, 1), ("mean_teacher", None, 0)])
+def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
     """Frozen during pre-training, a copy of the student when it ends, then closed-form EMA
     (decay min(1 - 1/(t+1), ema_decay)) on parameters AND BatchNorm running statistics."""
-    params = {"pretrain": pretrain} if pretrain else {}
+    params = {"pretrain": fraction} if pretrain else {}  # > 1: iterations; <= 1: a fraction of the 7
     t = _trainer(tmp_path, method, train={"iterations": 7, "val_every": 7, "log_every": 7, "checkpoint_every": 7,
                                           "ema_decay": 0.6}, **params)
     assert all(not p.requires_grad for p in t.teacher.parameters())
+    assert getattr(t.method, "pretrain_iterations", 0) == pretrain
     snaps = []
     hook = t.method.on_iteration_start
 
