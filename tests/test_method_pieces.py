@@ -535,3 +535,15 @@ def test_supervised_logs_its_loss_as_sup(tmp_path):
     t = _trainer(tmp_path, "supervised")
     loss, logs = t.method.training_step(_batch(), 0)
     assert set(logs) == {"sup"} and logs["sup"].item() == loss.item() and not logs["sup"].requires_grad
+
+
+def test_mean_teacher_consistency_is_the_mse_of_softmaxes(tmp_path):
+    t = _trainer(tmp_path, "mean_teacher")
+    t.teacher = _FixedTeacher()
+    batch = _batch()
+    torch.manual_seed(0)
+    _, logs = t.method.training_step(batch, 0)
+    torch.manual_seed(0)  # the same dropout masks
+    logits = t.student(torch.cat([batch["image_l"], batch["image_u"]]))[4:]
+    expected = ((torch.softmax(logits, 1) - torch.softmax(t.teacher.logits, 1)) ** 2).mean()
+    assert logs["consistency"].item() == pytest.approx(expected.item(), rel=1e-5)
