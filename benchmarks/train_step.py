@@ -420,7 +420,7 @@ def parse_args(argv=None):
 
 
 def resolve_precision(choice: str) -> tuple[str, bool]:
-    from bfaseg.training.distributed import native_bf16_on_cpu
+    from bfaseg.precision import native_bf16_on_cpu
 
     native = native_bf16_on_cpu()
     if choice == "auto":

@@ -71,8 +71,9 @@ def main() -> None:
                 cfg = {k: dict(v) for k, v in spec.items() if k in ("data", "model", "train", "eval")}
                 cfg["data"] = {**cfg["data"], "labeled": n}
                 cfg["method"] = {"name": method}
-                if method == "bcp" and bench != "acdc":
-                    # BCP's own LA/Pancreas protocol: 4 + 4 per batch, pre-training inside the same budget
+                if method in ("bcp", "bfa") and bench != "acdc":
+                    # BCP's own LA/Pancreas protocol: 4 + 4 per batch, pre-training inside the same budget;
+                    # BFA extends BCP and gets the same batches (a fair comparison of the two)
                     cfg["train"] = {**cfg["train"], "batch_labeled": 4, "batch_unlabeled": 4}
                 name = f"{method}_{percent}.yaml" if percent != 100 else "supervised_full.yaml"
                 header = f"# {bench.upper()} {percent}% labeled ({n} {'slices' if bench == 'acdc' else 'cases'}), {method}; paper protocol (PROTOCOL.md)\n"

@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=2)
     ap.add_argument("--shape", type=int, nargs=3, default=[56, 48, 20])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--annotator", metavar="DIR",
+                    help="also write the labels of the unlabeled scans here (an annotator to ask, see OWN_DATA.md)")
     args = ap.parse_args()
     out = Path(args.output)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -44,6 +46,9 @@ def main() -> None:
             nib.save(nib.Nifti1Image(image, affine), out / "imagesTr" / f"{case}_0000.nii.gz")
             if i < args.labeled:
                 nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), out / "labelsTr" / f"{case}.nii.gz")
+            elif args.annotator:
+                Path(args.annotator).mkdir(parents=True, exist_ok=True)
+                nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), Path(args.annotator) / f"{case}.nii.gz")
         else:
             nib.save(nib.Nifti1Image(image, affine), out / "imagesTs" / f"{case}_0000.nii.gz")
             nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), out / "labelsTs" / f"{case}.nii.gz")

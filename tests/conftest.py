@@ -6,6 +6,11 @@ import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Tests that do not test precision train in TEST_PRECISION: fp32 by default, so results do not depend
+# on the CPU (AVX2-only, AVX512-BF16, AMX); `BFASEG_TEST_PRECISION=auto` (or bf16) runs them in bf16
+# wherever the precision policy allows it (docs/BENCHMARKS.md, "bf16 on the CPU").
+TEST_PRECISION = os.environ.get("BFASEG_TEST_PRECISION", "fp32")
+
 
 def real_data_root() -> Path | None:
     root = os.environ.get("BFASEG_DATA")
@@ -27,7 +32,7 @@ def tiny_config(method: str = "supervised", **train) -> dict:
                  "synthetic_cases": 10, "synthetic_val_cases": 2, "labeled_fraction": 0.2},
         "model": {"name": "unet2d", "num_classes": 3},
         "train": {"iterations": 6, "batch_labeled": 2, "batch_unlabeled": 2, "val_every": 3, "log_every": 3,
-                  "checkpoint_every": 3, "threads": 1},
+                  "checkpoint_every": 3, "threads": 1, "precision": TEST_PRECISION},
         "method": {"name": method},
     }
     cfg["train"].update(train)

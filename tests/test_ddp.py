@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TEST_PRECISION
 
 WORLD = 2
 BASE = {
@@ -39,7 +40,7 @@ BASE = {
     "model": {"name": "unet2d", "num_classes": 3, "base_channels": 8, "dropout": False},
     "train": {
         "iterations": 6, "batch_labeled": 2, "batch_unlabeled": 2, "val_every": 6, "log_every": 1,
-        "checkpoint_every": 3, "threads": 1, "device": "cpu",
+        "checkpoint_every": 3, "threads": 1, "device": "cpu", "precision": TEST_PRECISION,
     },
     "method": {"name": "mean_teacher"},
 }

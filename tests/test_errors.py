@@ -28,11 +28,12 @@ import yaml
 
 from bfaseg.cli.main import main
 from bfaseg.training import checkpoint as ckpt
+from conftest import TEST_PRECISION
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
 
 TRAIN = {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 2, "val_every": 4, "log_every": 2,
-         "checkpoint_every": 2, "threads": 1}
+         "checkpoint_every": 2, "threads": 1, "precision": TEST_PRECISION}
 SYNTH = {
     "data": {"dataset": "synthetic", "synthetic_ndim": 2, "synthetic_size": [32, 32], "patch_size": [32, 32],
              "labeled_fraction": 0.2, "synthetic_cases": 10, "synthetic_val_cases": 2},

@@ -20,6 +20,7 @@ from bfaseg.config import validate_config
 from bfaseg.data.synthetic import make_phantom
 from bfaseg.errors import BfasegError
 from bfaseg.training.checkpoint import load_checkpoint, save_checkpoint
+from conftest import TEST_PRECISION
 
 LA_IDS = ["CASEA01", "CASEB02", "CASEC03", "CASED04"]
 ACDC_PATIENTS = ["patient001_frame01", "patient002_frame01", "patient003_frame01"]
@@ -55,7 +56,7 @@ def la_run(tmp_path_factory):
     cfg = {
         "data": {"dataset": "la", "root": str(root), "val_cases": 1, "patch_size": [16, 16, 16], "downsample": 2},
         "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
-        "train": {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 0, "device": "cpu", "threads": 1,
+        "train": {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 0, "device": "cpu", "threads": 1, "precision": TEST_PRECISION,
                   "val_every": 4, "log_every": 2, "checkpoint_every": 4, "keep_checkpoints": 0},
         "method": {"name": "supervised"},
     }
@@ -80,7 +81,7 @@ def acdc_run(tmp_path_factory):
     cfg = {
         "data": {"dataset": "acdc", "root": str(root), "patch_size": [32, 32]},
         "model": {"name": "unet2d", "num_classes": 4, "base_channels": 4},
-        "train": {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 0, "device": "cpu", "threads": 1,
+        "train": {"iterations": 4, "batch_labeled": 2, "batch_unlabeled": 0, "device": "cpu", "threads": 1, "precision": TEST_PRECISION,
                   "val_every": 4, "log_every": 2, "checkpoint_every": 4, "keep_checkpoints": 0},
         "method": {"name": "supervised"},
     }

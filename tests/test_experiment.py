@@ -37,3 +37,129 @@ def test_experiment_runs_skips_and_reevaluates(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert again["supervised_s1"]["last"]["mean"]["dice"] == true_dice
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # atomic writes leave no debris
+
+
+def _tiny(tmp_path, method="supervised", **train):
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(method, precision="fp32", **train)))
+    return cfg
+
+
+def test_images_per_step_is_what_the_methods_forward(tmp_path):
+    """The images-per-step columns count the student's and the teacher's forward batches of a real step."""
+    import torch
+
+    from bfaseg.config import validate_config
+    from bfaseg.experiments import images_per_step, variant_config
+    from bfaseg.training.trainer import Trainer
+
+    base = tiny_config("supervised", precision="fp32", batch_labeled=4, batch_unlabeled=4)
+    batch = {"image_l": torch.randn(4, 1, 32, 32), "label_l": torch.randint(0, 3, (4, 32, 32)),
+             "image_u": torch.randn(4, 1, 32, 32)}
+    expected = {"supervised": (4, 0, None), "mean_teacher": (8, 4, None), "ua_mt": (8, 4 * 9, None),
+                "bcp": (4, 4, 2), "bfa": (8, 4, 6)}  # (student, teacher, student in pre-training)
+    for method, (student, teacher, student_pre) in expected.items():
+        cfg = validate_config({**base, "method": {"name": method}})
+        trainer = Trainer(cfg, tmp_path / method, progress=False)
+        seen = {"student": 0, "teacher": 0}
+        for role, net in (("student", trainer.student), ("teacher", trainer.teacher)):
+            if net is not None:
+                net.register_forward_hook(
+                    lambda m, inp, out, role=role: seen.__setitem__(role, seen[role] + len(inp[0])))
+        last = cfg.train.iterations - 1  # after any pre-training
+        trainer.method.on_iteration_start(last)
+        trainer.method.training_step(batch, last)
+        counts = images_per_step(cfg)
+        assert (seen["student"], seen["teacher"]) == (counts["student"], counts["teacher"]) == (student, teacher)
+        if student_pre is not None:
+            seen.update(student=0, teacher=0)
+            trainer.method.training_step(batch, 0)
+            assert (seen["student"], seen["teacher"]) == (counts["student_pretrain"], 0) == (student_pre, 0)
+    # the compute-matched controls see as many student images per step as BFA
+    matched = variant_config({**base, "method": {"name": "bfa"}}, "full_matched", 1, [])
+    assert matched.train.batch_labeled == 8 and matched.data.labeled_fraction is None
+
+
+def test_arguments_are_checked_before_anything_trains(tmp_path, capsys):
+    cfg = _tiny(tmp_path)
+    out = tmp_path / "exp"
+    for extra, message in ((["--methods", "supervised,bfa_typo"], "unknown variant 'bfa_typo'"),
+                           (["--seeds", "1,x"], "--seeds"), (["--seeds", "1,1"], "given twice"),
+                           (["--jobs", "0"], "--jobs"), (["--set", "train.iterations=0"], "train.iterations")):
+        assert main(["experiment", str(cfg), "--methods", "supervised", "--output", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() or not any(out.iterdir())  # nothing trained, nothing written
+
+
+def test_jobs_resume_and_partial_tables(tmp_path, capsys, monkeypatch):
+    import bfaseg.experiments as experiments
+    from bfaseg.methods.supervised import Supervised
+
+    cfg = _tiny(tmp_path, iterations=4, val_every=2, checkpoint_every=2)
+    out = tmp_path / "exp"
+    args = ["experiment", str(cfg), "--methods", "supervised,bfa", "--seeds", "1", "--output", str(out),
+            "--no-progress"]
+
+    # a run interrupted mid-way (Ctrl-C after its checkpoint at iteration 2) ...
+    step = Supervised.training_step
+
+    def interrupted(self, batch, iteration):
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return step(self, batch, iteration)
+
+    monkeypatch.setattr(Supervised, "training_step", interrupted)
+    assert main(args) == 130
+    run = out / "supervised_s1"
+    assert (run / "checkpoints" / "last.pt").exists() and not (run / "train_summary.json").exists()
+    before = (run / "log.jsonl").read_text()
+    monkeypatch.setattr(Supervised, "training_step", step)
+
+    # ... is resumed by the next call, here with two parallel jobs; tables are written as each run ends
+    written = []
+    write_tables = experiments.write_tables
+    monkeypatch.setattr(experiments, "write_tables", lambda results, o: (written.append(len(results)),
+                                                                         write_tables(results, o)))
+    capsys.readouterr()
+    assert main([*args, "--jobs", "2"]) == 0
+    assert written[:2] == [1, 2]  # a partial table after the first finished run, then the full one
+    after = (run / "log.jsonl").read_text()
+    assert after.startswith(before) and len(after) > len(before)  # continued, not restarted
+    assert json.loads((run / "train_summary.json").read_text())["iterations"] == 4
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"supervised_s1", "bfa_s1"}
+    assert results["bfa_s1"]["images_per_step"] == {"student": 4, "teacher": 2, "student_pretrain": 3,
+                                                     "teacher_pretrain": 0}
+    table = (out / "results.md").read_text()
+    assert "student images/step" in table and "| bfa | 1 | 4 (3 in pre-training) | 2 (0 in pre-training) |" in table
+    assert "| supervised | 1 | 2 | 0 |" in table
+    assert "val Dice gained over the last quarter" in table
+
+
+def test_plateau_rule(tmp_path, capsys):
+    from bfaseg.reporting import plateau
+
+    curve = [{"iteration": i, "val_dice": d} for i, d in ((500, 0.70), (1000, 0.80), (1500, 0.835), (2000, 0.854))]
+    rising = plateau(curve)
+    assert rising["from_iteration"] == 1500 and round(rising["gain"] * 100, 2) == 1.9 and not rising["plateau"]
+    assert plateau(curve[:-1] + [{"iteration": 2000, "val_dice": 0.84}])["plateau"]
+    assert plateau(curve[:1]) is None
+
+    run = tmp_path / "full_s1"
+    run.mkdir()
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+    assert main(["report", str(run), "--plateau", "--overlay-cases", "0", "--output", str(tmp_path / "rep")]) == 0
+    assert "+1.90 points over the last 25%: still rising" in capsys.readouterr().out
+
+
+def test_converged_configs_are_valid():
+    from pathlib import Path
+
+    from bfaseg.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    acdc = load_config(root / "acdc" / "cpu_converged.yaml")
+    la = load_config(root / "la" / "cpu_converged.yaml")
+    assert acdc.train.precision == la.train.precision == "auto"
+    assert acdc.data.patch_size == [128, 128] and la.data.downsample == 2
+    assert all(s // 16 >= 3 for s in la.data.patch_size)  # V-Net bottleneck (4 halvings) >= 3 voxels per axis

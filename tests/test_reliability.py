@@ -24,6 +24,7 @@ from bfaseg import __version__
 from bfaseg.cli.main import main
 from bfaseg.errors import BfasegError
 from bfaseg.training import checkpoint as ckpt
+from conftest import TEST_PRECISION
 
 BASE = {
     "data": {
@@ -33,7 +34,7 @@ BASE = {
     "model": {"name": "unet2d", "num_classes": 3, "base_channels": 8},
     "train": {
         "iterations": 12, "batch_labeled": 2, "batch_unlabeled": 2, "val_every": 6, "log_every": 3,
-        "checkpoint_every": 3, "threads": 1,
+        "checkpoint_every": 3, "threads": 1, "precision": TEST_PRECISION,
     },
     "method": {"name": "supervised"},
 }

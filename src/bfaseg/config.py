@@ -72,8 +72,10 @@ class TrainConfig(_Section):
     poly_power: float = 0.9
     step_milestones: list[int] = Field(default_factory=list)
     step_gamma: float = 0.1
-    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is ~10x slower)
+    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX) where its gradients are right
+    # (bfaseg.precision), fp32 elsewhere (emulated bf16 is ~10x slower)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    force_precision: bool = False  # train in bf16 even where bfaseg.precision knows its gradients are wrong
     channels_last: bool = True
     compile: bool = False
     device: str = "auto"

@@ -2,7 +2,9 @@
 the best checkpoint on an evaluation list, write results.json / results.md / plots.
 
 Every run lives in ``<output>/<variant>_s<seed>``; finished runs are skipped and
-interrupted ones resumed, so the whole table can be rebuilt by re-running the command.
+interrupted ones resumed (from ``checkpoints/last.pt``), so the whole table can be rebuilt by
+re-running the command, in another session or on another machine. ``jobs`` > 1 runs independent
+runs in parallel processes of one thread each; the tables are rewritten whenever a run finishes.
 """
 
 from __future__ import annotations
@@ -10,17 +12,27 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bfaseg.config import apply_overrides, load_yaml, validate_config
-from bfaseg.errors import BfasegError
+from bfaseg.errors import BfasegError, Interrupted
+
+# a variant key (not a config key): train.batch_labeled := the student images per step of that variant,
+# so a supervised control gets the same number of student forward images per step (equal compute)
+MATCH = "match_student_images_of"
 
 # name -> config overrides; every variant shares the base config's budget
 VARIANTS: dict[str, dict] = {
     "supervised": {"method": {"name": "supervised"}},
+    "supervised_matched": {"method": {"name": "supervised"}, MATCH: "bfa"},
     "full": {"method": {"name": "supervised"}, "data": {"labeled": None, "labeled_fraction": None}},
+    "full_matched": {"method": {"name": "supervised"}, "data": {"labeled": None, "labeled_fraction": None},
+                     MATCH: "bfa"},
     "mean_teacher": {"method": {"name": "mean_teacher"}},
     "ua_mt": {"method": {"name": "ua_mt"}},
     "bcp": {"method": {"name": "bcp"}},
@@ -55,30 +67,66 @@ def _merge(base: dict, extra: dict) -> dict:
 def variant_config(base_raw: dict, variant: str, seed: int, overrides: list[str]):
     if variant not in VARIANTS:
         raise BfasegError(f"--methods: unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
-    raw = _merge(base_raw, VARIANTS[variant])
+    spec = dict(VARIANTS[variant])
+    match = spec.pop(MATCH, None)
+    raw = _merge(base_raw, spec)
     raw = _merge(raw, {"train": {"seed": seed}})
-    if variant == "full":  # all labeled, but keep the method's own params off
-        raw["method"] = {"name": "supervised"}
+    if (base_raw.get("method") or {}).get("name") != spec["method"]["name"]:
+        raw["method"] = dict(spec["method"])  # the base's method params belong to another method
     raw = apply_overrides(raw, overrides)
+    if match:
+        student = images_per_step(variant_config(base_raw, match, seed, overrides))["student"]
+        raw = _merge(raw, {"train": {"batch_labeled": student}})
     return validate_config(raw, source=f"variant {variant}")
 
 
+def images_per_step(cfg) -> dict[str, int]:
+    """Student and teacher forward images of one training step of this config (``*_pretrain``: during
+    the method's pre-training phase, where it differs)."""
+    from bfaseg.methods import get_method_class
+
+    cls = get_method_class(cfg.method.name)
+    unlabeled = cfg.train.batch_unlabeled if cls.uses_unlabeled else 0
+    return cls.images_per_step(cls.Params.model_validate(cfg.method_params()), cfg.train.batch_labeled, unlabeled)
+
+
+def run_precision(path: Path, cfg, device) -> str:
+    """The precision the run of checkpoint ``path`` trained in: its train_summary.json's choice
+    (``auto`` may have picked fp32 for a reason), else ``auto`` resolved on ``device``."""
+    from bfaseg.precision import bf16_is_fast
+
+    summary = Path(path).parent.parent / "train_summary.json"
+    if summary.is_file():
+        chosen = json.loads(summary.read_text()).get("precision")
+        if chosen:
+            return chosen
+    if cfg.train.precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    return cfg.train.precision
+
+
 def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:
-    """Per-case metrics (voxels) of one checkpoint on in-memory cases; classes 1..K-1."""
+    """Per-case metrics (voxels) of one checkpoint on in-memory cases; classes 1..K-1.
+
+    Predicts on the run's device in the run's precision (``train.device``, ``train.precision``)."""
     import torch
 
     from bfaseg.inference.checkpoints import load_model_from_checkpoint
     from bfaseg.metrics import compute
+    from bfaseg.training.trainer import resolve_device
     from bfaseg.training.validation import predict_case
 
     model, cfg, state = load_model_from_checkpoint(path, which="student")
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    precision = run_precision(path, cfg, device)
     k = cfg.model.num_classes
     per_case = []
     with torch.no_grad():
         for case in cases:
             labels, _ = predict_case(
                 model, case.image, train_ndim=state["data"]["train_ndim"], patch_size=tuple(cfg.data.patch_size),
-                num_classes=k, eval_cfg=eval_cfg_override or cfg.eval, precision=cfg.train.precision,
+                num_classes=k, eval_cfg=eval_cfg_override or cfg.eval, precision=precision, device=str(device),
             )
             res = compute(labels, case.label, classes=list(range(1, k)))
             row = {"case": case.case_id}
@@ -99,6 +147,118 @@ def evaluate_checkpoint(path: Path, cases, eval_cfg_override=None) -> dict:
     return {"iteration": int(state["iteration"]), "mean": mean, "per_case": per_case, "n_failed": n_failed}
 
 
+@dataclass
+class PlannedRun:
+    name: str
+    variant: str
+    seed: int
+    cfg: object  # RunConfig
+
+    @property
+    def images(self) -> dict[str, int]:
+        return images_per_step(self.cfg)
+
+
+def plan_runs(base_config: str, variants: list[str], seeds: list[int], overrides: list[str],
+              eval_list: str | None = None) -> list[PlannedRun]:
+    """Every (variant, seed) run's validated config, built before anything trains: a typo in the last
+    variant fails at once, not after hours of training."""
+    if not variants:
+        raise BfasegError("--methods: no variant given")
+    if not seeds:
+        raise BfasegError("--seeds: no seed given")
+    for what, values in (("--methods", variants), ("--seeds", seeds)):
+        dup = sorted({str(v) for v in values if values.count(v) > 1})
+        if dup:
+            raise BfasegError(f"{what}: given twice: {', '.join(dup)}")
+    base_raw = load_yaml(base_config)
+    runs = [PlannedRun(f"{v}_s{s}", v, s, variant_config(base_raw, v, s, overrides)) for v in variants for s in seeds]
+    data = runs[0].cfg.data
+    if data.dataset != "synthetic":
+        if not data.root or not Path(data.root).is_dir():
+            raise BfasegError(f"data.root: folder not found: {data.root} (set it with --data)")
+        if eval_list and not (Path(data.root) / eval_list).is_file():
+            raise BfasegError(f"--eval-list: {Path(data.root) / eval_list} not found")
+    return runs
+
+
+_EVAL_CASES: dict[str, tuple] = {}  # evaluation cases per (data, list), loaded once per process
+
+
+def _eval_cases(cfg, eval_list: str | None):
+    from bfaseg.data.build import build_data
+    from bfaseg.data.readers import load_cases, read_list
+    from bfaseg.data.transforms import downsample_case_arrays
+
+    # the labeled part of the training list does not change the evaluation cases
+    key = json.dumps([cfg.data.model_dump(exclude={"labeled", "labeled_fraction", "split_file"}), eval_list],
+                     sort_keys=True)
+    if key not in _EVAL_CASES:
+        if eval_list:
+            ids = read_list(Path(cfg.data.root) / eval_list)
+            cases = load_cases(cfg.data.dataset, cfg.data.root, ids, kind="eval", num_classes=cfg.model.num_classes)
+            for c in cases:
+                c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.data.downsample)
+            _EVAL_CASES[key] = (cases, eval_list)
+        else:
+            bundle = build_data(cfg.data, cfg.model.num_classes, progress=False)
+            _EVAL_CASES[key] = (bundle.val, bundle.val_split)
+    return _EVAL_CASES[key]
+
+
+def train_and_evaluate(run: PlannedRun, run_dir: Path, previous: dict, eval_list: str | None,
+                       progress: bool) -> dict:
+    """Train (or resume) one run and evaluate the checkpoints ``previous`` has no evaluation of.
+    Returns the run's results entry. Runs in the experiment's process or in a worker process."""
+    from bfaseg.training.trainer import Trainer
+
+    cfg = run.cfg
+    if not (run_dir / "train_summary.json").exists():
+        last = run_dir / "checkpoints" / "last.pt"
+        if last.exists():
+            from bfaseg.training.checkpoint import load_checkpoint
+
+            print(f"[resume] {run.name} from iteration {int(load_checkpoint(last)['iteration'])}", flush=True)
+        Trainer(cfg, run_dir, resume=last.exists(), progress=progress).fit()
+    cases, eval_split = _eval_cases(cfg, eval_list)
+    entry = dict(previous, variant=run.variant, seed=run.seed, eval_split=eval_split)
+    for which in EVALUATIONS:
+        path = run_dir / "checkpoints" / f"{which.split('_')[0]}.pt"
+        if path.exists() and which not in entry:
+            # "_lcc": the same checkpoint, largest connected component per class kept (3-D), all methods alike
+            eval_cfg = cfg.eval.model_copy(update={"largest_component": which.endswith("_lcc")})
+            entry[which] = evaluate_checkpoint(path, cases, eval_cfg)
+    entry["train_summary"] = json.loads((run_dir / "train_summary.json").read_text())
+    return entry
+
+
+def _one_thread_worker() -> None:
+    """Worker start-up: one intra-op thread (the runs share the machine's cores)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _worker(run: PlannedRun, run_dir: Path, previous: dict, eval_list: str | None) -> dict:
+    t0 = time.perf_counter()
+    entry = train_and_evaluate(run, run_dir, previous, eval_list, progress=False)
+    print(f"[done] {run.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return entry
+
+
+def _update_results(results_path: Path, updates: dict) -> dict:
+    """Merge entries into results.json as it is on disk now (several experiment processes may share one
+    folder) and write it atomically; returns the merged results."""
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.update(updates)
+    tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(results_path)
+    return results
+
+
 def run_experiment(
     base_config: str,
     variants: list[str],
@@ -110,66 +270,88 @@ def run_experiment(
     progress: bool = True,
     train: bool = True,
     reevaluate: bool = False,
+    jobs: int = 1,
 ) -> dict:
-    from bfaseg.data.build import build_data
-    from bfaseg.data.readers import load_cases, read_list
-    from bfaseg.training.trainer import Trainer
-
+    if jobs < 1:
+        raise BfasegError(f"--jobs: must be >= 1, got {jobs}")
+    overrides = list(overrides or [])
+    if jobs > 1:
+        overrides.append("train.threads=1")  # resumable change: a run started with other threads continues
+    runs = plan_runs(base_config, variants, seeds, overrides, eval_list)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    base_raw = load_yaml(base_config)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    eval_cases = None
-    for variant in variants:
-        for seed in seeds:
-            name = f"{variant}_s{seed}"
-            cfg = variant_config(base_raw, variant, seed, overrides or [])
-            run_dir = out / name
-            if reevaluate and name in results:
-                results[name] = {k: v for k, v in results[name].items() if k not in EVALUATIONS}
-            if name in results and (run_dir / "train_summary.json").exists() and all(
-                w in results[name] for w in EVALUATIONS
-            ):
-                print(f"[skip] {name}: done")
-                continue
-            if not train and not (run_dir / "train_summary.json").exists():
-                print(f"[skip] {name}: not trained (--no-train)")
-                continue
-            print(f"[run] {name}")
-            if not (run_dir / "train_summary.json").exists():
-                resume = (run_dir / "checkpoints" / "last.pt").exists()
-                Trainer(cfg, run_dir, resume=resume, progress=progress).fit()
-            if eval_cases is None:
-                if eval_list:
-                    ids = read_list(Path(cfg.data.root) / eval_list)
-                    kind = "eval"
-                    eval_cases = load_cases(cfg.data.dataset, cfg.data.root, ids, kind=kind,
-                                            num_classes=cfg.model.num_classes)
-                    from bfaseg.data.transforms import downsample_case_arrays
+    images = {r.name: r.images for r in runs}
+    todo = []
+    for run in runs:
+        entry = results.get(run.name, {})
+        if reevaluate:
+            entry = {k: v for k, v in entry.items() if k not in EVALUATIONS}
+        trained = (out / run.name / "train_summary.json").exists()
+        if trained and all(w in entry for w in EVALUATIONS):
+            print(f"[skip] {run.name}: done")
+        elif not train and not trained:
+            print(f"[skip] {run.name}: not trained (--no-train)")
+        else:
+            todo.append((run, entry))
+    # runs already in the table get their images per step (tables written before they were recorded)
+    results = _update_results(results_path, {n: dict(results[n], images_per_step=images[n])
+                                             for n in images if n in results})
+    failed: list[str] = []
 
-                    for c in eval_cases:
-                        c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.data.downsample)
-                    eval_split = eval_list
-                else:
-                    bundle = build_data(cfg.data, cfg.model.num_classes, progress=False)
-                    eval_cases, eval_split = bundle.val, bundle.val_split
-            entry = dict(results.get(name, {}), variant=variant, seed=seed, eval_split=eval_split)
-            for which in EVALUATIONS:
-                path = run_dir / "checkpoints" / f"{which.split('_')[0]}.pt"
-                if path.exists() and which not in entry:
-                    # "_lcc": the same checkpoint, largest connected component per class kept (3-D), all methods alike
-                    eval_cfg = cfg.eval.model_copy(update={"largest_component": which.endswith("_lcc")})
-                    entry[which] = evaluate_checkpoint(path, eval_cases, eval_cfg)
-            entry["train_summary"] = json.loads((run_dir / "train_summary.json").read_text())
-            # several experiment processes may share one folder: merge into what is on disk now
-            results = json.loads(results_path.read_text()) if results_path.exists() else {}
-            results[name] = entry
-            tmp = results_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(results, indent=1))
-            tmp.replace(results_path)
+    def finished(run: PlannedRun, entry: dict | None, error: BaseException | None) -> None:
+        nonlocal results
+        if error is not None:
+            detail = str(error) if isinstance(error, BfasegError) else "".join(
+                traceback.format_exception(type(error), error, error.__traceback__))
+            print(f"[failed] {run.name}: {detail}", flush=True)
+            failed.append(run.name)
+            return
+        results = _update_results(results_path, {run.name: dict(entry, images_per_step=images[run.name])})
+        write_tables(results, out)  # partial tables: the finished runs so far
+
+    if jobs == 1:
+        for run, entry in todo:
+            print(f"[run] {run.name}", flush=True)
+            try:
+                finished(run, train_and_evaluate(run, out / run.name, entry, eval_list, progress), None)
+            except Interrupted:
+                raise
+            except BfasegError as exc:  # e.g. a diverged run: the other runs still go into the table
+                finished(run, None, exc)
+    elif todo:
+        _run_parallel(todo, out, eval_list, jobs, finished)
     write_tables(results, out)
+    if failed:
+        raise BfasegError(f"{len(failed)} run(s) failed: {', '.join(failed)} (the tables hold the others; "
+                          "re-run the command to retry them)")
     return results
+
+
+def _run_parallel(todo, out: Path, eval_list, jobs: int, finished) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: a forked child would inherit the parent's OpenMP/torch thread state
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_one_thread_worker)
+    try:
+        futures = {}
+        for run, entry in todo:
+            print(f"[run] {run.name} (parallel, {jobs} jobs)", flush=True)
+            futures[pool.submit(_worker, run, out / run.name, entry, eval_list)] = run
+        for fut in as_completed(futures):
+            run = futures[fut]
+            error = fut.exception()
+            if isinstance(error, Interrupted):
+                raise error
+            finished(run, None if error else fut.result(), error)
+    except BaseException:
+        # Ctrl-C reaches the workers too: their trainers checkpoint and stop; start no queued run
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -179,6 +361,15 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     if len(vals) == 1:
         return f"{vals[0]:.{digits}f}"
     return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+
+
+def _images(entry: dict, role: str) -> str:
+    """'16' or '16 (12 in pre-training)': forward images per step of the student or the teacher."""
+    counts = entry.get("images_per_step")
+    if not counts:
+        return "?"
+    main, pre = counts[role], counts.get(f"{role}_pretrain")
+    return f"{main}" if pre is None or pre == main else f"{main} ({pre} in pre-training)"
 
 
 def _ordered_variants(results: dict) -> list[str]:
@@ -208,8 +399,9 @@ def write_tables(results: dict, out: Path) -> None:
             continue
         title = titles[which]
         lines += [f"### {title}", "",
-                  "| method | seeds | Dice % | Jaccard % | 95HD (vox) | ASD (vox) | per-class Dice % | missed |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| method | seeds | student images/step | teacher images/step | Dice % | Jaccard % | 95HD (vox) "
+                  "| ASD (vox) | per-class Dice % | missed |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for v in variants:
             entries = [e for e in results.values() if e["variant"] == v and which in e]
             if not entries:
@@ -224,26 +416,48 @@ def write_tables(results: dict, out: Path) -> None:
                 if key.startswith("hd95_") and val is None
             )
             lines.append(
-                f"| {v} | {len(entries)} | {_fmt([m['dice'] for m in means], 100)} | {_fmt([m['jaccard'] for m in means], 100)} "
+                f"| {v} | {len(entries)} | {_images(entries[0], 'student')} | {_images(entries[0], 'teacher')} "
+                f"| {_fmt([m['dice'] for m in means], 100)} | {_fmt([m['jaccard'] for m in means], 100)} "
                 f"| {_fmt([m['hd95'] for m in means])} | {_fmt([m['asd'] for m in means])} | {per_class} | {missed} |"
             )
         lines.append("")
     # each run on its own (last checkpoint): one-seed ablations compare against the same seed here
+    # the last column applies the plateau rule to the run's validation curve (bfaseg.reporting.plateau)
     lines += ["### each run, last checkpoint", "",
-              "| run | Dice % | 95HD (vox) | ASD (vox) | + LCC: Dice % | + LCC: 95HD | + LCC: ASD |", "|---|---|---|---|---|---|---|"]
+              "| run | Dice % | 95HD (vox) | ASD (vox) | + LCC: Dice % | + LCC: 95HD | + LCC: ASD "
+              "| val Dice gained over the last quarter |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, e in _ordered_runs(results):
         if "last" not in e:
             continue
         m, lcc = e["last"]["mean"], e.get("last_lcc", {}).get("mean", {})
         lines.append(f"| {name} | {_fmt([m['dice']], 100)} | {_fmt([m['hd95']])} | {_fmt([m['asd']])} "
-                     f"| {_fmt([lcc.get('dice')], 100)} | {_fmt([lcc.get('hd95')])} | {_fmt([lcc.get('asd')])} |")
+                     f"| {_fmt([lcc.get('dice')], 100)} | {_fmt([lcc.get('hd95')])} | {_fmt([lcc.get('asd')])} "
+                     f"| {_plateau_cell(out / name)} |")
     lines.append("")
     split = next(iter(results.values()))["eval_split"] if results else "?"
     lines.insert(0, f"Evaluated on: {split}. Metrics in voxels (medpy definitions; ASD directed pred->gt). "
+                    "Images/step: images one training step forwards through the student / the teacher "
+                    "(validation excluded). "
                     "'missed' = (case, class) pairs where prediction or reference is empty: excluded from the "
                     "distance means (strict policy), so compare distances together with this count.\n")
-    (out / "results.md").write_text("\n".join(lines))
+    tmp = out / f".results.md.{os.getpid()}.tmp"  # readers of a partial table never see half of one
+    tmp.write_text("\n".join(lines))
+    tmp.replace(out / "results.md")
     _plot_curves(results, out)
+
+
+def _plateau_cell(run_dir: Path) -> str:
+    from bfaseg.reporting import plateau, read_run
+
+    try:
+        p = plateau(read_run(run_dir, with_method=False).val)
+    except BfasegError:
+        return "n/a"
+    if p is None:
+        return "n/a"
+    verdict = ", plateau" if p["plateau"] else ""
+    return f"{p['gain'] * 100:+.2f} points ({p['from_iteration']}→{p['to_iteration']}{verdict})"
 
 
 def _plot_curves(results: dict, out: Path) -> None:

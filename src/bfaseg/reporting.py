@@ -28,6 +28,7 @@ __all__ = [
     "read_run",
     "plot_curves",
     "comparison_table",
+    "plateau",
     "overlay_figure",
     "save_figure",
     "pick_slice",
@@ -94,8 +95,9 @@ def _method_of(run_dir: Path) -> str | None:
     return None
 
 
-def read_run(run_dir: str | Path, name: str | None = None) -> RunLog:
-    """Parse ``RUN/log.jsonl``. A torn last line (run killed mid-write) is skipped and counted."""
+def read_run(run_dir: str | Path, name: str | None = None, *, with_method: bool = True) -> RunLog:
+    """Parse ``RUN/log.jsonl``. A torn last line (run killed mid-write) is skipped and counted.
+    ``with_method``: also look up the run's method (may load a checkpoint)."""
     run_dir = Path(run_dir)
     log = run_dir / "log.jsonl"
     if not run_dir.is_dir():
@@ -125,7 +127,7 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunLog:
             run.train.append(rec)
     run.train.sort(key=lambda r: r["iteration"])
     run.val.sort(key=lambda r: r["iteration"])
-    run.method = _method_of(run_dir)
+    run.method = _method_of(run_dir) if with_method else None
     return run
 
 
@@ -201,6 +203,38 @@ def comparison_table(runs: Sequence[RunLog]) -> str:
         name = r.name.replace("|", "\\|")
         lines.append(f"| {name} | {r.method or '?'} | {best} | {last} | {r.iterations if r.iterations else '-'} |")
     return "\n".join(lines) + "\n"
+
+
+PLATEAU_POINTS = 1.0  # Dice points
+PLATEAU_FRACTION = 0.25  # of the run
+
+
+def plateau(val: Sequence[dict], fraction: float = PLATEAU_FRACTION, points: float = PLATEAU_POINTS) -> dict | None:
+    """The plateau rule on a validation curve: the run has plateaued when the validation Dice gained
+    over its last ``fraction`` (last value minus the last value at or before ``(1 - fraction)`` of the
+    final iteration) is below ``points`` Dice points. ``val``: records with ``iteration`` and ``val_dice``
+    (``RunLog.val``). None when the curve has no point before the last quarter."""
+    if len(val) < 2:
+        return None
+    last = val[-1]
+    earlier = [r for r in val[:-1] if r["iteration"] <= (1 - fraction) * last["iteration"]]
+    if not earlier:
+        return None
+    gain = float(last["val_dice"]) - float(earlier[-1]["val_dice"])
+    return {"gain": gain, "from_iteration": int(earlier[-1]["iteration"]), "to_iteration": int(last["iteration"]),
+            "plateau": gain * 100 < points}
+
+
+def plateau_line(run: RunLog, fraction: float = PLATEAU_FRACTION, points: float = PLATEAU_POINTS) -> str:
+    """One printable line: the plateau rule applied to ``run``'s validation curve."""
+    p = plateau(run.val, fraction, points)
+    if p is None:
+        return f"{run.name}: plateau rule n/a (no validation point before the last {fraction:.0%} of the run)"
+    start = next(r["val_dice"] for r in run.val if r["iteration"] == p["from_iteration"])
+    verdict = "plateaued" if p["plateau"] else "still rising"
+    return (f"{run.name}: val Dice {start:.4f} @ {p['from_iteration']} -> {run.val[-1]['val_dice']:.4f} @ "
+            f"{p['to_iteration']}: {p['gain'] * 100:+.2f} points over the last {fraction:.0%}: {verdict} "
+            f"(rule: < {points:g} point)")
 
 
 def pick_slice(label: np.ndarray, axis: int) -> int:

@@ -9,12 +9,17 @@ def register(sub) -> None:
         help="train and evaluate several methods/seeds under one budget; write a results table",
         description="Train each method variant with each seed from one base config (same budget for all), "
         "evaluate the last and best checkpoints, write results.json, results.md and val_curves.png. "
-        "Re-running skips finished runs and resumes interrupted ones.",
+        "Re-running skips finished runs and resumes interrupted ones (also in another session); the tables are "
+        "rewritten as each run finishes. Every table states the images per step of each method.",
     )
     p.add_argument("config", help="base config shared by every run, e.g. configs/acdc/cpu.yaml")
     p.add_argument("--methods", default="supervised,mean_teacher,ua_mt,bcp,bfa,full",
-                   help="comma-separated variants (also bfa_no_head, bfa_no_mixing, bfa_no_align, bfa_all_off)")
+                   help="comma-separated variants (also supervised_matched and full_matched: batch_labeled = BFA's "
+                        "student images per step; bfa_no_head, bfa_no_mixing, bfa_no_align, bfa_all_off)")
     p.add_argument("--seeds", default="1,2", help="comma-separated seeds")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run up to N independent (method, seed) runs at once, in separate processes of one "
+                        "thread each (train.threads=1); default 1: one run at a time")
     p.add_argument("--iterations", type=int, help="override train.iterations for every run")
     p.add_argument("--data", help="override data.root")
     p.add_argument("--labeled", type=int, help="override data.labeled (first N of the training list)")
@@ -31,6 +36,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from bfaseg.errors import BfasegError
     from bfaseg.experiments import run_experiment
 
     overrides = list(args.overrides)
@@ -41,9 +47,12 @@ def run(args) -> int:
     if args.labeled:
         overrides.append(f"data.labeled={args.labeled}")
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise BfasegError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     run_experiment(args.config, variants, seeds, args.output, overrides=overrides, eval_list=args.eval_list,
-                   progress=not args.no_progress, train=not args.no_train,
-                   reevaluate=args.reevaluate)
+                   progress=not args.no_progress and args.jobs == 1, train=not args.no_train,
+                   reevaluate=args.reevaluate, jobs=args.jobs)
     print((__import__("pathlib").Path(args.output) / "results.md").read_text())
     return 0

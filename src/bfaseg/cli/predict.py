@@ -71,6 +71,7 @@ def register(sub) -> None:
                    "the 'label' dataset of input h5 files; metrics go to OUTPUT/summary.json")
     p.add_argument("--policy", choices=("strict", "worst", "paper"), default="strict", help="empty-mask policy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-quality", action="store_true", help="skip quality.json (per-case scores and flags, bfaseg.suggest)")
     p.set_defaults(func=run)
 
 
@@ -218,6 +219,10 @@ def run(args) -> int:
     cfg, ndim = predictor.cfg, predictor.ndim
     num_classes = cfg.model.num_classes
     downsample = cfg.data.downsample if ndim == 3 else 1.0
+    from bfaseg.suggest import QualityMonitor  # quality.json: scores and flags per case
+
+    quality = None if args.no_quality else QualityMonitor(args.checkpoint, device=predictor.device,
+                                                          precision=predictor.precision, which=args.model)
 
     def predict(image: np.ndarray, xyz: bool):
         return predictor.predict(image, xyz=xyz, downsample=downsample, probabilities=args.probabilities)
@@ -271,6 +276,8 @@ def run(args) -> int:
                 if inline_label is None:
                     raise BfasegError(f"--labels input: {path} has no 'label' dataset")
                 gt = inline_label
+        if quality:
+            quality.add(case_id, case.image if kind == "nifti" else image, labels, xyz=kind == "nifti")
         if args.labels is not None:
             if gt is None:
                 if labels_dir is None:
@@ -308,6 +315,8 @@ def run(args) -> int:
         units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"
         doc.update(summary_metrics(results, args.policy, units), units_source=units_note)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if quality:
+        written.append(str(quality.write(out_dir)))
     write_json_atomic(out_dir / "summary.json", jsonable(doc))
     msg = f"wrote {len(written)} file(s) to {out_dir}"
     if results:

@@ -34,6 +34,10 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="checkpoint for the overlays")
     p.add_argument("--device", default="auto", help="device for the overlay predictions")
     p.add_argument("--tensorboard", action="store_true", help="also add the overlays to each run's TensorBoard log")
+    p.add_argument("--plateau", action="store_true",
+                   help="apply the plateau rule to each run's validation curve: plateaued when less than "
+                        "--plateau-points Dice points were gained over the last quarter of the run; prints the gain")
+    p.add_argument("--plateau-points", type=float, default=1.0, metavar="P", help="threshold of --plateau (default 1)")
     p.set_defaults(func=run)
 
 
@@ -134,6 +138,8 @@ def run(args) -> int:
 
     if args.overlay_cases < 0:
         raise BfasegError("--overlay-cases: must be >= 0")
+    if args.plateau_points <= 0:
+        raise BfasegError("--plateau-points: must be > 0")
     runs = []
     names: dict[str, int] = {}
     for d in args.runs:
@@ -160,7 +166,14 @@ def run(args) -> int:
     if overlays:
         md += "\n## Validation overlays (GT solid, prediction dashed)\n\n"
         md += "\n".join(f"![{p.stem}](overlays/{p.name})" for p in overlays) + "\n"
+    if args.plateau:
+        from bfaseg.reporting import plateau_line
+
+        lines = [plateau_line(r, points=args.plateau_points) for r in runs]
+        md += "\n## Plateau rule\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     atomic_write_bytes(out / "comparison.md", lambda f: f.write(md.encode()))
     print(table, end="")
+    if args.plateau:
+        print("\n".join(lines))
     print(f"wrote {out / 'comparison.md'}, {len(written)} curve figure(s), {len(overlays)} overlay(s)")
     return 0

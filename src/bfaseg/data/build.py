@@ -67,16 +67,9 @@ def _split_ids(cfg: DataConfig, train_ids: list[str]) -> tuple[list[str], list[s
     return train_ids[:n], train_ids[n:]
 
 
-def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> DataBundle:
-    if cfg.dataset == "synthetic":
-        return _build_synthetic(cfg, num_classes)
-    if cfg.dataset == "nifti":
-        return _build_nifti(cfg, num_classes)
-    if not cfg.root:
-        raise BfasegError(f"data.root: required for dataset {cfg.dataset!r}")
-    root = Path(cfg.root)
-    if not root.is_dir():
-        raise BfasegError(f"data.root: folder not found: {root}")
+def benchmark_split_ids(cfg: DataConfig, root: Path) -> tuple[list[str], list[str], list[str], str]:
+    """``(labeled, unlabeled, val ids, val split name)`` of an LA / Pancreas / ACDC run (ACDC: training
+    ids are slices, validation ids volumes)."""
     train_name, val_name = DEFAULT_LISTS[cfg.dataset]
     train_ids = read_list(root / (cfg.train_list or train_name))
     val_ids: list[str]
@@ -92,6 +85,20 @@ def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> Data
         val_ids, train_ids = train_ids[-n_val:], train_ids[:-n_val]
         val_split = f"last {n_val} of {cfg.train_list or train_name}"
     labeled_ids, unlabeled_ids = _split_ids(cfg, train_ids)
+    return labeled_ids, unlabeled_ids, val_ids, val_split
+
+
+def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> DataBundle:
+    if cfg.dataset == "synthetic":
+        return _build_synthetic(cfg, num_classes)
+    if cfg.dataset == "nifti":
+        return _build_nifti(cfg, num_classes)
+    if not cfg.root:
+        raise BfasegError(f"data.root: required for dataset {cfg.dataset!r}")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise BfasegError(f"data.root: folder not found: {root}")
+    labeled_ids, unlabeled_ids, val_ids, val_split = benchmark_split_ids(cfg, root)
     load = lambda ids, kind, need: load_cases(  # noqa: E731
         cfg.dataset, root, ids, kind=kind, need_label=need, num_classes=num_classes, progress=progress
     )
@@ -136,6 +143,21 @@ def _build_synthetic(cfg: DataConfig, num_classes: int) -> DataBundle:
     return DataBundle(labeled, unlabeled, val, cfg.synthetic_ndim, "synthetic validation phantoms")
 
 
+def split_nifti_cases(cfg: DataConfig, labeled_all: list[Case], unlabeled: list[Case]):
+    """``(labeled, unlabeled, val, n_val)`` of a NIfTI run: the last ``val_cases`` labeled scans validate;
+    labeled scans outside ``data.labeled`` / the split file join the unlabeled pool without their label."""
+    if not labeled_all:
+        raise BfasegError(f"{cfg.root}: no labeled cases (labelsTr is empty)")
+    n_val = cfg.val_cases if cfg.val_cases is not None else max(1, math.ceil(len(labeled_all) / 5))
+    if n_val >= len(labeled_all):
+        raise BfasegError(f"data.val_cases: {n_val} leaves no labeled training cases of {len(labeled_all)}")
+    val, train = labeled_all[-n_val:], labeled_all[:-n_val]
+    labeled_ids, _ = _split_ids(cfg, [c.case_id for c in train])
+    labeled = [c for c in train if c.case_id in set(labeled_ids)]
+    unlabeled = unlabeled + [Case(c.case_id, c.image, None, c.spacing, c.meta) for c in train if c not in labeled]
+    return labeled, unlabeled, val, n_val
+
+
 def _build_nifti(cfg: DataConfig, num_classes: int) -> DataBundle:
     from bfaseg.data.nifti import load_nifti_dataset
 
@@ -147,13 +169,7 @@ def _build_nifti(cfg: DataConfig, num_classes: int) -> DataBundle:
     for c in labeled_all:
         if c.label is not None and c.label.max() >= num_classes:
             raise BfasegError(f"case {c.case_id}: label {int(c.label.max())} >= model.num_classes ({num_classes})")
-    n_val = cfg.val_cases if cfg.val_cases is not None else max(1, math.ceil(len(labeled_all) / 5))
-    if n_val >= len(labeled_all):
-        raise BfasegError(f"data.val_cases: {n_val} leaves no labeled training cases of {len(labeled_all)}")
-    val, train = labeled_all[-n_val:], labeled_all[:-n_val]
-    labeled_ids, extra_unlabeled = _split_ids(cfg, [c.case_id for c in train])
-    labeled = [c for c in train if c.case_id in set(labeled_ids)]
-    unlabeled = unlabeled + [Case(c.case_id, c.image, None, c.spacing, c.meta) for c in train if c not in labeled]
+    labeled, unlabeled, val, n_val = split_nifti_cases(cfg, labeled_all, unlabeled)
     for c in labeled + unlabeled + val:
         c.image, c.label = downsample_case_arrays(c.image, c.label, cfg.downsample)
     return DataBundle(labeled, unlabeled, val, len(cfg.patch_size), f"last {n_val} labeled cases")

@@ -18,6 +18,7 @@ import torch
 from bfaseg.config import RunConfig
 from bfaseg.errors import BfasegError
 from bfaseg.models import build_model
+from bfaseg.precision import bf16_is_fast
 from bfaseg.training.checkpoint import load_checkpoint
 
 __all__ = ["load_model_from_checkpoint", "checkpoint_config", "strip_prefixes", "describe_checkpoint"]
@@ -118,17 +119,6 @@ def describe_checkpoint(path: str | Path, state: dict[str, Any]) -> dict[str, An
 PAPER_STRIDES = {"la": (18, 18, 4), "pancreas": (16, 16, 16)}
 
 
-def bf16_is_fast(device: str | torch.device) -> bool:
-    """bf16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX).
-
-    Without it (e.g. AVX2-only CPUs) oneDNN emulates bf16 and a V-Net forward pass is
-    ~20x SLOWER than fp32, so ``auto`` precision picks fp32 there.
-    """
-    from bfaseg.training.distributed import native_bf16_on_cpu
-
-    return torch.device(device).type == "cuda" or native_bf16_on_cpu()
-
-
 def resolve_precision(requested: str | None, mode: str, device: str | torch.device) -> str:
     """``fp32``/``bf16`` as requested; ``None``/``auto``: paper -> fp32 (the reference),
     fast -> bf16 where it is fast (:func:`bf16_is_fast`), else fp32."""
@@ -159,7 +149,9 @@ def paper_stride(cfg: RunConfig, patch_size: tuple[int, ...]) -> list[int]:
 
 def inference_fn(model: torch.nn.Module, ndim: int, device: str | torch.device = "cpu"):
     """The model as a ``batch -> logits`` callable in channels-last memory format
-    (about 2x faster for 3-D convolutions on CPU; same numbers)."""
+    (about 2x faster for 3-D convolutions on CPU). Not bit-equal to the contiguous model: the
+    convolutions sum in another order, so probabilities may differ in the last bits; labels are
+    expected identical and probabilities equal to 1e-5 (tests/test_reference_equivalence.py)."""
     fmt = torch.channels_last_3d if ndim == 3 else torch.channels_last
     model.to(device=torch.device(device), memory_format=fmt)
 

@@ -56,6 +56,12 @@ class Method:
         """Config values <= 1 are fractions of the run; larger values are iteration counts."""
         return int(round(value * self.t.total_iterations)) if value <= 1 else int(value)
 
+    @classmethod
+    def images_per_step(cls, params: MethodParams, batch_labeled: int, batch_unlabeled: int) -> dict[str, int]:
+        """Images one training step forwards through the student and the teacher (the compute a
+        comparison must state). Methods with a pre-training phase add ``*_pretrain`` counts."""
+        return {"student": batch_labeled, "teacher": 0}
+
     def student(self, x: torch.Tensor, return_extras: bool = False):
         return self.t.forward_model(x, return_extras=return_extras)
 
@@ -74,12 +80,13 @@ def noisy(x: torch.Tensor, sigma: float = 0.1, clip: float = 0.2) -> torch.Tenso
 
 
 def cuboid_mask(shape: tuple[int, ...], batch: int, fraction: float, device) -> torch.Tensor:
-    """Per-sample boxes of ``fraction`` of each side at a random offset: 1 inside, 0 outside."""
+    """Per-sample boxes of ``fraction`` of each side (rounded down, as the reference's ``int(s * ratio)``)
+    at a random offset: 1 inside, 0 outside."""
     mask = torch.zeros((batch, *shape), device=device)
     for n in range(batch):
         sl = [n]
         for s in shape:
-            size = max(1, int(round(s * fraction)))
+            size = max(1, int(s * fraction))
             start = int(torch.randint(0, s - size + 1, (1,)))
             sl.append(slice(start, start + size))
         mask[tuple(sl)] = 1.0

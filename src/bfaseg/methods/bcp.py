@@ -5,6 +5,12 @@ At the end of it the teacher is initialised from the student; stage 2 mixes a
 labeled and an unlabeled image both ways (labeled outside + unlabeled box, and the
 reverse) and trains on ground truth (weight 1) and teacher pseudo-labels (weight
 ``pseudo_weight``). Both stages share one schedule and one iteration budget.
+
+The mixed loss is the reference ``mix_loss`` (DeepMed-Lab-ECNU/BCP, code/utils/BCP_utils.py and
+code/ACDC_BCP_train.py): per mixing direction, Dice and CE are computed separately for the
+ground-truth region and the pseudo-label region, each normalised by its own area, weighted 1 and
+``pseudo_weight``, halved, and the directions are summed. Folding both regions into one weighted
+Dice+CE normalised by the total weight instead gave about a third of the reference's gradient.
 """
 
 from __future__ import annotations
@@ -13,7 +19,24 @@ import torch
 
 from bfaseg.methods.base import Method, MethodParams, cuboid_mask, paste, sigmoid_rampup, split_pairs
 from bfaseg.methods.boundary import remove_small_components
-from bfaseg.training.losses import dice_ce_loss
+from bfaseg.training.losses import dice_ce_loss, masked_ce, masked_dice_loss
+
+# The Dice of the reference mix_loss, by spatial dimension: LA/Pancreas (3-D) use a per-sample Dice of
+# probabilities (mask_DiceLoss, smooth 1e-5); ACDC (2-D) one Dice over the batch with squared
+# probabilities in the denominator (DiceLoss, smooth 1e-10).
+REFERENCE_DICE = {3: dict(per_sample=True, squared=False, eps=1e-5), 2: dict(per_sample=False, squared=True, eps=1e-10)}
+
+
+def region_loss(logits: torch.Tensor, target: torch.Tensor, regions: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """BCP's ``mix_loss`` for one mixing direction: 0.5 * sum over regions of weight * (Dice + CE),
+    each region's Dice and CE restricted to its 0/1 mask and normalised by that mask's own area."""
+    logits = logits.float()
+    probs = torch.softmax(logits, 1)
+    dice_kind = REFERENCE_DICE[logits.ndim - 2]
+    total = logits.new_zeros(())
+    for mask, weight in regions:
+        total = total + weight * (masked_dice_loss(probs, target, mask, **dice_kind) + masked_ce(logits, target, mask))
+    return 0.5 * total
 
 
 class BCPParams(MethodParams):
@@ -35,6 +58,18 @@ class BCP(Method):
     def __init__(self, params, trainer):
         super().__init__(params, trainer)
         self.pretrain_iterations = self.fraction_to_iterations(params.pretrain) if params.pretrain > 0 else 0
+
+    @classmethod
+    def images_per_step(cls, params, batch_labeled, batch_unlabeled):
+        """Mixed images (both copy-paste directions, 2 x half the smaller batch), plus the un-mixed labeled
+        batch when ``supervised_weight`` > 0; the teacher labels the unlabeled halves. Pre-training mixes
+        labeled with labeled in one direction only and has no teacher forward."""
+        sup = batch_labeled if params.supervised_weight > 0 else 0
+        half = split_pairs(batch_labeled, batch_unlabeled)[0].stop
+        counts = {"student": 2 * half + sup, "teacher": 2 * half}
+        if params.pretrain > 0:
+            counts.update(student_pretrain=split_pairs(batch_labeled, batch_labeled)[0].stop + sup, teacher_pretrain=0)
+        return counts
 
     def on_iteration_start(self, iteration: int) -> None:
         if iteration == self.pretrain_iterations and self.pretrain_iterations > 0:
@@ -90,13 +125,14 @@ class BCP(Method):
             lab_a, lab_b = (x_l[a], y_l[a], one, True), (x_l[b], y_l[b], one, True)
             unl_a, unl_b = (x_u[a], pl_a, w * keep_a, False), (x_u[b], pl_b, w * keep_b, False)
             pieces = [(lab_a, unl_a), (unl_b, lab_b)]  # (outer, inner): both directions
-        images, targets, weights, gt_origin, sources = [], [], [], [], []
+        images, targets, weights, gt_origin, sources, regions = [], [], [], [], [], []
         for outer, inner in pieces:
             images.append(paste(outer[0], inner[0], box))
             targets.append(paste(outer[1], inner[1], box))
             weights.append(paste(outer[2], inner[2], box))
             gt_origin.append(paste(float(outer[3]) * one, float(inner[3]) * one, box))
             sources.append((outer, inner))
+            regions.append(self.loss_regions(outer, inner, box, iteration))
         return {
             "image": torch.cat(images),
             "target": torch.cat(targets),
@@ -104,7 +140,34 @@ class BCP(Method):
             "gt_origin": torch.cat(gt_origin),
             "box": box,
             "sources": sources,
+            "regions": regions,  # per direction: [(0/1 mask (n, *spatial), scalar weight), ...] for region_loss
         }
+
+    def loss_regions(self, outer, inner, box, iteration) -> list[tuple[torch.Tensor, float]]:
+        """The regions of one mixed direction as the reference losses see them.
+
+        Self-training: outside and inside the box, weight 1 for ground truth and ``pseudo_weight`` x ramp
+        for pseudo-labels, whose region keeps only confident voxels. Pre-training follows the
+        reference of each dimension: the 3-D (LA) one trains on the whole mixed image as one region,
+        the 2-D (ACDC) one calls mix_loss with both weights 1.
+        """
+        if self.in_pretrain(iteration):
+            if box.ndim - 1 == 3:
+                return [(torch.ones_like(box), 1.0)]
+            return [(1 - box, 1.0), (box, 1.0)]
+        w = self.pseudo_weight(iteration)
+        out = []
+        for (_, _, weight, is_gt), region in ((outer, 1 - box), (inner, box)):
+            # a pseudo source's weight map is w x confidence mask: its nonzero voxels are the confident ones
+            # (if w is 0 the region is empty, and weighted by 0 anyway)
+            out.append((region, 1.0) if is_gt else (region * (weight > 0).to(region.dtype), w))
+        return out
+
+    def mixed_loss(self, logits: torch.Tensor, mix) -> torch.Tensor:
+        """The reference loss of the mixed samples: region_loss per direction, directions summed."""
+        n = mix["box"].shape[0]
+        return sum(region_loss(logits[d * n:(d + 1) * n], mix["target"][d * n:(d + 1) * n], regions)
+                   for d, regions in enumerate(mix["regions"]))
 
     def training_step(self, batch, iteration):
         mix = self.mixed_batch(batch, iteration)
@@ -112,7 +175,7 @@ class BCP(Method):
         inputs = torch.cat([mix["image"], batch["image_l"]]) if extra else mix["image"]
         logits = self.student(inputs)
         n_mix = mix["image"].shape[0]
-        seg = dice_ce_loss(logits[:n_mix], mix["target"], mix["weight"])
+        seg = self.mixed_loss(logits[:n_mix], mix)
         logs = {"seg": seg.detach()}
         loss = seg
         if extra:

@@ -17,7 +17,8 @@ teacher (BCP) it extends:
 - ``lambda_distance`` (optional): a boundary-distance loss on the segmentation output, with
   signed distance maps of the same (mixed) targets, so far-away false positives cost most.
 
-Loss = seg + lambda_boundary * ramp * boundary + lambda_align * ramp * align (+ supervised)
+Loss = seg + lambda_boundary * ramp * (boundary_gt + pseudo_weight * ramp * boundary_pseudo)
++ lambda_align * ramp * align (+ supervised)
 (+ lambda_distance * ramp * distance).
 """
 
@@ -136,7 +137,7 @@ class BFA(BCP):
         out = self.student(inputs, return_extras=want_extras)
         logits = out["logits"] if want_extras else out
         n_mix = mix["image"].shape[0]
-        seg = dice_ce_loss(logits[:n_mix], mix["target"], mix["weight"])
+        seg = self.mixed_loss(logits[:n_mix], mix)
         loss, logs = seg, {"seg": seg.detach()}
         if extra:
             sup = dice_ce_loss(logits[n_mix:], batch["label_l"])
@@ -166,16 +167,18 @@ class BFA(BCP):
             b_logits = out["boundary"]
             size = tuple(b_logits.shape[2:])
             b_target = downsample_boundaries(boundary, size)
-            weight_full = torch.cat([mix["weight"], torch.ones_like(gt_origin[n_mix:])]) if extra else mix["weight"]
-            w = downsample_weights(weight_full, size)
+            # 0/1 region masks and scalar weights: boundary_loss normalises by its mask's counts, so a
+            # per-voxel weight would cancel; the pseudo-label term is scaled by the same pseudo_weight x ramp
+            # as the pseudo-label segmentation term, and its class balancing sees only the region
             origin = downsample_weights(gt_origin, size)
+            kept = downsample_weights(keep, size)
             ramp_b = p.lambda_boundary * sigmoid_rampup(iteration, self.fraction_to_iterations(p.boundary_rampup))
-            b_gt = boundary_loss(b_logits, b_target, w * (origin > 0.5))
+            b_gt = boundary_loss(b_logits, b_target, (origin > 0.5).float())
             loss = loss + ramp_b * b_gt
             logs["boundary_gt"] = b_gt.detach()
             if p.boundary_mixing and not self.in_pretrain(iteration):
-                b_ps = boundary_loss(b_logits, b_target, w * (origin <= 0.5))
-                loss = loss + ramp_b * b_ps
+                b_ps = boundary_loss(b_logits, b_target, ((origin <= 0.5) & (kept > 0.5)).float())
+                loss = loss + ramp_b * self.pseudo_weight(iteration) * b_ps
                 logs["boundary_pseudo"] = b_ps.detach()
 
         if p.alignment and not self.in_pretrain(iteration):

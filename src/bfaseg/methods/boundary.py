@@ -64,17 +64,20 @@ def remove_small_components(label: torch.Tensor, num_classes: int, min_fraction:
     """Drop connected components smaller than ``min_fraction`` of the class's largest one.
 
     Runs per sample on the CPU with scipy (pseudo-labels are small); the rest stays on device.
+    Components use full connectivity (diagonal neighbours connect), as skimage's ``label`` in the
+    reference code and ``inference/postprocess.py``.
     """
     import numpy as np
     from scipy import ndimage
 
     out = label.detach().cpu().numpy().copy()
+    full = ndimage.generate_binary_structure(out.ndim - 1, out.ndim - 1)
     for n in range(out.shape[0]):
         for k in range(1, num_classes):
             mask = out[n] == k
             if not mask.any():
                 continue
-            comps, count = ndimage.label(mask)
+            comps, count = ndimage.label(mask, structure=full)
             if count <= 1:
                 continue
             sizes = np.bincount(comps.ravel())[1:]

@@ -1,5 +1,10 @@
 """Mean teacher (Tarvainen & Valpola 2017): EMA teacher, noisy teacher input, MSE consistency
-between softmax outputs, weight ramped up with a sigmoid."""
+between softmax outputs, weight ramped up with a sigmoid.
+
+The ramp follows the reference code (yulequan/UA-MT train_LA_*.py, HiLab-git/SSL4MIS
+train_mean_teacher_2D.py: ``consistency * sigmoid_rampup(iter_num // 150, consistency_rampup)``,
+whose ramp length x 150 is the whole run in both): over the whole run, in steps of 150 iterations.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from bfaseg.training.losses import dice_ce_loss
 
 class MeanTeacherParams(MethodParams):
     consistency: float = 0.1
-    rampup: float = 0.4  # fraction of the run (or iterations if > 1); ends well before the last iteration
+    rampup: float = 1.0  # fraction of the run (or iterations if > 1); the reference ramps over the whole run
+    rampup_step: int = 150  # the weight changes every this many iterations (the reference's "epoch"; 1 = smooth)
     noise_sigma: float = 0.1
     noise_clip: float = 0.2
 
@@ -22,8 +28,18 @@ class MeanTeacher(Method):
     uses_unlabeled = True
     Params = MeanTeacherParams
 
+    @classmethod
+    def images_per_step(cls, params, batch_labeled, batch_unlabeled):
+        # one student forward on labeled + unlabeled, one teacher forward on the unlabeled
+        return {"student": batch_labeled + batch_unlabeled, "teacher": cls.teacher_passes(params) * batch_unlabeled}
+
+    @classmethod
+    def teacher_passes(cls, params) -> int:
+        return 1
+
     def consistency_weight(self, iteration: int) -> float:
-        return self.p.consistency * sigmoid_rampup(iteration, self.fraction_to_iterations(self.p.rampup))
+        step = max(1, self.p.rampup_step)
+        return self.p.consistency * sigmoid_rampup(step * (iteration // step), self.fraction_to_iterations(self.p.rampup))
 
     def training_step(self, batch, iteration):
         x_l, y_l, x_u = batch["image_l"], batch["label_l"], batch["image_u"]

@@ -4,7 +4,11 @@ The teacher runs T Monte-Carlo passes (input noise + dropout only: BatchNorm sta
 eval mode), the predictive entropy marks uncertain voxels, and the consistency loss
 is computed only where the entropy is below a threshold that ramps from 0.75 to 1.0
 of the maximum entropy ln(K) for K classes (the reference's 2-D port kept ln 2 for
-four classes; here the bound follows K).
+four classes; here the bound follows K). As in the reference (yulequan/UA-MT,
+train_LA_meanteacher_certainty_unlabel.py), the threshold ramps over the WHOLE run and
+reaches its end value only at the last iteration: the entropy never reaches ln(K), so an
+earlier end would make the mask all ones and UA-MT a plain mean teacher from then on.
+The fraction of certain voxels is logged as ``certain``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ class UAMT(MeanTeacher):
     name = "ua_mt"
     Params = UAMTParams
 
+    @classmethod
+    def teacher_passes(cls, params) -> int:
+        return 1 + params.mc_passes  # the consistency target + the Monte-Carlo passes of the uncertainty
+
+    def threshold(self, iteration: int) -> float:
+        """Entropy bound of the certainty mask: ramps over the whole run (train.iterations)."""
+        ramp = sigmoid_rampup(iteration, self.t.total_iterations)
+        frac = self.p.threshold_start + (self.p.threshold_end - self.p.threshold_start) * ramp
+        return frac * math.log(self.t.num_classes)
+
     @torch.no_grad()
     def uncertainty(self, x_u: torch.Tensor) -> torch.Tensor:
         teacher = self.t.teacher
@@ -58,10 +72,7 @@ class UAMT(MeanTeacher):
         sup = dice_ce_loss(logits[:n_l], y_l)
         teacher_probs = torch.softmax(self.t.teacher_forward(noisy(x_u, self.p.noise_sigma, self.p.noise_clip)), 1)
         entropy = self.uncertainty(x_u)
-        ramp_len = self.fraction_to_iterations(self.p.rampup)
-        frac = self.p.threshold_start + (self.p.threshold_end - self.p.threshold_start) * sigmoid_rampup(iteration, ramp_len)
-        threshold = frac * math.log(self.t.num_classes)
-        mask = (entropy < threshold).float().unsqueeze(1)
+        mask = (entropy < self.threshold(iteration)).float().unsqueeze(1)
         sq = (torch.softmax(logits[n_l:].float(), 1) - teacher_probs) ** 2
         cons = (mask * sq).sum() / (mask.sum() * sq.shape[1] + 1e-16)
         w = self.consistency_weight(iteration)

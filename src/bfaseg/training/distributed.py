@@ -147,11 +147,3 @@ def cpu_sync_batchnorm(module: nn.Module) -> int:
             m.__class__ = CPUSyncBatchNorm
             n += 1
     return n
-
-
-def native_bf16_on_cpu() -> bool:
-    """Whether this CPU runs bf16 matmul/convolution natively (AVX512-BF16 or AMX via oneDNN)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False

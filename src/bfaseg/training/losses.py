@@ -36,11 +36,39 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return 0.5 * (weighted_ce(logits, target, weight) + soft_dice_loss(torch.softmax(logits, 1), target, weight))
 
 
-def boundary_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def masked_dice_loss(
+    probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, per_sample: bool, squared: bool, eps: float
+) -> torch.Tensor:
+    """1 - mean Dice over classes (and samples if ``per_sample``) inside a 0/1 ``mask`` (N, *spatial).
+
+    The two Dice flavours of the BCP reference code: ``per_sample`` Dice of plain probabilities
+    (LA, ``mask_DiceLoss``) or one Dice over the batch with squared probabilities (ACDC, ``DiceLoss``).
+    """
+    onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    m = mask.unsqueeze(1).to(probs.dtype)
+    dims = tuple(range(2, probs.ndim)) if per_sample else (0,) + tuple(range(2, probs.ndim))
+    inter = (probs * onehot * m).sum(dims)
+    denom = ((probs * probs if squared else probs) * m).sum(dims) + (onehot * m).sum(dims)
+    return 1 - ((2 * inter + eps) / (denom + eps)).mean()
+
+
+def masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the voxels of a 0/1 ``mask`` (its own area, not the batch's)."""
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
+    return (ce * mask).sum() / (mask.sum() + 1e-16)
+
+
+def boundary_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Class-wise boundary maps are rare positives: balanced BCE (positives re-weighted by the
-    negative/positive ratio, capped) plus a soft Dice term that ignores the background mass."""
+    negative/positive ratio, capped) plus a soft Dice term that ignores the background mass.
+
+    ``mask`` (N, *spatial) selects the voxels of a region and must be 0/1: both parts are
+    normalised by the region's own voxel counts, so a constant per-voxel weight would cancel out.
+    Weight a region by multiplying the returned term by a scalar instead (BFA's pseudo-label term),
+    which also keeps the class balancing (counts of positive/negative voxels) independent of it.
+    """
     logits, target = logits.float(), target.float()
-    w = torch.ones_like(target) if weight is None else weight.unsqueeze(1).expand_as(target).float()
+    w = torch.ones_like(target) if mask is None else mask.unsqueeze(1).expand_as(target).float()
     pos = (target * w).sum()
     neg = ((1 - target) * w).sum()
     pos_weight = (neg / pos.clamp_min(1.0)).clamp(1.0, 50.0)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import signal
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,17 @@ from bfaseg.data.build import DataBundle, build_data
 from bfaseg.errors import BfasegError, Interrupted, TrainingDiverged
 from bfaseg.methods import build_method
 from bfaseg.models import build_model
+from bfaseg.precision import resolve_training_precision
 from bfaseg.training import checkpoint as ckpt
 from bfaseg.training.distributed import (
-    DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed, native_bf16_on_cpu,
+    DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed,
 )
 from bfaseg.training.ema import ema_decay, ema_update
 from bfaseg.training.validation import validate
 
 # keys that may differ between the original run and a resume (everything else must match)
+log = logging.getLogger(__name__)
+
 RESUMABLE_CHANGES = {("train", "iterations"), ("train", "num_workers"), ("data", "num_workers"), ("train", "threads")}
 
 
@@ -96,21 +99,10 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        if tc.precision == "auto":
-            from bfaseg.inference.checkpoints import bf16_is_fast
-
-            self.precision = "bf16" if bf16_is_fast(self.device) else "fp32"
-        else:
-            self.precision = tc.precision
-        if tc.precision == "fp16" and self.device.type != "cuda":
-            raise BfasegError("train.precision: fp16 needs a CUDA device (use bf16 on CPU)")
-        if tc.precision == "bf16" and self.device.type == "cpu" and self.dist.is_main and not native_bf16_on_cpu():
-            warnings.warn(
-                "train.precision: bf16 on a CPU without native bf16 (AVX512-BF16/AMX): convolutions are emulated "
-                "and a training step runs ~5x (2-D U-Net) to ~13x (V-Net) slower than in fp32; "
-                "use --set train.precision=fp32 on this machine",
-                stacklevel=2,
-            )
+        # refused (fp16 on CPU, wrong bf16 gradients) before anything is created
+        self.precision, self.precision_reason = resolve_training_precision(
+            tc.precision, self.device, tuple(cfg.data.patch_size), force=tc.force_precision
+        )
         if tc.deterministic:
             set_deterministic(True)
         self.output_dir = Path(output_dir)
@@ -426,6 +418,9 @@ class Trainer:
             # a fresh run: a log left by an earlier run that never reached a checkpoint describes nothing kept
             (self.output_dir / "log.jsonl").unlink(missing_ok=True)
         self._open_tensorboard()
+        if self.dist.is_main and self.start_iteration == 0 and "wrong" in self.precision_reason:
+            # auto fell back (or bf16 was forced) because bf16 gradients are wrong here: say so once
+            log.warning("precision: %s (train.precision %s: %s)", self.precision, tc.precision, self.precision_reason)
         old_int = signal.signal(signal.SIGINT, self._handle_signal)
         old_term = signal.signal(signal.SIGTERM, self._handle_signal)
         bar = None
@@ -505,6 +500,8 @@ class Trainer:
             "best_dice": self.best["dice"],
             "best_iteration": self.best["iteration"],
             "val_split": self.data.val_split,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "last_checkpoint": str(self.ckpt_dir / "last.pt"),
             "best_checkpoint": str(self.ckpt_dir / "best.pt") if self.best["iteration"] is not None else None,
         }

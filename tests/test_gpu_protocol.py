@@ -1,0 +1,49 @@
+"""benchmarks/gpu_protocol.sh --smoke: the GPU protocol's code path on the CPU, synthetic tiny data."""
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_protocol.py"
+
+
+def _protocol():
+    spec = importlib.util.spec_from_file_location("gpu_protocol", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_protocol_smoke_writes_one_results_folder(tmp_path, capsys):
+    out = tmp_path / "gpu"
+    assert _protocol().main(["--smoke", "--output", str(out)]) == 0
+    capsys.readouterr()
+    acdc = json.loads((out / "acdc" / "results.json").read_text())
+    la = json.loads((out / "la" / "results.json").read_text())
+    assert set(acdc) == {f"{m}_s1" for m in ("supervised", "mean_teacher", "ua_mt", "bcp", "bfa", "full")}
+    assert set(la) == {f"{m}_s1" for m in ("supervised", "bcp", "bfa", "full")}
+    assert all("last" in e and "images_per_step" in e for e in [*acdc.values(), *la.values()])
+    throughput = json.loads((out / "throughput.json").read_text())
+    assert len(throughput) == 10 and all(t["iterations_per_s"] > 0 for t in throughput)
+    page = (out / "results.md").read_text()
+    assert "iterations/s" in page and "student images/step" in page and "## la 10 %" in page
+
+
+def test_gpu_protocol_plans_iterations_from_throughput():
+    plan = _protocol().plan_iterations(
+        [{"benchmark": "acdc", "iterations_per_s": 10.0}] * 6 + [{"benchmark": "la", "iterations_per_s": 2.0}] * 4,
+        budget_s=480, smoke_iterations=None)
+    # ACDC: 6/10 of 480 s = 288 s, 0.6 s per iteration for six methods, 90 % -> 432 -> 420
+    # LA: 192 s, 2 s per iteration for four methods, 90 % -> 86 -> 80
+    assert plan == {"acdc": 420, "la": 80}
+
+
+def test_gpu_protocol_without_gpu_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    res = subprocess.run(["bash", str(SCRIPT.with_suffix(".sh")), "--output", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "no CUDA device" in res.stderr
