@@ -65,7 +65,7 @@ def _fake_pseudo_labels(x_u):
 @pytest.mark.parametrize("shape,fraction", [((7, 5), 0.6), ((16, 16, 8), 2 / 3), ((4,), 0.2)])
 def test_cuboid_mask_is_one_box_of_the_right_size_at_every_offset(shape, fraction):
     torch.manual_seed(0)
-    sizes = [max(1, int(round(s * fraction))) for s in shape]
+    sizes = [max(1, int(s * fraction)) for s in shape]  # rounded down, as the reference
     starts = [set() for _ in shape]
     mask = cuboid_mask(shape, 200, fraction, "cpu")
     assert mask.shape == (200, *shape) and set(mask.unique().tolist()) <= {0.0, 1.0}
@@ -224,17 +224,19 @@ def test_training_step_feeds_the_premixed_boundaries_to_head_and_alignment(tmp_p
     mix = t.method.mixed_batch(batch, 6)
     full = torch.cat([t.method.mixed_boundaries(mix), class_boundaries(batch["label_l"], K)])
     origin = torch.cat([mix["gt_origin"], torch.ones(4, H, W)])
-    weight = torch.cat([mix["weight"], torch.ones(4, H, W)])
     (lg, tg, w_gt), (lp, tp, w_ps) = calls
     size = tuple(lg.shape[2:])
     assert lg.shape[:2] == (8, K - 1) and size == (8, 8)  # stage 1 of the 2-D U-Net: 1/4 resolution
     assert torch.equal(tg, downsample_boundaries(full, size)) and torch.equal(tp, tg)
-    w = downsample_weights(weight, size)
+    keep_full = torch.cat([(mix["weight"] > 0).float(), torch.ones(4, H, W)])  # confident pseudo voxels and all GT
     o = downsample_weights(origin, size)
-    assert torch.equal(w_gt, w * (o > 0.5)) and torch.equal(w_ps, w * (o <= 0.5))
+    kept = downsample_weights(keep_full, size)
+    # the pseudo term sees only (confident) pseudo-label regions, the GT term only ground truth
+    assert torch.equal(w_gt, (o > 0.5).float()) and torch.equal(w_ps, ((o <= 0.5) & (kept > 0.5)).float())
+    assert 0 < w_ps.sum() < w_ps.numel() and 0 < w_gt.sum()
     feats, b, g, keep = aligned[0]
     assert torch.equal(b, full) and torch.equal(g, origin)
-    assert torch.equal(keep, torch.cat([(mix["weight"] > 0).float(), torch.ones(4, H, W)]))
+    assert torch.equal(keep, keep_full)
     assert feats.shape[2:] == (8, 8)  # the boundary stage's features
     assert set(logs) == {"seg", "sup", "boundary_gt", "boundary_pseudo", "align"}
 
