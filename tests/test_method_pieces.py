@@ -446,28 +446,38 @@ def test_noisy_is_clipped_gaussian():
 
 
 class _FixedTeacher(torch.nn.Module):
-    """Confident (class 0) in the left three quarters, uniform in the right quarter, whatever the input."""
+    """Whatever the input: confident (class 0) in the left half, fairly unsure (entropy 0.976) in the third
+    quarter, uniform (entropy ln 3) in the last quarter."""
 
     def __init__(self):
         super().__init__()
         self.logits = torch.zeros(1, K, H, W)
-        self.logits[:, 0, :, : 3 * W // 4] = 20.0
+        self.logits[:, 0, :, : W // 2] = 20.0
+        self.logits[:, 0, :, W // 2 : 3 * W // 4] = 1.0
         self.drop = torch.nn.Dropout(0.5)
 
     def forward(self, x, return_extras=False):
         return self.logits.expand(x.shape[0], -1, -1, -1).clone()
 
 
-def test_ua_mt_mask_keeps_the_low_entropy_voxels(tmp_path):
-    t = _trainer(tmp_path, "ua_mt", mc_passes=3, threshold_start=0.5, threshold_end=0.5, consistency=1.0, rampup=0)
+def test_ua_mt_mask_keeps_the_low_entropy_voxels(tmp_path, monkeypatch):
+    # a constant threshold of 0.95 ln 3 = 1.04 (the schedule has its own reference test)
+    t = _trainer(tmp_path, "ua_mt", mc_passes=3, threshold_start=0.95, threshold_end=0.95, consistency=1.0, rampup=0,
+                 noise_sigma=0.5, noise_clip=0.3)
     t.teacher = _FixedTeacher()
     entropy = t.method.uncertainty(torch.zeros(2, 1, H, W))
     assert entropy.shape == (2, H, W)
-    assert entropy[:, :, :24].max() < 1e-3 and entropy[:, :, 24:].min() == pytest.approx(math.log(K), abs=1e-4)
+    assert entropy[:, :, :16].max() < 1e-3 and entropy[:, :, 16:24].mean().item() == pytest.approx(0.976, abs=1e-3)
+    assert entropy[:, :, 24:].min() == pytest.approx(math.log(K), abs=1e-4)
+    seen = []
+    orig_teacher = t.teacher_forward
+    monkeypatch.setattr(t, "teacher_forward", lambda x, **kw: seen.append(x) or orig_teacher(x, **kw))
     batch = _batch()
     torch.manual_seed(0)
     loss, logs = t.method.training_step(batch, 0)
-    assert logs["certain"].item() == pytest.approx(0.75)
+    assert logs["certain"].item() == pytest.approx(0.75)  # the confident half and the fairly unsure quarter
+    noise = seen[0] - batch["image_u"]  # the consistency target's input is noisy too
+    assert 0.25 < noise.abs().max() <= 0.3 + 1e-6 and 0.2 < noise.std() < 0.3
     torch.manual_seed(0)
     logits = t.student(torch.cat([batch["image_l"], batch["image_u"]]))[4:]
     sq = (torch.softmax(logits, 1) - torch.softmax(t.teacher.logits, 1)) ** 2
