@@ -476,6 +476,8 @@ def test_ua_mt_mask_keeps_the_low_entropy_voxels(tmp_path, monkeypatch):
     torch.manual_seed(0)
     loss, logs = t.method.training_step(batch, 0)
     assert logs["certain"].item() == pytest.approx(0.75)  # the confident half and the fairly unsure quarter
+    assert set(logs) == {"sup", "consistency", "certain"}
+    assert loss.item() == pytest.approx(logs["sup"].item() + logs["consistency"].item(), rel=1e-5)  # weight 1, no ramp
     noise = seen[0] - batch["image_u"]  # the consistency target's input is noisy too
     assert 0.25 < noise.abs().max() <= 0.3 + 1e-6 and 0.2 < noise.std() < 0.3
     torch.manual_seed(0)
@@ -541,6 +543,9 @@ def test_signed_distance_defaults_and_a_missing_first_class():
     assert phi[0, 1, 0, 9].item() == pytest.approx(-0.1) and phi[0, 1, 0, 80].item() == 5.0
     full = signed_distance_maps(torch.full((1, 1, 6), 1), 2)  # the class fills the patch: deep inside everywhere
     assert torch.all(full == -5.0)
+    deep = torch.zeros(1, 1, 90, dtype=torch.long)
+    deep[0, 0, :80] = 1
+    assert signed_distance_maps(deep, 2)[0, 0, 0, 0].item() == -5.0  # 80 voxels inside: clipped at -clip
 
 
 def test_supervised_logs_its_loss_as_sup(tmp_path):
