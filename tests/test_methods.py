@@ -166,6 +166,7 @@ def test_bfa_distance_term_is_logged_only_when_on(tmp_path):
     loss.backward()
 
 
+@pytest.mark.slow
 def test_training_learns_synthetic(tmp_path):
     """A short supervised run on synthetic phantoms reaches Dice > 0.8."""
     raw = tiny_config("supervised", iterations=150, val_every=150, log_every=50, checkpoint_every=150,
@@ -177,21 +178,27 @@ def test_training_learns_synthetic(tmp_path):
     assert (tmp_path / "run" / "log.jsonl").exists() and (tmp_path / "run" / "tensorboard").is_dir()
 
 
+@pytest.mark.slow
 def test_bfa_beats_supervised_with_the_same_labels(tmp_path):
-    """2 labeled of 24 synthetic phantoms, 200 iterations each: BFA's Dice beats supervised-only.
+    """1 labeled of 24 synthetic phantoms, 200 iterations: BFA's Dice beats BFA with its unlabeled branch
+    switched off (pseudo_weight 0: the same labels, copy-paste, boundary head and schedule), so the test
+    fails whenever the pseudo-labels stop contributing.
 
-    Measured (seed 1): supervised 88.7 %, BFA 94.5 % (last checkpoints, 6 held-out phantoms).
+    Measured (fp32, last checkpoints, 6 held-out phantoms, BCP's reference mix_loss): seed 1: BFA 94.50 %,
+    ablation 92.97 %; seed 2: 92.97 % vs 91.53 %. With two labeled cases the ablation was as good as BFA
+    (94.69 % vs 94.33 %, before the mix_loss change): there the labels already suffice.
     """
     from bfaseg.experiments import evaluate_checkpoint
 
     dice = {}
-    for method in ("supervised", "bfa"):
-        raw = tiny_config(method, iterations=200, batch_labeled=4, batch_unlabeled=4, val_every=200,
-                          log_every=50, checkpoint_every=200, keep_checkpoints=0, seed=1)
-        raw["data"].update(synthetic_cases=24, synthetic_val_cases=6, labeled=2)
+    for name, pseudo_weight in (("bfa", None), ("no_unlabeled", 0.0)):
+        raw = tiny_config("bfa", iterations=200, batch_labeled=4, batch_unlabeled=4, val_every=200, log_every=50,
+                          checkpoint_every=200, keep_checkpoints=0, seed=1, precision="fp32")
+        raw["data"].update(synthetic_cases=24, synthetic_val_cases=6, labeled=1)
         raw["data"].pop("labeled_fraction")
-        cfg = validate_config(raw)
-        trainer = Trainer(cfg, tmp_path / method, progress=False)
+        if pseudo_weight is not None:
+            raw["method"]["pseudo_weight"] = pseudo_weight
+        trainer = Trainer(validate_config(raw), tmp_path / name, progress=False)
         trainer.fit()
-        dice[method] = evaluate_checkpoint(tmp_path / method / "checkpoints" / "last.pt", trainer.data.val)["mean"]["dice"]
-    assert dice["bfa"] > dice["supervised"] + 0.02, dice
+        dice[name] = evaluate_checkpoint(tmp_path / name / "checkpoints" / "last.pt", trainer.data.val)["mean"]["dice"]
+    assert dice["bfa"] > dice["no_unlabeled"] + 0.006, dice

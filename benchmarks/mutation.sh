@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Mutation score of the methods and the numerics around them (config: [tool.mutmut] in pyproject.toml).
+#   benchmarks/mutation.sh                      # every configured module (methods, ema, losses, inference)
+#   benchmarks/mutation.sh 'bfaseg.methods.*'   # only mutants whose name matches (mutmut's glob)
+# One worker (the CPU is shared); results are cached in mutants/ and a rerun only tests what changed.
+# Prints killed / survived / other per module and the score = killed / (all - equivalent), where the
+# equivalent mutants are the names listed in benchmarks/mutation_equivalent.txt (reasons in docs/MUTATION.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src" MPLBACKEND=Agg OMP_NUM_THREADS=1
+mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@" >/dev/null || true
+mutmut results --all true | python3 benchmarks/mutation_score.py benchmarks/mutation_equivalent.txt "$@"

@@ -1,0 +1,566 @@
+"""The methods' pieces with numbers: copy-paste mixing, boundary targets, alignment, the teacher's life.
+
+Each test pins a behaviour that a small plausible bug would change (see docs/MUTATION.md); the exact
+formulas of the BCP mixed loss, the pseudo-boundary scaling and UA-MT's threshold schedule have their
+own reference tests and are not asserted here.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bfaseg.config import validate_config
+from bfaseg.methods import bcp as bcp_module
+from bfaseg.methods import bfa as bfa_module
+from bfaseg.methods.base import cuboid_mask, noisy, paste
+from bfaseg.methods.boundary import class_boundaries, downsample_boundaries, downsample_weights
+from bfaseg.training.ema import ema_decay
+from bfaseg.training.losses import boundary_loss
+from bfaseg.training.trainer import Trainer
+
+from conftest import tiny_config
+
+K = 3  # classes of the tiny config
+H = W = 32
+
+
+def _trainer(tmp_path, method, train=None, model=None, **params):
+    raw = tiny_config(method, **{"iterations": 10, "precision": "fp32", **(train or {})})
+    raw["model"].update(base_channels=4, **(model or {}))
+    raw["method"].update(params)
+    return Trainer(validate_config(raw), tmp_path / method, progress=False)
+
+
+def _box(n, rows, cols):
+    box = torch.zeros(n, H, W)
+    box[:, rows, cols] = 1.0
+    return box
+
+
+def _batch(seed=0, n=4):
+    g = torch.Generator().manual_seed(seed)
+    label = torch.zeros(n, H, W, dtype=torch.long)
+    label[:, 4:20, 6:22] = 1
+    label[:, 10:14, 10:16] = 2
+    label = torch.roll(label, shifts=seed, dims=2)
+    return {
+        "image_l": torch.rand(n, 1, H, W, generator=g),
+        "label_l": label,
+        "image_u": torch.rand(n, 1, H, W, generator=g) + 2.0,  # unlabeled images are told apart by value
+    }
+
+
+def _fake_pseudo_labels(x_u):
+    """A teacher whose answer depends on each voxel only: label and confidence from the image value."""
+    label = torch.where(x_u[:, 0] > 2.5, 2, 1)
+    keep = (x_u[:, 0] < 2.8).float()
+    return label, keep
+
+
+# ------------------------------------------------------------------ cuboid_mask
+
+
+@pytest.mark.parametrize("shape,fraction", [((7, 5), 0.6), ((16, 16, 8), 2 / 3), ((4,), 0.2)])
+def test_cuboid_mask_is_one_box_of_the_right_size_at_every_offset(shape, fraction):
+    torch.manual_seed(0)
+    sizes = [max(1, int(s * fraction)) for s in shape]  # rounded down, as the reference
+    starts = [set() for _ in shape]
+    mask = cuboid_mask(shape, 200, fraction, "cpu")
+    assert mask.shape == (200, *shape) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    for m in mask:
+        idx = m.nonzero()
+        lo, hi = idx.min(0).values, idx.max(0).values
+        assert (hi - lo + 1).tolist() == sizes and m.sum() == math.prod(sizes)  # one full box
+        for d in range(len(shape)):
+            starts[d].add(int(lo[d]))
+    # every admissible offset is drawn, and no other
+    assert starts == [set(range(s - z + 1)) for s, z in zip(shape, sizes)]
+
+
+def test_paste_float_and_integer():
+    box = _box(1, slice(2, 5), slice(3, 9))
+    outer, inner = torch.zeros(1, 2, H, W), torch.ones(1, 2, H, W)
+    out = paste(outer, inner, box)
+    assert torch.equal(out[:, 0], box) and torch.equal(out[:, 1], box)
+    lab = paste(torch.zeros(1, H, W, dtype=torch.long), torch.full((1, H, W), 2), box)
+    assert lab.dtype == torch.long and torch.equal(lab, 2 * box.long())
+
+
+# ------------------------------------------------------------------ mixed_batch
+
+
+BOXES = [(slice(0, 21), slice(0, 21)), (slice(11, 32), slice(11, 32)), (slice(5, 26), slice(0, 21))]
+
+
+@pytest.mark.parametrize("rows,cols", BOXES)
+@pytest.mark.parametrize("teacher_mode", ["eval", "train"])
+def test_mixed_batch_voxel_by_voxel_both_directions(tmp_path, monkeypatch, rows, cols, teacher_mode):
+    t = _trainer(tmp_path, "bcp", train={"teacher_mode": teacher_mode}, pretrain=2, pseudo_weight=0.3)
+    m = t.method
+    box = _box(2, rows, cols)
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(m, "pseudo_labels", _fake_pseudo_labels)
+    batch = _batch()
+    x_l, y_l, x_u = batch["image_l"], batch["label_l"], batch["image_u"]
+    pl, keep = _fake_pseudo_labels(x_u)
+    inside = box.bool()
+    mix = m.mixed_batch(batch, 5)  # after pre-training
+    # direction 1: labeled 0,1 outside, unlabeled 0,1 in the box; direction 2: unlabeled 2,3 outside, labeled 2,3 inside
+    exp_img = torch.cat([torch.where(inside[:, None], x_u[:2], x_l[:2]), torch.where(inside[:, None], x_l[2:], x_u[2:])])
+    exp_tgt = torch.cat([torch.where(inside, pl[:2], y_l[:2]), torch.where(inside, y_l[2:], pl[2:])])
+    exp_w = torch.cat([torch.where(inside, 0.3 * keep[:2], 1.0), torch.where(inside, 1.0, 0.3 * keep[2:])])
+    exp_origin = torch.cat([(~inside).float(), inside.float()])
+    assert torch.equal(mix["image"], exp_img)
+    assert torch.equal(mix["target"], exp_tgt)
+    assert torch.allclose(mix["weight"], exp_w)
+    assert torch.equal(mix["gt_origin"], exp_origin)
+    assert torch.equal(mix["box"], box)
+
+
+def test_mixed_batch_in_pretraining_pastes_labeled_into_labeled(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bcp", pretrain=2)
+    m = t.method
+    box = _box(2, slice(3, 24), slice(8, 29))
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(m, "pseudo_labels", lambda x: pytest.fail("no teacher during pre-training"))
+    batch = _batch()
+    x_l, y_l = batch["image_l"], batch["label_l"]
+    inside = box.bool()
+    mix = m.mixed_batch(batch, 1)
+    assert torch.equal(mix["image"], torch.where(inside[:, None], x_l[2:], x_l[:2]))
+    assert torch.equal(mix["target"], torch.where(inside, y_l[2:], y_l[:2]))
+    assert torch.equal(mix["weight"], torch.ones(2, H, W)) and torch.equal(mix["gt_origin"], torch.ones(2, H, W))
+    assert m.in_pretrain(1) and not m.in_pretrain(2)
+
+
+def test_box_size_follows_box_fraction(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bcp", pretrain=0.0, box_fraction=0.25)
+    t.copy_student_to_teacher()
+    seen = []
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda *a: seen.append(a[2]) or cuboid_mask(*a))
+    mix = t.method.mixed_batch(_batch(), 3)
+    assert seen == [0.25] and mix["box"].sum((1, 2)).tolist() == [64.0, 64.0]
+
+
+def test_pseudo_labels_argmax_confidence_and_component_filter(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bcp", confidence=0.8, component_filter=0.5)
+    logits = torch.zeros(1, K, H, W)
+    logits[0, 1, 2:12, 2:12] = 5.0  # a large confident class-1 region
+    logits[0, 1, 20, 20] = 5.0  # a one-voxel island of class 1: filtered out
+    logits[0, 2, 25:28, 2:12] = 0.5  # class 2 but unsure (softmax max 0.45)
+    monkeypatch.setattr(t, "teacher_forward", lambda x: logits)
+    label, keep = t.method.pseudo_labels(torch.zeros(1, 1, H, W))
+    expected = torch.zeros(1, H, W, dtype=torch.long)
+    expected[0, 2:12, 2:12] = 1
+    expected[0, 25:28, 2:12] = 2  # the only class-2 component: kept, however unsure
+    assert torch.equal(label, expected)
+    conf = torch.softmax(logits, 1).max(1).values
+    assert torch.equal(keep, (conf >= 0.8).float()) and keep[0, 25:28, 2:12].sum() == 0 and keep[0, 5, 5] == 1
+    t.method.p.component_filter = 0.0  # off: the island stays
+    assert t.method.pseudo_labels(torch.zeros(1, 1, H, W))[0][0, 20, 20] == 1
+
+
+def test_pseudo_weight_ramps_after_pretraining(tmp_path):
+    m = _trainer(tmp_path, "bcp", pretrain=4, pseudo_weight=0.6, pseudo_rampup=4).method
+    assert m.pseudo_weight(4) == pytest.approx(0.6 * math.exp(-5))
+    assert m.pseudo_weight(6) == pytest.approx(0.6 * math.exp(-5 * 0.25))
+    assert m.pseudo_weight(8) == pytest.approx(0.6) and m.pseudo_weight(9) == pytest.approx(0.6)
+
+
+def test_supervised_weight_adds_the_unmixed_labeled_images(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bcp", pretrain=0.0, supervised_weight=0.7)
+    t.copy_student_to_teacher()
+    seen = []
+    orig = t.method.student
+    monkeypatch.setattr(t.method, "student", lambda x, **kw: seen.append(x) or orig(x, **kw))
+    batch = _batch()
+    loss, logs = t.method.training_step(batch, 3)
+    assert set(logs) == {"seg", "sup"} and torch.equal(seen[0][4:], batch["image_l"])
+    assert loss.item() == pytest.approx(logs["seg"].item() + 0.7 * logs["sup"].item(), rel=1e-5)
+    t.method.p.supervised_weight = 0.0
+    seen.clear()
+    loss, logs = t.method.training_step(batch, 3)
+    assert set(logs) == {"seg"} and seen[0].shape[0] == 4 and loss.item() == logs["seg"].item()
+
+
+# -------------------------------------------------------- boundaries and pooling
+
+
+def test_boundary_targets_have_no_band_on_the_paste_seam(tmp_path, monkeypatch):
+    """Labels of class 1 everywhere on both sides: after pasting, the seam is no boundary; a real
+    contour inside the pasted box survives exactly."""
+    t = _trainer(tmp_path, "bfa", pretrain=0.0)
+    box = _box(2, slice(8, 29), slice(0, 21))
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    pl = torch.ones(4, H, W, dtype=torch.long)
+    pl[:, 12:18, 4:10] = 2  # a pseudo-label contour inside the box (direction 1)
+    monkeypatch.setattr(t.method, "pseudo_labels", lambda x: (pl[: x.shape[0]], torch.ones(x.shape[0], H, W)))
+    batch = _batch()
+    batch["label_l"] = torch.full((4, H, W), 2, dtype=torch.long)  # GT of another class: the seam is 1|2
+    mix = t.method.mixed_batch(batch, 5)
+    b = t.method.mixed_boundaries(mix)
+    expected = torch.zeros(4, K - 1, H, W)
+    expected[:2] = class_boundaries(pl[:2], K) * box[:, None]
+    expected[2:] = class_boundaries(pl[:2], K) * (1 - box[:, None])  # direction 2: pseudo outside the box
+    assert torch.equal(b, expected)
+    assert b[0, :, 7:9].sum() == 0 and b[0, :, :, 20:22].sum() == 0  # nothing along the seam
+    assert class_boundaries(mix["target"], K)[0, :, 7:9].sum() > 0  # (what extracting after pasting would give)
+
+
+def test_training_step_feeds_the_premixed_boundaries_to_head_and_alignment(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bfa", pretrain=0.0, supervised_weight=0.5, min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    box = _box(2, slice(8, 29), slice(0, 21))
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(t.method, "pseudo_labels", _fake_pseudo_labels)
+    calls, aligned = [], []
+    monkeypatch.setattr(bfa_module, "boundary_loss", lambda *a: calls.append(a) or boundary_loss(*a))
+    orig_align = t.method.alignment_loss
+    monkeypatch.setattr(t.method, "alignment_loss", lambda *a: aligned.append(a) or orig_align(*a))
+    batch = _batch()
+    loss, logs = t.method.training_step(batch, 6)
+    mix = t.method.mixed_batch(batch, 6)
+    full = torch.cat([t.method.mixed_boundaries(mix), class_boundaries(batch["label_l"], K)])
+    origin = torch.cat([mix["gt_origin"], torch.ones(4, H, W)])
+    (lg, tg, w_gt), (lp, tp, w_ps) = calls
+    size = tuple(lg.shape[2:])
+    assert lg.shape[:2] == (8, K - 1) and size == (8, 8)  # stage 1 of the 2-D U-Net: 1/4 resolution
+    assert torch.equal(tg, downsample_boundaries(full, size)) and torch.equal(tp, tg)
+    keep_full = torch.cat([(mix["weight"] > 0).float(), torch.ones(4, H, W)])  # confident pseudo voxels and all GT
+    o = downsample_weights(origin, size)
+    kept = downsample_weights(keep_full, size)
+    # the pseudo term sees only (confident) pseudo-label regions, the GT term only ground truth
+    assert torch.equal(w_gt, (o > 0.5).float()) and torch.equal(w_ps, ((o <= 0.5) & (kept > 0.5)).float())
+    assert 0 < w_ps.sum() < w_ps.numel() and 0 < w_gt.sum()
+    feats, b, g, keep = aligned[0]
+    assert torch.equal(b, full) and torch.equal(g, origin)
+    assert torch.equal(keep, keep_full)
+    assert feats.shape[2:] == (8, 8)  # the boundary stage's features
+    assert set(logs) == {"seg", "sup", "boundary_gt", "boundary_pseudo", "align"}
+
+
+def test_boundary_loss_ignores_voxels_of_weight_zero():
+    """What keeps the pseudo-boundary term blind to ground-truth regions (their weight is 0)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8)
+    target = (torch.rand(2, 2, 8, 8) > 0.7).float()
+    weight = torch.zeros(2, 8, 8)
+    weight[:, :, 4:] = 1.0
+    changed = logits.clone()
+    changed[..., :4] = torch.randn(2, 2, 8, 4) * 10
+    assert boundary_loss(changed, target, weight).item() == pytest.approx(boundary_loss(logits, target, weight).item())
+    assert boundary_loss(changed, target).item() != pytest.approx(boundary_loss(logits, target).item())
+
+
+def test_downsampled_boundaries_keep_a_one_voxel_contour():
+    b = torch.zeros(1, 1, 32, 32)
+    b[0, 0, 9, :] = 1  # a 1-voxel line on an odd row
+    b[0, 0, 20, 31] = 1  # a single voxel in the corner region
+    small = downsample_boundaries(b, (16, 16))
+    assert torch.equal(small[0, 0, 4], torch.ones(16)) and small[0, 0, 10, 15] == 1
+    assert small.sum() == 17
+    b3 = torch.zeros(1, 1, 8, 8, 8)
+    b3[0, 0, 3, 5, 7] = 1
+    assert downsample_boundaries(b3, (4, 4, 4))[0, 0, 1, 2, 3] == 1 and downsample_boundaries(b3, (8, 8, 8)) is b3
+    w = torch.zeros(1, 4, 4)
+    w[0, 0, 0] = 1.0
+    assert downsample_weights(w, (2, 2))[0, 0, 0] == 0.25  # weights average, boundaries do not
+    assert downsample_weights(torch.ones(1, 4, 4, 4), (2, 2, 2)).shape == (1, 2, 2, 2)
+
+
+# ------------------------------------------------------------------ alignment
+
+
+def _align_inputs():
+    """Two samples, features of 3 channels; class 1 and 2 boundary voxels in GT (left) and pseudo (right) halves."""
+    feats = torch.zeros(2, 3, 8, 8)
+    boundary = torch.zeros(2, 2, 8, 8)
+    origin = torch.zeros(2, 8, 8)
+    origin[:, :, :4] = 1.0
+    keep = torch.ones(2, 8, 8)
+    g1, p1 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])
+    g2, p2 = torch.tensor([0.0, 0.0, 2.0]), torch.tensor([1.0, 1.0, 1.0])
+    boundary[:, 0, 0, 0:4], feats[:, :, 0, 0:4] = 1, g1[:, None]  # 8 GT voxels of class 1
+    boundary[:, 0, 0, 4:8], feats[:, :, 0, 4:8] = 1, p1[:, None]  # 8 pseudo voxels of class 1
+    boundary[:, 1, 5, 0:4], feats[:, :, 5, 0:4] = 1, g2[:, None]
+    boundary[:, 1, 5, 4:8], feats[:, :, 5, 4:8] = 1, p2[:, None]
+    boundary[0, 0, 3, 6], feats[0, :, 3, 6], keep[0, 3, 6] = 1, torch.tensor([-50.0, 3.0, 7.0]), 0.0  # unconfident
+    feats[:, :, 7, :] = 9.0  # non-boundary voxels: never counted
+    return feats, boundary, origin, keep, (g1, p1, g2, p2)
+
+
+def _cos(a, b):
+    return F.cosine_similarity(a, b, dim=0).item()
+
+
+def test_alignment_loss_is_one_minus_cos_of_the_prototypes(tmp_path):
+    m = _trainer(tmp_path, "bfa", min_boundary_voxels=4).method
+    feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()
+    feats.requires_grad_(True)
+    loss = m.alignment_loss(feats, boundary, origin, keep)
+    expected = ((1 - _cos(p1, g1)) + (1 - _cos(p2, g2))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6) and expected > 0.35
+    loss.backward()
+    grad = feats.grad.abs().sum(1)
+    assert grad[:, :, :4].sum() == 0  # the ground-truth side is the target: no gradient into it
+    assert grad[0, 3, 6] == 0 and grad[:, 7].sum() == 0  # unconfident and non-boundary voxels
+    assert (grad[:, 0, 4:] > 0).all()
+
+
+def test_alignment_excludes_classes_with_few_boundary_voxels(tmp_path):
+    m = _trainer(tmp_path, "bfa", min_boundary_voxels=9).method  # class 1 has 8 voxels per side, class 2 too
+    feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()
+    boundary[1, 0, 1, 0:4], feats[1, :, 1, 0:4] = 1, g1[:, None]  # class 1 GT: 12 voxels
+    boundary[1, 0, 1, 4:8], feats[1, :, 1, 4:8] = 1, p1[:, None]  # class 1 pseudo: 12 voxels
+    assert m.alignment_loss(feats, boundary, origin, keep).item() == pytest.approx(1 - _cos(p1, g1), abs=1e-6)
+    m.p.min_boundary_voxels = 13  # nothing valid: zero, but still part of the graph
+    feats.requires_grad_(True)
+    zero = m.alignment_loss(feats, boundary, origin, keep)
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_alignment_pools_features_of_a_lower_stage(tmp_path):
+    m = _trainer(tmp_path, "bfa", min_boundary_voxels=1).method
+    boundary = torch.zeros(1, 2, 8, 8)
+    boundary[0, 0, 1, 1] = boundary[0, 0, 1, 6] = 1  # a 1-voxel contour at full resolution
+    origin = torch.zeros(1, 8, 8)
+    origin[0, :, :4] = 1
+    feats = torch.zeros(1, 2, 4, 4)
+    feats[0, :, 0, 0] = torch.tensor([1.0, 0.0])  # the GT voxel's pooled cell
+    feats[0, :, 0, 3] = torch.tensor([1.0, 1.0])  # the pseudo voxel's pooled cell
+    loss = m.alignment_loss(feats, boundary, origin, torch.ones(1, 8, 8))
+    assert loss.item() == pytest.approx(1 - math.sqrt(0.5), abs=1e-6)
+
+
+def test_alignment_memory_mode_update_and_resume(tmp_path):
+    t = _trainer(tmp_path, "bfa", align_target="memory", memory_momentum=0.75, min_boundary_voxels=4)
+    m = t.method
+    feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()
+    loss = m.alignment_loss(feats, boundary, origin, keep)  # first call: the memory is the GT prototypes
+    assert torch.allclose(m.memory, torch.stack([g1, g2]))
+    assert loss.item() == pytest.approx(((1 - _cos(p1, g1)) + (1 - _cos(p2, g2))) / 2, abs=1e-6)
+    g1b = torch.tensor([0.0, 1.0, 0.0])
+    feats2 = feats.clone()
+    feats2[:, :, 0, 0:4] = g1b[:, None]
+    boundary2 = boundary.clone()
+    boundary2[:, 1, 5, 1:4] = 0  # class 2 keeps 2 GT voxels: below the minimum, its memory stays
+    feats2.requires_grad_(True)
+    loss = m.alignment_loss(feats2, boundary2, origin, keep)
+    mem1 = 0.75 * g1 + 0.25 * g1b
+    assert torch.allclose(m.memory, torch.stack([mem1, g2]))
+    # both sides pulled to the memory (class 2 excluded: too few GT voxels)
+    assert loss.item() == pytest.approx((1 - _cos(p1, mem1)) + (1 - _cos(g1b, mem1)), abs=1e-6)
+    loss.backward()
+    assert feats2.grad[:, :, 0, 0:4].abs().sum() > 0  # memory mode moves the GT side too
+    # the memory travels with the checkpoint and comes back on resume
+    assert torch.equal(m.state_dict()["memory"], m.memory)
+    t.save("last", 3)
+    resumed = Trainer(t.cfg, t.output_dir, resume=True, progress=False)
+    assert torch.equal(resumed.method.memory, m.memory) and resumed.start_iteration == 3
+    fresh = _trainer(tmp_path / "fresh", "bfa", align_target="memory")
+    assert fresh.method.memory is None and fresh.method.state_dict() == {"memory": None}
+
+
+# ------------------------------------------------------------ teacher's life
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method,fraction,pretrain", [("bcp", 3, 3), ("bfa", 1 / 7, 1), ("mean_teacher", None, 0)])
+def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
+    """Frozen during pre-training, a copy of the student when it ends, then closed-form EMA
+    (decay min(1 - 1/(t+1), ema_decay)) on parameters AND BatchNorm running statistics."""
+    params = {"pretrain": fraction} if pretrain else {}  # > 1: iterations; <= 1: a fraction of the 7
+    t = _trainer(tmp_path, method, train={"iterations": 7, "val_every": 7, "log_every": 7, "checkpoint_every": 7,
+                                          "ema_decay": 0.6}, **params)
+    assert all(not p.requires_grad for p in t.teacher.parameters())
+    assert getattr(t.method, "pretrain_iterations", 0) == pretrain
+    snaps = []
+    hook = t.method.on_iteration_start
+
+    def record(iteration):
+        hook(iteration)
+        snaps.append((iteration, _snapshot(t.student), _snapshot(t.teacher)))
+
+    t.method.on_iteration_start = record
+    t.fit()
+    snaps.append((7, _snapshot(t.student), _snapshot(t.teacher)))
+    teacher0 = snaps[0][2]
+    for i, student, teacher in snaps[1 : pretrain + 1]:
+        if i < pretrain:
+            assert all(torch.equal(teacher[k], teacher0[k]) for k in teacher), f"teacher moved at {i}"
+    if pretrain:
+        _, student_p, teacher_p = snaps[pretrain]
+        assert all(torch.equal(teacher_p[k], student_p[k]) for k in teacher_p)  # handed over, buffers too
+    bn_checked = False
+    for (i, _, teacher), (_, student_next, teacher_next) in zip(snaps[pretrain:-1], snaps[pretrain + 1 :]):
+        d = ema_decay(i, 0.6)
+        for k, v in teacher_next.items():
+            if v.is_floating_point():
+                assert torch.allclose(v, d * teacher[k] + (1 - d) * student_next[k], atol=1e-6), (i, k)
+                if "running" in k and d > 0 and not torch.allclose(teacher[k], student_next[k]):
+                    bn_checked = True
+            else:
+                assert torch.equal(v, student_next[k]), (i, k)  # counters copied
+    assert bn_checked  # the BatchNorm statistics were averaged where it shows
+
+
+def test_teacher_forward_mode_follows_teacher_mode(tmp_path):
+    for mode in ("eval", "train"):
+        t = _trainer(tmp_path / mode, "bcp", train={"teacher_mode": mode})
+        modes = []
+        t.teacher.register_forward_pre_hook(lambda mod, inp: modes.append(mod.training))
+        out = t.teacher_forward(torch.rand(2, 1, H, W))
+        assert modes == [mode == "train"] and not out.requires_grad and out.dtype == torch.float32
+
+
+# --------------------------------------------------------- mean teacher, UA-MT
+
+
+def test_mean_teacher_noise_goes_to_the_teacher_only(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "mean_teacher", noise_sigma=0.5, noise_clip=0.3, consistency=2.0, rampup=0)
+    seen_student, seen_teacher = [], []
+    orig_student, orig_teacher = t.method.student, t.teacher_forward
+    monkeypatch.setattr(t.method, "student", lambda x, **kw: seen_student.append(x) or orig_student(x, **kw))
+    monkeypatch.setattr(t, "teacher_forward", lambda x, **kw: seen_teacher.append(x) or orig_teacher(x, **kw))
+    batch = _batch()
+    torch.manual_seed(0)
+    loss, logs = t.method.training_step(batch, 0)
+    assert torch.equal(seen_student[0], torch.cat([batch["image_l"], batch["image_u"]]))
+    noise = seen_teacher[0] - batch["image_u"]
+    assert noise.abs().max() <= 0.3 + 1e-6 and (noise.abs() > 1e-3).float().mean() > 0.9
+    assert 0.2 < noise.std() < 0.3  # sigma 0.5 clipped at 0.3
+    assert loss.item() == pytest.approx(logs["sup"].item() + 2.0 * logs["consistency"].item(), rel=1e-5)
+
+
+def test_noisy_is_clipped_gaussian():
+    torch.manual_seed(0)
+    x = torch.zeros(100000)
+    n = noisy(x, 0.1, 0.2)
+    assert n.abs().max() <= 0.2 and n.std().item() == pytest.approx(0.1, rel=0.05) and abs(n.mean().item()) < 0.005
+    assert noisy(x, 1.0, 0.05).abs().max() == pytest.approx(0.05)
+
+
+class _FixedTeacher(torch.nn.Module):
+    """Whatever the input: confident (class 0) in the left half, fairly unsure (entropy 0.976) in the third
+    quarter, uniform (entropy ln 3) in the last quarter."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.zeros(1, K, H, W)
+        self.logits[:, 0, :, : W // 2] = 20.0
+        self.logits[:, 0, :, W // 2 : 3 * W // 4] = 1.0
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x, return_extras=False):
+        return self.logits.expand(x.shape[0], -1, -1, -1).clone()
+
+
+def test_ua_mt_mask_keeps_the_low_entropy_voxels(tmp_path, monkeypatch):
+    # a constant threshold of 0.95 ln 3 = 1.04 (the schedule has its own reference test)
+    t = _trainer(tmp_path, "ua_mt", mc_passes=3, threshold_start=0.95, threshold_end=0.95, consistency=1.0, rampup=0,
+                 noise_sigma=0.5, noise_clip=0.3)
+    t.teacher = _FixedTeacher()
+    entropy = t.method.uncertainty(torch.zeros(2, 1, H, W))
+    assert entropy.shape == (2, H, W)
+    assert entropy[:, :, :16].max() < 1e-3 and entropy[:, :, 16:24].mean().item() == pytest.approx(0.976, abs=1e-3)
+    assert entropy[:, :, 24:].min() == pytest.approx(math.log(K), abs=1e-4)
+    seen = []
+    orig_teacher = t.teacher_forward
+    monkeypatch.setattr(t, "teacher_forward", lambda x, **kw: seen.append(x) or orig_teacher(x, **kw))
+    batch = _batch()
+    torch.manual_seed(0)
+    loss, logs = t.method.training_step(batch, 0)
+    assert logs["certain"].item() == pytest.approx(0.75)  # the confident half and the fairly unsure quarter
+    assert set(logs) == {"sup", "consistency", "certain"}
+    assert loss.item() == pytest.approx(logs["sup"].item() + logs["consistency"].item(), rel=1e-5)  # weight 1, no ramp
+    noise = seen[0] - batch["image_u"]  # the consistency target's input is noisy too
+    assert 0.25 < noise.abs().max() <= 0.3 + 1e-6 and 0.2 < noise.std() < 0.3
+    torch.manual_seed(0)
+    logits = t.student(torch.cat([batch["image_l"], batch["image_u"]]))[4:]
+    sq = (torch.softmax(logits, 1) - torch.softmax(t.teacher.logits, 1)) ** 2
+    assert logs["consistency"].item() == pytest.approx(sq[..., :24].mean().item(), rel=1e-4)  # certain voxels only
+
+
+# ------------------------------------------------------------- every option
+
+
+OPTIONS = {
+    "bcp": [{"teacher_mode": "train"}, {"confidence": 0.9}, {"component_filter": 0.0}, {"component_filter": 0.3},
+            {"supervised_weight": 0.5}, {"pseudo_rampup": 0.5}, {"box_fraction": 0.5}],
+    "bfa": [{"align_target": "memory"}, {"lambda_distance": 0.5}, {"boundary_fuse": False}, {"boundary_stage": 2},
+            {"align_stage": 3}, {"boundary_thickness": 2}, {"confidence": 0.95}, {"teacher_mode": "train"},
+            {"supervised_weight": 0.0}, {"min_boundary_voxels": 10**6}],
+    "mean_teacher": [{"noise_sigma": 0.0}, {"teacher_mode": "train"}],
+    "ua_mt": [{"mc_passes": 1}, {"threshold_start": 0.9, "threshold_end": 1.0}],
+}
+
+
+@pytest.mark.parametrize("method,option", [(m, o) for m, opts in OPTIONS.items() for o in opts], ids=str)
+def test_every_option_trains_a_step(tmp_path, method, option):
+    train = {"teacher_mode": option.pop("teacher_mode")} if "teacher_mode" in option else {}
+    extra = {"pretrain": 0.0} if method in ("bcp", "bfa") else {}
+    t = _trainer(tmp_path, method, train=train, **extra, **option)
+    t.copy_student_to_teacher()
+    torch.manual_seed(0)
+    loss, logs = t.method.training_step(_batch(), 5)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in logs.values())
+    loss.backward()
+    grads = [p.grad for p in t.student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+# ------------------------------------------------------------ inference weighting
+
+
+def test_gaussian_importance_sigma_is_an_eighth_of_the_patch():
+    from bfaseg.inference.sliding_window import gaussian_importance_map
+
+    w = gaussian_importance_map((16, 8))
+    axis = [torch.exp(-0.5 * ((torch.arange(p, dtype=torch.float64) - (p - 1) / 2) / (p / 8)) ** 2) for p in (16, 8)]
+    expected = axis[0][:, None] * axis[1][None, :]
+    assert torch.allclose(w.double(), expected / expected.max(), rtol=1e-6, atol=1e-12)
+    # sigma = 16 / 8 = 2 voxels: the edge voxel (7.5 from the centre) against the central one (0.5)
+    assert (w[0, 3] / w[7, 3]).item() == pytest.approx(math.exp(-0.5 * (7.5 / 2) ** 2 + 0.5 * (0.5 / 2) ** 2), rel=1e-5)
+    assert w.max() == 1.0
+    tiny = gaussian_importance_map((400,), sigma_scale=0.01)  # far tails underflow: raised to the smallest weight
+    assert tiny.min() > 0 and (tiny == tiny.min()).sum() > 100
+
+
+def test_signed_distance_defaults_and_a_missing_first_class():
+    from bfaseg.methods.boundary import signed_distance_maps
+
+    label = torch.zeros(1, 1, 90, dtype=torch.long)
+    label[0, 0, :10] = 2  # class 1 absent, class 2 present: both maps still filled
+    phi = signed_distance_maps(label, 3)
+    assert phi.dtype == torch.float32 and phi.shape == (1, 2, 1, 90)
+    assert torch.all(phi[0, 0] == 5.0)  # default clip 5
+    assert phi[0, 1, 0, 30].item() == pytest.approx(2.1)  # default scale: 21 voxels away = 2.1
+    assert phi[0, 1, 0, 9].item() == pytest.approx(-0.1) and phi[0, 1, 0, 80].item() == 5.0
+    full = signed_distance_maps(torch.full((1, 1, 6), 1), 2)  # the class fills the patch: deep inside everywhere
+    assert torch.all(full == -5.0)
+    deep = torch.zeros(1, 1, 90, dtype=torch.long)
+    deep[0, 0, :80] = 1
+    assert signed_distance_maps(deep, 2)[0, 0, 0, 0].item() == -5.0  # 80 voxels inside: clipped at -clip
+
+
+def test_supervised_logs_its_loss_as_sup(tmp_path):
+    t = _trainer(tmp_path, "supervised")
+    loss, logs = t.method.training_step(_batch(), 0)
+    assert set(logs) == {"sup"} and logs["sup"].item() == loss.item() and not logs["sup"].requires_grad
+
+
+def test_mean_teacher_consistency_is_the_mse_of_softmaxes(tmp_path):
+    t = _trainer(tmp_path, "mean_teacher")
+    t.teacher = _FixedTeacher()
+    batch = _batch()
+    torch.manual_seed(0)
+    _, logs = t.method.training_step(batch, 0)
+    torch.manual_seed(0)  # the same dropout masks
+    logits = t.student(torch.cat([batch["image_l"], batch["image_u"]]))[4:]
+    expected = ((torch.softmax(logits, 1) - torch.softmax(t.teacher.logits, 1)) ** 2).mean()
+    assert logs["consistency"].item() == pytest.approx(expected.item(), rel=1e-5)
