@@ -17,7 +17,7 @@ from bfaseg.methods import bfa as bfa_module
 from bfaseg.methods.base import cuboid_mask, noisy, paste
 from bfaseg.methods.boundary import class_boundaries, downsample_boundaries, downsample_weights
 from bfaseg.training.ema import ema_decay
-from bfaseg.training.losses import boundary_loss
+from bfaseg.losses import boundary_loss
 from bfaseg.training.trainer import Trainer
 
 from conftest import tiny_config
