@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bfaseg.errors import BfasegError
+from bfaseg.io.h5 import H5_SUFFIXES, read_h5
 from bfaseg.metrics.core import BOTH_EMPTY, EMPTY_CLASS_HELP, EMPTY_CLASS_POLICIES, FAILED, METRICS, POLICIES, compute_case
 
 def register(subparsers) -> None:
@@ -60,13 +61,8 @@ def _load(path_str: str) -> tuple[np.ndarray, tuple[float, ...] | None]:
             data = np.asanyarray(img.dataobj)
             zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
             return data, zooms
-        if name.endswith((".h5", ".hdf5")):
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if "label" not in f:
-                    raise BfasegError(f"{path}: no 'label' dataset (keys: {', '.join(sorted(f.keys())) or 'none'})")
-                return f["label"][()], None
+        if name.endswith(H5_SUFFIXES):
+            return read_h5(path, ("label",), required=("label",))[0]["label"], None
         if name.endswith(".npy"):
             return np.load(path, allow_pickle=False), None
     except BfasegError:

@@ -24,21 +24,19 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bfaseg.errors import BfasegError
-from bfaseg.evaluation.evaluate import progress_iter, read_nifti_label_raw
+from bfaseg.evaluation.evaluate import progress_iter
 from bfaseg.evaluation.scoring import case_row, score_case, summary_metrics
 from bfaseg.inference.predictor import Predictor
 from bfaseg.io.files import jsonable, write_json_atomic
+from bfaseg.io.h5 import H5_SUFFIXES, read_h5, write_h5_atomic
+from bfaseg.io.nifti import NIFTI_SUFFIXES, read_nifti_label_raw
 from bfaseg.metrics import EMPTY_CLASS_HELP, EMPTY_CLASS_POLICIES
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-H5_SUFFIXES = (".h5", ".hdf5")
 
 
 def register(sub) -> None:
@@ -120,40 +118,14 @@ def collect_inputs(path: Path) -> list[tuple[str, Path, str]]:
     return out
 
 
-@contextmanager
-def _open_h5(path: Path):
-    """``h5py.File(path, "r")``; read errors become a :class:`BfasegError` naming the file."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            yield f
-    except BfasegError:
-        raise
-    except (OSError, KeyError, ValueError) as exc:
-        raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
-
-
-def _spacing_attr(f) -> tuple[float, ...] | None:
-    spacing = f.attrs.get("spacing")
-    return tuple(float(s) for s in spacing) if spacing is not None else None
-
-
 def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
-    with _open_h5(path) as f:
-        if "image" not in f:
-            raise BfasegError(f"{path}: missing dataset 'image' (keys: {sorted(f.keys())})")
-        for key in ("image", "label"):
-            if key in f and not isinstance(f[key], __import__("h5py").Dataset):
-                raise BfasegError(f"{path}: '{key}' is a group, not a dataset")
-        image = np.asarray(f["image"][()], dtype=np.float32)
-        label = np.asarray(f["label"][()]) if "label" in f else None
-        spacing = _spacing_attr(f)
+    arrays, spacing = read_h5(path, ("image", "label"), required=("image",))
+    image = np.asarray(arrays["image"], dtype=np.float32)
     if image.ndim not in (2, 3):
         raise BfasegError(f"{path}: 'image' must be 2-D or 3-D, got shape {image.shape}")
     if not np.isfinite(image).all():
         raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
-    return image, label, spacing
+    return image, arrays["label"], spacing
 
 
 def _find_label(labels_dir: Path, case_id: str) -> Path | None:
@@ -166,7 +138,7 @@ def _find_label(labels_dir: Path, case_id: str) -> Path | None:
 
 def _read_label_file(path: Path, num_classes: int, meta: dict | None = None):
     """``(label, spacing)`` checked as in training; ``meta`` of a NIfTI image adds its shape and affine."""
-    from bfaseg.data.labels import check_label_array
+    from bfaseg.io.labels import check_label_array
 
     if _strip(path.name, NIFTI_SUFFIXES) is not None:
         if meta is not None:
@@ -174,35 +146,13 @@ def _read_label_file(path: Path, num_classes: int, meta: dict | None = None):
 
             return read_source_label(path, meta, num_classes), tuple(meta["original_spacing"])
         return read_nifti_label_raw(path, num_classes)
-    with _open_h5(path) as f:
-        if "label" not in f:
-            raise BfasegError(f"{path}: missing dataset 'label'")
-        if not isinstance(f["label"], __import__("h5py").Dataset):
-            raise BfasegError(f"{path}: 'label' is a group, not a dataset")
-        return check_label_array(f["label"][()], path, num_classes), _spacing_attr(f)
-
-
-# ----------------------------------------------------------------------------- writing
-def _write_h5_atomic(path: Path, label: np.ndarray, probs: np.ndarray | None, attrs: dict) -> None:
-    import h5py
-
-    from bfaseg.io.files import atomic_write_bytes
-
-    def write(stream) -> None:
-        with h5py.File(stream, "w") as f:
-            f.create_dataset("label", data=label.astype(np.uint8), compression="gzip")
-            if probs is not None:
-                f.create_dataset("probabilities", data=probs.astype(np.float32), compression="gzip")
-            for k, v in attrs.items():
-                if v is not None:
-                    f.attrs[k] = v
-
-    atomic_write_bytes(path, write)
+    arrays, spacing = read_h5(path, ("label",), required=("label",))
+    return check_label_array(arrays["label"], path, num_classes), spacing
 
 
 # ----------------------------------------------------------------------------- command
 def run(args) -> int:
-    from bfaseg.data.labels import check_label_array
+    from bfaseg.io.labels import check_label_array
     from bfaseg.io.output import check_output_dir, remove_stale_temporaries
 
     inputs = collect_inputs(Path(args.input))
@@ -290,7 +240,8 @@ def run(args) -> int:
                     written.append(str(save_probabilities(probs, meta, out_dir / f"{case_id}_probs.nii.gz")))
             else:
                 out = out_dir / f"{case_id}_pred.h5"
-                _write_h5_atomic(out, labels, probs, {"spacing": spacing, "source": str(path)})
+                write_h5_atomic(out, {"label": labels.astype(np.uint8), "probabilities": None if probs is None else probs.astype(np.float32)},
+                                {"spacing": spacing, "source": str(path)}, compression="gzip")
                 written.append(str(out))
             pred = labels
         if quality:

@@ -36,10 +36,18 @@ import numpy as np
 
 from bfaseg.data.cases import Case
 from bfaseg.errors import BfasegError
+from bfaseg.io.nifti import (
+    CHANNEL_RE,
+    NIFTI_SUFFIXES,
+    case_id_from_path,
+    is_nifti,
+    load_nifti,
+    import_nibabel,
+    read_nifti_array,
+    strip_nifti_suffix,
+)
 
 DEFAULT_CT_WINDOW = (-125.0, 275.0)
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 __all__ = [
     "DEFAULT_CT_WINDOW",
@@ -57,65 +65,11 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 
 
-def _nib():
-    import nibabel  # local import keeps `import bfaseg` light
-
-    return nibabel
-
-
-def _strip_nifti_suffix(name: str) -> str | None:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _is_nifti(path: Path) -> bool:
-    # "._name.nii.gz" files are macOS resource forks shipped inside the MSD archives
-    return path.is_file() and not path.name.startswith(".") and _strip_nifti_suffix(path.name) is not None
-
-
-def _load(path: Path):
-    nib = _nib()
-    if not path.exists():
-        raise BfasegError(f"NIfTI file not found: {path}")
+def _header_int(header, key: str) -> int:
     try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, OSError ...)
-        raise BfasegError(f"cannot read NIfTI file {path}: {exc}") from None
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-        shape = shape[:3]
-    if len(shape) == 4:
-        raise BfasegError(f"{path}: expected a 3-D volume, got shape {shape} "
-                          "(multi-channel images are not supported; use one file per case)")
-    if len(shape) != 3:
-        raise BfasegError(f"{path}: expected a 3-D volume, got a {len(shape)}-D array of shape {shape}")
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise BfasegError(f"{path}: the affine is singular or not finite (voxel size 0 or axes collinear); "
-                          "fix the header (qform/sform)")
-    return img
-
-
-def _read_array(img, path: Path, *, as_label: bool) -> np.ndarray:
-    try:
-        if as_label:
-            data = np.asanyarray(img.dataobj)
-            scaled = getattr(img.dataobj, "slope", 1) != 1 or getattr(img.dataobj, "inter", 0) != 0
-            if data.dtype.kind == "f" or scaled:
-                data = np.asarray(img.get_fdata(dtype=np.float32))
-        else:
-            data = img.get_fdata(dtype=np.float32)
-    except Exception as exc:
-        raise BfasegError(f"cannot read the voxel data of {path}: {exc}") from None
-    data = np.asarray(data)
-    if data.ndim == 4:
-        data = data[..., 0]
-    if not as_label and not np.all(np.isfinite(data)):
-        raise BfasegError(f"{path}: image contains NaN or Inf values")
-    return data
+        return int(header[key])
+    except (KeyError, ValueError, TypeError):
+        return 0
 
 
 def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -176,19 +130,6 @@ def _normalise(data: np.ndarray, modality: str, window: tuple[float, float]) -> 
     return out.astype(np.float32), {"kind": "zscore", "mean": mean, "std": std}
 
 
-def _header_int(header, key: str) -> int:
-    try:
-        return int(header[key])
-    except (KeyError, ValueError, TypeError):
-        return 0
-
-
-def _case_id_from_path(path: Path) -> str:
-    stem = _strip_nifti_suffix(path.name) or path.stem
-    m = _CHANNEL_RE.match(stem)
-    return m.group("case") if m else stem
-
-
 # --------------------------------------------------------------------------- images / labels
 
 
@@ -208,7 +149,7 @@ def load_nifti_image(
     The array axis order is the canonical (x, y, z) one when ``canonical`` is true, else the
     file's own. ``case.spacing`` is the spacing of the returned array (mm).
     """
-    nib = _nib()
+    nib = import_nibabel()
     path = Path(path)
     spacing_req = _parse_spacing(target_spacing)
     mod = _parse_modality(modality)
@@ -216,13 +157,13 @@ def load_nifti_image(
     if not hi > lo:
         raise BfasegError(f"ct_window must be (low, high) with low < high, got {ct_window!r}")
 
-    img = _load(path)
+    img = load_nifti(path)
     original_affine = np.asarray(img.affine, dtype=np.float64)
     original_shape = tuple(int(s) for s in img.shape[:3])
     header = img.header
     original_zooms = tuple(float(z) for z in header.get_zooms()[:3])
 
-    data = _read_array(img, path, as_label=False)
+    data = read_nifti_array(img, path, as_label=False)
     if canonical:
         ornt = nib.orientations.io_orientation(original_affine)
         data = nib.orientations.apply_orientation(data, ornt)
@@ -277,7 +218,7 @@ def load_nifti_image(
         "normalization": norm,
     }
     return Case(
-        case_id=case_id or _case_id_from_path(path),
+        case_id=case_id or case_id_from_path(path),
         image=image,
         label=None,
         spacing=tuple(float(s) for s in spacing),
@@ -304,9 +245,9 @@ def read_source_label(path: str | os.PathLike, meta: dict, num_classes: int | No
     source grid, checked as in training: the image's shape and affine (to 1e-4), finite integer values,
     0..255 (0..num_classes-1 when given). Returns uint8; any failure is a :class:`BfasegError`.
     """
-    nib = _nib()
+    nib = import_nibabel()
     path = Path(path)
-    img = _load(path)
+    img = load_nifti(path)
     src = source or meta.get("source", "the image")
     shape = tuple(int(s) for s in img.shape[:3])
     if shape != tuple(meta["original_shape"]):
@@ -320,9 +261,9 @@ def read_source_label(path: str | os.PathLike, meta: dict, num_classes: int | No
             f"label {path} and image {src} differ in affine (max difference {diff:.4g}; "
             f"label axes {''.join(nib.aff2axcodes(affine))}, image axes {''.join(meta['original_axcodes'])})"
         )
-    from bfaseg.data.labels import check_label_array
+    from bfaseg.io.labels import check_label_array
 
-    return check_label_array(_read_array(img, path, as_label=True), path, num_classes)
+    return check_label_array(read_nifti_array(img, path, as_label=True), path, num_classes)
 
 
 def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarray:
@@ -332,7 +273,7 @@ def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarra
     The label file must have the same shape and affine (to 1e-4) as the image file, else
     :class:`BfasegError`. The caller assigns the result to ``reference_case.label``.
     """
-    nib = _nib()
+    nib = import_nibabel()
     path = Path(path)
     meta = reference_case.meta
     if "original_affine" not in meta:
@@ -356,7 +297,7 @@ def restore_geometry(array: np.ndarray, meta: dict, order: int = 0) -> np.ndarra
     exactly the canonical shape, then the canonical reorientation, so the result has the
     original shape. A 4-D array is treated as channels-last (X, Y, Z, C).
     """
-    nib = _nib()
+    nib = import_nibabel()
     array = np.asarray(array)
     res_shape = tuple(meta["resampled_shape"])
     if array.ndim == 4:
@@ -391,7 +332,7 @@ def _atomic_nifti_save(img, out_path: Path) -> None:
 
     from bfaseg.io.files import atomic_write_bytes
 
-    nib = _nib()
+    nib = import_nibabel()
     if not out_path.name.endswith(NIFTI_SUFFIXES):
         raise BfasegError(f"output file {out_path} must end with .nii.gz or .nii")
 
@@ -407,7 +348,7 @@ def _atomic_nifti_save(img, out_path: Path) -> None:
 
 
 def _make_nifti(data: np.ndarray, meta: dict, dtype):
-    nib = _nib()
+    nib = import_nibabel()
     affine = np.asarray(meta["original_affine"], dtype=np.float64)
     img = nib.Nifti1Image(data, affine)
     hdr = img.header
@@ -518,11 +459,11 @@ def read_dataset_json(root: str | os.PathLike) -> dict | None:
 
 def _group_images(folder: Path) -> dict[str, Path]:
     """case id -> image file for one images folder (nnU-Net `_0000` or MSD naming)."""
-    files = sorted(p for p in folder.iterdir() if _is_nifti(p))
-    stems = {_strip_nifti_suffix(p.name): p for p in files}
+    files = sorted(p for p in folder.iterdir() if is_nifti(p))
+    stems = {strip_nifti_suffix(p.name): p for p in files}
     groups: dict[str, dict[int, Path]] = {}
     for stem, p in stems.items():
-        m = _CHANNEL_RE.match(stem)
+        m = CHANNEL_RE.match(stem)
         if m:
             groups.setdefault(m.group("case"), {})[int(m.group("channel"))] = p
     cases: dict[str, Path] = {}
@@ -538,7 +479,7 @@ def _group_images(folder: Path) -> dict[str, Path]:
                 "only single-channel images are supported"
             )
         cases[case] = chans[0]
-        used.add(_strip_nifti_suffix(chans[0].name))
+        used.add(strip_nifti_suffix(chans[0].name))
     for stem, p in stems.items():
         if stem not in used:
             if stem in cases:
@@ -551,7 +492,7 @@ def _find_label(labels_dir: Path, case: str, image_path: Path) -> Path | None:
     if not labels_dir.is_dir():
         return None
     for suffix in NIFTI_SUFFIXES:
-        for name in (case, _strip_nifti_suffix(image_path.name)):
+        for name in (case, strip_nifti_suffix(image_path.name)):
             p = labels_dir / f"{name}{suffix}"
             if p.is_file():
                 return p
@@ -618,8 +559,8 @@ def load_nifti_dataset(
         for case, img_path in tr.items():
             jobs.append((case, img_path, _find_label(labels_dir, case, img_path)))
         if labels_dir.is_dir():
-            known = set(tr) | {_strip_nifti_suffix(p.name) for p in tr.values()}
-            orphans = [p.name for p in sorted(labels_dir.iterdir()) if _is_nifti(p) and _strip_nifti_suffix(p.name) not in known]
+            known = set(tr) | {strip_nifti_suffix(p.name) for p in tr.values()}
+            orphans = [p.name for p in sorted(labels_dir.iterdir()) if is_nifti(p) and strip_nifti_suffix(p.name) not in known]
             if orphans:
                 warnings.warn(f"{labels_dir}: {len(orphans)} label file(s) without an image, ignored: {orphans[:5]}")
     if unl_dir.is_dir():

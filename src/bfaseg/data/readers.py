@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from bfaseg.data.cases import Case
 from bfaseg.errors import BfasegError
+from bfaseg.io.h5 import read_h5
 
 LA_FOLDER = "2018LA_Seg_Training Set"
 DEFAULT_LISTS = {
@@ -53,24 +53,8 @@ def read_h5_case(
     path = Path(path)
     if not path.is_file():
         raise BfasegError(f"case {case_id!r}: file not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            if "image" not in f:
-                raise BfasegError(f"{path}: missing key 'image' (keys: {sorted(f.keys())})")
-            for key in ("image", "label"):
-                if key in f and not isinstance(f[key], h5py.Dataset):
-                    raise BfasegError(f"{path}: '{key}' is a group, not a dataset")
-            image = np.asarray(f["image"][()], dtype=np.float32)
-            label = None
-            if "label" in f:
-                label = np.asarray(f["label"][()])
-            elif need_label:
-                raise BfasegError(f"{path}: missing key 'label' (keys: {sorted(f.keys())})")
-            spacing = f.attrs.get("spacing")
-    except BfasegError:
-        raise
-    except (OSError, KeyError, ValueError) as exc:
-        raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
+    arrays, spacing = read_h5(path, ("image", "label"), required=("image", "label") if need_label else ("image",))
+    image, label = np.asarray(arrays["image"], dtype=np.float32), arrays["label"]
     if image.ndim != ndim:
         raise BfasegError(f"{path}: 'image' has {image.ndim} dimensions {image.shape}, expected {ndim}")
     if not np.isfinite(image).all():
@@ -87,8 +71,7 @@ def read_h5_case(
         if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
             raise BfasegError(f"{path}: 'label' has non-integer values")
         label = label.astype(np.uint8)
-    sp = tuple(float(s) for s in spacing) if spacing is not None else None
-    return Case(case_id=case_id, image=image, label=label if need_label else label, spacing=sp)
+    return Case(case_id=case_id, image=image, label=label, spacing=spacing)
 
 
 def la_path(root: Path, case_id: str) -> Path:

@@ -26,6 +26,7 @@ from bfaseg.errors import BfasegError
 from bfaseg.evaluation.scoring import case_row, score_case, summary_metrics
 from bfaseg.inference.predictor import Predictor
 from bfaseg.io.files import write_json_atomic
+from bfaseg.io.nifti import find_nifti
 from bfaseg.io.output import check_output_dir
 
 log = logging.getLogger(__name__)
@@ -74,33 +75,6 @@ def training_ids(cfg, root: Path, data_state: dict | None = None) -> tuple[set[s
     if dataset == "acdc":  # slices patientXXX_frameYY_slice_K -> volumes patientXXX_frameYY
         ids = [re.sub(r"_slice_\d+$", "", i) for i in ids]
     return set(ids), name
-
-
-def find_nifti(folder: Path, case_id: str, channel: bool) -> Path | None:
-    names = ([f"{case_id}_0000"] if channel else []) + [case_id]
-    for n in names:
-        for suffix in (".nii.gz", ".nii"):
-            p = folder / f"{n}{suffix}"
-            if p.is_file():
-                return p
-    return None
-
-
-def read_nifti_label_raw(path: Path, num_classes: int | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A NIfTI label file with no image beside it, values checked (``check_label_array``), and its zooms."""
-    import nibabel as nib
-
-    from bfaseg.data.labels import check_label_array
-
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    except Exception as exc:
-        raise BfasegError(f"cannot read label {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    return check_label_array(data, path, num_classes).astype(np.int32), zooms
 
 
 def evaluate_split(

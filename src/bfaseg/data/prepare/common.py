@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from bfaseg.errors import BfasegError
+from bfaseg.io.h5 import open_h5, write_h5_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class PrepareSummary:
 
     def write_case(self, path: Path, image: np.ndarray, label: np.ndarray, attrs: dict) -> None:
         """Write one ``image``/``label`` h5 file atomically and record it for the final check."""
-        self.files.append(atomic_write_h5(path, {"image": image, "label": label}, attrs))
+        make_out_dir(Path(path).parent)
+        self.files.append(write_h5_atomic(path, {"image": image, "label": label}, attrs))
 
 
 def say(msg: str) -> None:
@@ -73,25 +75,6 @@ def make_out_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BfasegError(f"cannot create output folder {path}: {exc}") from None
-    return path
-
-
-def atomic_write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> Path:
-    """Write an h5 file atomically (``atomic_write_bytes``: temporary file beside it, then rename)."""
-    import h5py
-
-    from bfaseg.io.files import atomic_write_bytes
-
-    def write(stream) -> None:
-        with h5py.File(stream, "w") as f:
-            for key, value in datasets.items():
-                f.create_dataset(key, data=value)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-
-    path = Path(path)
-    make_out_dir(path.parent)
-    atomic_write_bytes(path, write)
     return path
 
 
@@ -235,11 +218,9 @@ def check_h5(
     attrs: Sequence[str] = (),
 ) -> tuple[int, ...]:
     """Re-open a written file: keys, dtypes, equal shapes, label values, finite image."""
-    import h5py
-
     problem = None
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             missing = [k for k in ("image", "label") if k not in f]
             if missing:
                 problem = f"missing key(s) {missing}"
@@ -262,7 +243,7 @@ def check_h5(
                     if absent:
                         problem = f"missing attribute(s) {absent}"
                     shape = image.shape
-    except OSError as exc:
+    except BfasegError as exc:
         problem = f"cannot re-open ({exc})"
     if problem:
         raise BfasegError(f"integrity check failed for {path}: {problem}")

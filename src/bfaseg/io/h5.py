@@ -1,0 +1,90 @@
+"""The one h5 reader and writer.
+
+Every h5 file bfaseg reads (benchmark cases, ``predict`` inputs, reference labels, the
+converters' integrity check) is opened by :func:`open_h5` and its arrays taken by
+:func:`read_h5`, so every failure is one :class:`BfasegError` line naming the file and
+the key: not found, unreadable, a key missing (with the keys present) or a group where a
+dataset belongs. The voxel size is the file attribute ``spacing`` (mm, the array's axis
+order). Every h5 file bfaseg writes goes through :func:`write_h5_atomic`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from bfaseg.errors import BfasegError
+
+H5_SUFFIXES = (".h5", ".hdf5")
+
+__all__ = ["H5_SUFFIXES", "open_h5", "read_h5", "spacing_attr", "write_h5_atomic"]
+
+
+@contextmanager
+def open_h5(path: str | Path) -> Iterator:
+    """``h5py.File(path, "r")``; a missing or unreadable file is a :class:`BfasegError` naming it."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise BfasegError(f"{path}: h5 file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except BfasegError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
+
+
+def spacing_attr(f) -> tuple[float, ...] | None:
+    """The ``spacing`` attribute of an open h5 file (mm per axis), None when absent."""
+    spacing = f.attrs.get("spacing")
+    return tuple(float(s) for s in spacing) if spacing is not None else None
+
+
+def read_h5(
+    path: str | Path, keys: Sequence[str], *, required: Sequence[str] = ()
+) -> tuple[dict[str, np.ndarray | None], tuple[float, ...] | None]:
+    """``({key: array or None}, spacing)`` for the datasets ``keys`` of an h5 file.
+
+    A key in ``required`` that is absent, or any of ``keys`` that is a group, is a
+    :class:`BfasegError` naming the file.
+    """
+    import h5py
+
+    path = Path(path)
+    with open_h5(path) as f:
+        for key in required:
+            if key not in f:
+                raise BfasegError(f"{path}: missing key {key!r} (keys: {sorted(f.keys())})")
+        for key in keys:
+            if key in f and not isinstance(f[key], h5py.Dataset):
+                raise BfasegError(f"{path}: {key!r} is a group, not a dataset")
+        arrays = {key: (np.asarray(f[key][()]) if key in f else None) for key in keys}
+        return arrays, spacing_attr(f)
+
+
+def write_h5_atomic(path: str | Path, datasets: dict[str, np.ndarray | None], attrs: dict | None = None,
+                    *, compression: str | None = None) -> Path:
+    """Write ``datasets`` (None values skipped) and ``attrs`` (None values skipped) as one h5 file,
+    atomically (:func:`~bfaseg.io.files.atomic_write_bytes`)."""
+    import h5py
+
+    from bfaseg.io.files import atomic_write_bytes
+
+    def write(stream) -> None:
+        with h5py.File(stream, "w") as f:
+            for key, value in datasets.items():
+                if value is not None:
+                    f.create_dataset(key, data=value, compression=compression)
+            for key, value in (attrs or {}).items():
+                if value is not None:
+                    f.attrs[key] = value
+
+    path = Path(path)
+    atomic_write_bytes(path, write)
+    return path
