@@ -9,15 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bfaseg.data.nifti import (
-    load_nifti_dataset,
-    load_nifti_image,
-    load_nifti_label,
-    load_nifti_test,
-    restore_geometry,
-    save_nifti_mask,
-    save_probabilities,
-)
+from bfaseg.data.nifti import load_nifti_dataset, load_nifti_image, load_nifti_label, load_nifti_test
+from bfaseg.io.geometry import restore_geometry
+from bfaseg.io.nifti import save_nifti_mask, save_probabilities
 from bfaseg.errors import BfasegError
 
 SHAPE = (36, 30, 10)
@@ -67,17 +61,17 @@ def test_canonical_no_resampling_exact_roundtrip(tmp_path):
     assert case.image.dtype == np.float32 and 0.0 <= case.image.min() and case.image.max() <= 1.0
     assert case.image.shape == (30, 36, 10)  # canonical (x, y, z): the two in-plane axes swap
     assert case.spacing == pytest.approx((0.8, 0.8, 2.5))
-    assert nib.aff2axcodes(case.meta["canonical_affine"]) == ("R", "A", "S")
+    assert nib.aff2axcodes(case.geometry.canonical_affine) == ("R", "A", "S")
     # the marker sits at the same world position in both arrays
     marker = np.argwhere(case.image == case.image.max())
     assert len(marker) == 1
     world_src = AFFINE @ np.array([3, 4, 5, 1.0])
-    world_can = case.meta["canonical_affine"] @ np.append(marker[0], 1.0)
+    world_can = case.geometry.canonical_affine @ np.append(marker[0], 1.0)
     np.testing.assert_allclose(world_can, world_src, atol=1e-6)
 
     lab = load_nifti_label(lp, case)
     assert lab.dtype == np.uint8 and lab.shape == case.image.shape
-    np.testing.assert_array_equal(restore_geometry(lab, case.meta), label)
+    np.testing.assert_array_equal(restore_geometry(lab, case.geometry), label)
 
 
 def test_resampled_roundtrip_and_saved_mask(tmp_path):
@@ -87,16 +81,16 @@ def test_resampled_roundtrip_and_saved_mask(tmp_path):
     assert case.case_id == "ct"
     assert case.spacing == (1.0, 1.0, 1.0)
     assert case.image.shape == (24, 29, 25)  # round(30*.8), round(36*.8), 10*2.5
-    np.testing.assert_allclose(nib.affines.voxel_sizes(case.meta["resampled_affine"]), 1.0)
+    np.testing.assert_allclose(nib.affines.voxel_sizes(case.geometry.array_affine), 1.0)
     lab = load_nifti_label(lp, case)
     assert set(np.unique(lab)) == {0, 1, 2}
-    back = restore_geometry(lab, case.meta)
+    back = restore_geometry(lab, case.geometry)
     assert back.shape == SHAPE
     assert _dice(back, label) > 0.95
     assert _dice(back == 2, label == 2) > 0.9
 
     out = tmp_path / "pred" / "ct.nii.gz"
-    save_nifti_mask(lab, case.meta, out)
+    save_nifti_mask(lab, case.geometry, out)
     src, saved = nib.load(str(ip)), nib.load(str(out))
     assert saved.shape == src.shape
     np.testing.assert_allclose(saved.affine, src.affine, atol=1e-6)
@@ -108,15 +102,15 @@ def test_resampled_roundtrip_and_saved_mask(tmp_path):
         assert f.read(2) == b"\x1f\x8b"  # gzip
 
     probs = np.stack([lab == c for c in range(3)]).astype(np.float32)  # (C, X, Y, Z)
-    pp = save_probabilities(probs, case.meta, tmp_path / "pred" / "ct_probs.nii.gz")
+    pp = save_probabilities(probs, case.geometry, tmp_path / "pred" / "ct_probs.nii.gz")
     saved = nib.load(str(pp))
     assert saved.shape == SHAPE + (3,) and saved.get_data_dtype() == np.float32
     np.testing.assert_allclose(saved.affine, src.affine, atol=1e-6)
 
     with pytest.raises(BfasegError, match="does not match the case geometry"):
-        save_nifti_mask(lab[:-1], case.meta, tmp_path / "bad.nii.gz")
+        save_nifti_mask(lab[:-1], case.geometry, tmp_path / "bad.nii.gz")
     with pytest.raises(BfasegError, match=r"must end with \.nii\.gz or \.nii"):
-        save_nifti_mask(lab, case.meta, tmp_path / "bad.h5")
+        save_nifti_mask(lab, case.geometry, tmp_path / "bad.h5")
 
 
 def test_mr_normalisation_and_non_canonical(tmp_path):
@@ -128,7 +122,7 @@ def test_mr_normalisation_and_non_canonical(tmp_path):
     assert case.image.shape == SHAPE
     assert abs(float(case.image.mean())) < 1e-4 and abs(float(case.image.std()) - 1) < 1e-4
     lab = (case.image > 0).astype(np.uint8)
-    np.testing.assert_array_equal(restore_geometry(lab, case.meta), lab)
+    np.testing.assert_array_equal(restore_geometry(lab, case.geometry), lab)
     ct = load_nifti_image(ip, modality="CT", ct_window=(10, 100))
     assert ct.image.min() == 0.0 and ct.image.max() == 1.0
     with pytest.raises(BfasegError, match="modality"):

@@ -35,7 +35,8 @@ from bfaseg.evaluation.scoring import case_row, score_case, summary_metrics
 from bfaseg.inference.predictor import Predictor
 from bfaseg.io.files import jsonable, write_json_atomic
 from bfaseg.io.h5 import H5_SUFFIXES, read_h5, write_h5_atomic
-from bfaseg.io.nifti import NIFTI_SUFFIXES, read_nifti_label_raw
+from bfaseg.io.geometry import array_geometry, restore_geometry
+from bfaseg.io.nifti import NIFTI_SUFFIXES, read_nifti_label_raw, read_source_label, save_nifti_mask, save_probabilities
 from bfaseg.metrics import EMPTY_CLASS_HELP, EMPTY_CLASS_POLICIES
 
 
@@ -136,15 +137,13 @@ def _find_label(labels_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-def _read_label_file(path: Path, num_classes: int, meta: dict | None = None):
-    """``(label, spacing)`` checked as in training; ``meta`` of a NIfTI image adds its shape and affine."""
+def _read_label_file(path: Path, num_classes: int, geometry=None):
+    """``(label, spacing)`` checked as in training; the ``geometry`` of a NIfTI image adds its shape and affine."""
     from bfaseg.io.labels import check_label_array
 
     if _strip(path.name, NIFTI_SUFFIXES) is not None:
-        if meta is not None:
-            from bfaseg.data.nifti import read_source_label
-
-            return read_source_label(path, meta, num_classes), tuple(meta["original_spacing"])
+        if geometry is not None:
+            return read_source_label(path, geometry, num_classes), tuple(geometry.spacing)
         return read_nifti_label_raw(path, num_classes)
     arrays, spacing = read_h5(path, ("label",), required=("label",))
     return check_label_array(arrays["label"], path, num_classes), spacing
@@ -175,7 +174,7 @@ def run(args) -> int:
     def predict(image: np.ndarray, xyz: bool):
         return predictor.predict(image, xyz=xyz, downsample=downsample, probabilities=args.probabilities)
 
-    def reference_label(case_id: str, path: Path, meta: dict | None):
+    def reference_label(case_id: str, path: Path, geometry):
         """``(label, spacing)`` from --labels DIR, checked as in training BEFORE the case's outputs are written."""
         if labels_dir is None:
             return None, None
@@ -183,7 +182,7 @@ def run(args) -> int:
         if lab_path is None:
             raise BfasegError(f"--labels: no label for case {case_id!r} in {labels_dir} "
                               f"({case_id}.nii.gz, {case_id}.nii or {case_id}.h5)")
-        return _read_label_file(lab_path, num_classes, meta)
+        return _read_label_file(lab_path, num_classes, geometry)
 
     rows, results, written = [], [], []
     settings: dict[str, Any] = {}
@@ -192,20 +191,20 @@ def run(args) -> int:
         t0 = time.perf_counter()
         gt = gt_spacing = None
         if kind == "nifti":
-            from bfaseg.data.nifti import load_nifti_image, restore_geometry, save_nifti_mask, save_probabilities
+            from bfaseg.data.nifti import load_nifti_image
 
             case = load_nifti_image(path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
-            gt, gt_spacing = reference_label(case_id, path, case.meta)
+            gt, gt_spacing = reference_label(case_id, path, case.geometry)
             if args.labels == "input":
                 raise BfasegError(f"--labels input: {path} is not an h5 file with a 'label' dataset")
             labels, probs, settings = predict(case.image, xyz=True)
-            out = save_nifti_mask(labels, case.meta, out_dir / f"{case_id}.nii.gz")
+            out = save_nifti_mask(labels, case.geometry, out_dir / f"{case_id}.nii.gz")
             written.append(str(out))
             if probs is not None:
-                written.append(str(save_probabilities(probs, case.meta, out_dir / f"{case_id}_probs.nii.gz")))
+                written.append(str(save_probabilities(probs, case.geometry, out_dir / f"{case_id}_probs.nii.gz")))
             if labels_dir is not None:
-                pred = restore_geometry(labels, case.meta, order=0)
-                spacing = tuple(case.meta["original_spacing"])
+                pred = restore_geometry(labels, case.geometry, order=0)
+                spacing = tuple(case.geometry.spacing)
         else:
             image, inline_label, spacing = _read_h5(path)
             if args.labels == "input":  # checked before anything is written
@@ -232,12 +231,10 @@ def run(args) -> int:
             if args.h5_format == "nifti":
                 if labels.ndim != 3:
                     raise BfasegError(f"{path}: --h5-format nifti needs 3-D volumes")
-                from bfaseg.data.nifti import array_geometry, save_nifti_mask, save_probabilities
-
-                meta = array_geometry(labels.shape, spacing, path)
-                written.append(str(save_nifti_mask(labels, meta, out_dir / f"{case_id}.nii.gz")))
+                geometry = array_geometry(labels.shape, spacing, path)
+                written.append(str(save_nifti_mask(labels, geometry, out_dir / f"{case_id}.nii.gz")))
                 if probs is not None:
-                    written.append(str(save_probabilities(probs, meta, out_dir / f"{case_id}_probs.nii.gz")))
+                    written.append(str(save_probabilities(probs, geometry, out_dir / f"{case_id}_probs.nii.gz")))
             else:
                 out = out_dir / f"{case_id}_pred.h5"
                 write_h5_atomic(out, {"label": labels.astype(np.uint8), "probabilities": None if probs is None else probs.astype(np.float32)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +186,7 @@ def split_nifti_cases(cfg: DataConfig, labeled_all: list[Case], unlabeled: list[
     val, train = labeled_all[-n_val:], labeled_all[:-n_val]
     labeled_ids, _ = _split_ids(cfg, [c.case_id for c in train])
     labeled = [c for c in train if c.case_id in set(labeled_ids)]
-    unlabeled = unlabeled + [Case(c.case_id, c.image, None, c.spacing, c.meta) for c in train if c not in labeled]
+    unlabeled = unlabeled + [dataclasses.replace(c, label=None) for c in train if c not in labeled]
     return labeled, unlabeled, val, n_val
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from bfaseg.io.geometry import Geometry
+
 
 @dataclass
 class Case:
@@ -16,8 +18,9 @@ class Case:
     (LA/Pancreas (x, y, z); ACDC volumes (z, y, x); ACDC slices (y, x)).
     ``label`` is uint8 with the same shape, or None for unlabeled data.
     ``spacing`` follows the same axis order (mm), None when the file has none.
-    ``meta`` carries anything needed to map a prediction back to the source
-    (e.g. the NIfTI affine and the resampling applied).
+    ``geometry`` (NIfTI cases) records the source file's grid and the reorientation and
+    resampling that led to ``image``, to map a prediction back; ``meta`` carries the rest
+    (source file, modality, normalisation, label file).
     """
 
     case_id: str
@@ -25,6 +28,7 @@ class Case:
     label: np.ndarray | None = None
     spacing: tuple[float, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    geometry: Geometry | None = None
 
     @property
     def ndim(self) -> int:

@@ -9,18 +9,18 @@ Layout read by :func:`load_nifti_dataset`::
     ROOT/imagesUnlabeled/...           optional, always unlabeled
     ROOT/imagesTs/...                  optional, read by :func:`load_nifti_test`
 
-Every image goes through the same steps, all recorded in ``case.meta`` so that a
-prediction can be written back in the geometry of the source file:
+Every image goes through the same steps, recorded in ``case.geometry``
+(:class:`bfaseg.io.geometry.Geometry`) so that a prediction can be written back in the
+geometry of the source file:
 
-1. reorientation to the closest canonical orientation (RAS, ``nibabel.as_closest_canonical``);
-   the array axis order is then (x, y, z);
+1. reorientation to the closest canonical orientation (RAS); the array axis order is then (x, y, z);
 2. optional resampling to ``target_spacing`` (linear for images, nearest for labels),
    the first voxel centre stays where it was;
 3. intensity normalisation: CT is clipped to a window (default [-125, 275] HU) and scaled
-   to [0, 1]; MR is z-scored over the volume.
+   to [0, 1]; MR is z-scored over the volume (recorded in ``case.meta``).
 
-:func:`restore_geometry` undoes 2 and 1; :func:`save_nifti_mask` writes the result with the
-original affine and voxel sizes.
+:func:`bfaseg.io.geometry.restore_geometry` undoes 2 and 1; :func:`bfaseg.io.nifti.save_nifti_mask`
+writes the result with the original affine and voxel sizes.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ from bfaseg.io.nifti import (
     case_id_from_path,
     is_nifti,
     load_nifti,
-    import_nibabel,
     read_nifti_array,
+    read_source_label,
     strip_nifti_suffix,
 )
+from bfaseg.io.geometry import Geometry
 
 DEFAULT_CT_WINDOW = (-125.0, 275.0)
 
@@ -56,24 +57,10 @@ __all__ = [
     "load_nifti_dataset",
     "load_nifti_test",
     "read_dataset_json",
-    "restore_geometry",
-    "save_nifti_mask",
-    "save_probabilities",
 ]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _header_int(header, key: str) -> int:
-    try:
-        return int(header[key])
-    except (KeyError, ValueError, TypeError):
-        return 0
-
-
-def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
 def _parse_spacing(target_spacing, what: str = "target_spacing") -> tuple[float, float, float] | None:
@@ -99,24 +86,6 @@ def _parse_modality(modality: str) -> str:
     if key in {"MR", "MRI"} or key.startswith(("T1", "T2", "MR", "FLAIR", "ADC", "DWI", "LGE", "CINE", "PD")):
         return "MR"
     raise BfasegError(f"modality must be 'auto', 'CT' or 'MR', got {modality!r}")
-
-
-def _resample(array: np.ndarray, out_shape: Sequence[int], step: Sequence[float], order: int) -> np.ndarray:
-    """Sample ``array`` at input coordinates ``i * step`` for output index ``i`` (per axis)."""
-    from scipy import ndimage
-
-    out_shape = tuple(int(s) for s in out_shape)
-    if out_shape == array.shape and np.allclose(step, 1.0):
-        return array.copy()
-    return ndimage.affine_transform(
-        array,
-        np.asarray(step, dtype=np.float64),
-        offset=0.0,
-        output_shape=out_shape,
-        order=order,
-        mode="nearest",
-        prefilter=False,
-    )
 
 
 def _normalise(data: np.ndarray, modality: str, window: tuple[float, float]) -> tuple[np.ndarray, dict]:
@@ -149,7 +118,6 @@ def load_nifti_image(
     The array axis order is the canonical (x, y, z) one when ``canonical`` is true, else the
     file's own. ``case.spacing`` is the spacing of the returned array (mm).
     """
-    nib = import_nibabel()
     path = Path(path)
     spacing_req = _parse_spacing(target_spacing)
     mod = _parse_modality(modality)
@@ -158,112 +126,23 @@ def load_nifti_image(
         raise BfasegError(f"ct_window must be (low, high) with low < high, got {ct_window!r}")
 
     img = load_nifti(path)
-    original_affine = np.asarray(img.affine, dtype=np.float64)
-    original_shape = tuple(int(s) for s in img.shape[:3])
-    header = img.header
-    original_zooms = tuple(float(z) for z in header.get_zooms()[:3])
-
-    data = read_nifti_array(img, path, as_label=False)
-    if canonical:
-        ornt = nib.orientations.io_orientation(original_affine)
-        data = nib.orientations.apply_orientation(data, ornt)
-        canonical_affine = original_affine @ nib.orientations.inv_ornt_aff(ornt, original_shape)
-    else:
-        ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
-        canonical_affine = original_affine.copy()
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    canonical_shape = tuple(int(s) for s in data.shape)
-    canonical_spacing = _spacing_from_affine(canonical_affine)
-
-    if spacing_req is not None:
-        out_shape = tuple(
-            max(1, int(round(n * s / t))) for n, s, t in zip(canonical_shape, canonical_spacing, spacing_req)
-        )
-        step = tuple(t / s for s, t in zip(canonical_spacing, spacing_req))
-        data = _resample(data, out_shape, step, order=1)
-        resampled_affine = canonical_affine.copy()
-        resampled_affine[:3, :3] = canonical_affine[:3, :3] * np.asarray(step)[None, :]
-        spacing = spacing_req
-    else:
-        out_shape = canonical_shape
-        step = (1.0, 1.0, 1.0)
-        resampled_affine = canonical_affine.copy()
-        spacing = canonical_spacing
+    geometry = Geometry.of_nifti(img, path, canonical=canonical).resampled_to(spacing_req)
+    data = geometry.to_array_grid(read_nifti_array(img, path, as_label=False), order=1)
+    spacing = spacing_req or geometry.canonical_spacing
 
     if mod == "auto":
         mod = "CT" if float(data.min()) < -500.0 else "MR"
     image, norm = _normalise(data, mod, (lo, hi))
 
-    meta: dict[str, Any] = {
-        "source": str(path),
-        "format": "nifti",
-        "original_affine": original_affine,
-        "original_shape": original_shape,
-        "original_spacing": original_zooms,
-        "qform_code": _header_int(header, "qform_code"),
-        "sform_code": _header_int(header, "sform_code"),
-        "xyzt_units": _header_int(header, "xyzt_units"),
-        "canonical": bool(canonical),
-        "orientation": np.asarray(ornt, dtype=np.float64),
-        "original_axcodes": tuple(nib.aff2axcodes(original_affine)),
-        "canonical_affine": canonical_affine,
-        "canonical_shape": canonical_shape,
-        "canonical_spacing": canonical_spacing,
-        "target_spacing": spacing_req,
-        "resampled_shape": tuple(int(s) for s in image.shape),
-        "resampled_affine": resampled_affine,
-        "resample_step": tuple(float(s) for s in step),
-        "zoom_factors": tuple(float(o) / float(c) for o, c in zip(image.shape, canonical_shape)),
-        "modality": mod,
-        "normalization": norm,
-    }
+    meta: dict[str, Any] = {"source": str(path), "format": "nifti", "modality": mod, "normalization": norm}
     return Case(
         case_id=case_id or case_id_from_path(path),
         image=image,
         label=None,
         spacing=tuple(float(s) for s in spacing),
         meta=meta,
+        geometry=geometry,
     )
-
-
-def array_geometry(shape: tuple[int, ...], spacing: Sequence[float] | None, source: str | os.PathLike) -> dict[str, Any]:
-    """The geometry record (``Case.meta``, as :func:`load_nifti_image` makes it) of a plain array,
-    e.g. an h5 volume, for writing it as NIfTI: a diagonal affine from ``spacing`` (1 mm if unknown),
-    no reorientation, no resampling."""
-    sp = tuple(float(s) for s in spacing) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
-    shape = tuple(int(s) for s in shape)
-    return {
-        "source": str(source), "original_affine": np.diag([*sp, 1.0]), "original_shape": shape,
-        "original_spacing": sp, "canonical": False, "canonical_shape": shape, "resampled_shape": shape,
-        "resample_step": (1.0, 1.0, 1.0), "qform_code": 1, "sform_code": 1, "xyzt_units": 2,
-    }
-
-
-def read_source_label(path: str | os.PathLike, meta: dict, num_classes: int | None = None,
-                      source: str | None = None) -> np.ndarray:
-    """The label file of an image read by :func:`load_nifti_image` (``meta``: its ``case.meta``), in the
-    source grid, checked as in training: the image's shape and affine (to 1e-4), finite integer values,
-    0..255 (0..num_classes-1 when given). Returns uint8; any failure is a :class:`BfasegError`.
-    """
-    nib = import_nibabel()
-    path = Path(path)
-    img = load_nifti(path)
-    src = source or meta.get("source", "the image")
-    shape = tuple(int(s) for s in img.shape[:3])
-    if shape != tuple(meta["original_shape"]):
-        raise BfasegError(
-            f"label {path} and image {src} differ in shape: {shape} vs {tuple(meta['original_shape'])}"
-        )
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.allclose(affine, meta["original_affine"], atol=1e-4, rtol=0):
-        diff = float(np.abs(affine - meta["original_affine"]).max())
-        raise BfasegError(
-            f"label {path} and image {src} differ in affine (max difference {diff:.4g}; "
-            f"label axes {''.join(nib.aff2axcodes(affine))}, image axes {''.join(meta['original_axcodes'])})"
-        )
-    from bfaseg.io.labels import check_label_array
-
-    return check_label_array(read_nifti_array(img, path, as_label=True), path, num_classes)
 
 
 def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarray:
@@ -273,131 +152,10 @@ def load_nifti_label(path: str | os.PathLike, reference_case: Case) -> np.ndarra
     The label file must have the same shape and affine (to 1e-4) as the image file, else
     :class:`BfasegError`. The caller assigns the result to ``reference_case.label``.
     """
-    nib = import_nibabel()
-    path = Path(path)
-    meta = reference_case.meta
-    if "original_affine" not in meta:
+    geometry = reference_case.geometry
+    if geometry is None:
         raise BfasegError(f"{path}: reference case {reference_case.case_id!r} was not read by load_nifti_image")
-    data = read_source_label(path, meta, source=meta.get("source", reference_case.case_id))
-    if meta.get("canonical", True):
-        data = nib.orientations.apply_orientation(data, meta["orientation"])
-    data = np.ascontiguousarray(data)
-    if tuple(data.shape) != tuple(meta["resampled_shape"]):
-        data = _resample(data, meta["resampled_shape"], meta["resample_step"], order=0)
-    return data.astype(np.uint8, copy=False)
-
-
-# --------------------------------------------------------------------------- back to the source geometry
-
-
-def restore_geometry(array: np.ndarray, meta: dict, order: int = 0) -> np.ndarray:
-    """Map an array in the geometry of ``case.image`` back to the source file's voxel grid.
-
-    Undoes the resampling (``order`` 0 = nearest for labels, 1 = linear for probabilities) to
-    exactly the canonical shape, then the canonical reorientation, so the result has the
-    original shape. A 4-D array is treated as channels-last (X, Y, Z, C).
-    """
-    nib = import_nibabel()
-    array = np.asarray(array)
-    res_shape = tuple(meta["resampled_shape"])
-    if array.ndim == 4:
-        if tuple(array.shape[:3]) != res_shape:
-            raise BfasegError(f"array shape {array.shape[:3]} does not match the case geometry {res_shape}")
-        chans = [restore_geometry(array[..., c], meta, order=order) for c in range(array.shape[3])]
-        return np.stack(chans, axis=-1)
-    if tuple(array.shape) != res_shape:
-        raise BfasegError(
-            f"array shape {tuple(array.shape)} does not match the case geometry {res_shape} "
-            f"(source {meta.get('source', '?')})"
-        )
-    canonical_shape = tuple(meta["canonical_shape"])
-    out = array
-    if res_shape != canonical_shape or not np.allclose(meta["resample_step"], 1.0):
-        inv_step = tuple(1.0 / s for s in meta["resample_step"])
-        work = out if order == 0 else out.astype(np.float32)
-        out = _resample(work, canonical_shape, inv_step, order=order)
-    if meta.get("canonical", True):
-        ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
-        back = nib.orientations.ornt_transform(ras, np.asarray(meta["orientation"]))
-        out = nib.orientations.apply_orientation(out, back)
-    out = np.ascontiguousarray(out)
-    if tuple(out.shape) != tuple(meta["original_shape"]):  # pragma: no cover - internal consistency
-        raise BfasegError(f"restored shape {out.shape} != original shape {tuple(meta['original_shape'])}")
-    return out
-
-
-def _atomic_nifti_save(img, out_path: Path) -> None:
-    """``nib.save`` through ``atomic_write_bytes``; gzip-compressed for ``.nii.gz``, as nibabel writes it."""
-    import gzip
-
-    from bfaseg.io.files import atomic_write_bytes
-
-    nib = import_nibabel()
-    if not out_path.name.endswith(NIFTI_SUFFIXES):
-        raise BfasegError(f"output file {out_path} must end with .nii.gz or .nii")
-
-    def write(f) -> None:
-        if out_path.name.endswith(".nii.gz"):
-            level = nib.openers.Opener.default_compresslevel
-            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=level, mtime=0) as gz:
-                img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
-        else:
-            img.to_file_map({"image": nib.FileHolder(fileobj=f)})
-
-    atomic_write_bytes(out_path, write)
-
-
-def _make_nifti(data: np.ndarray, meta: dict, dtype):
-    nib = import_nibabel()
-    affine = np.asarray(meta["original_affine"], dtype=np.float64)
-    img = nib.Nifti1Image(data, affine)
-    hdr = img.header
-    hdr.set_data_dtype(dtype)
-    qcode, scode = int(meta.get("qform_code", 1)), int(meta.get("sform_code", 1))
-    if qcode == 0 and scode == 0:
-        # the source had no orientation: nibabel rebuilds the same base affine from the zooms
-        hdr.set_qform(None, code=0)
-        hdr.set_sform(None, code=0)
-    else:
-        hdr.set_qform(affine, code=qcode if qcode else 0)
-        hdr.set_sform(affine, code=scode if scode else 0)
-    hdr.set_zooms(tuple(meta["original_spacing"])[:3] + (1.0,) * (data.ndim - 3))
-    if meta.get("xyzt_units"):
-        hdr["xyzt_units"] = int(meta["xyzt_units"])
-    return img
-
-
-def save_nifti_mask(array: np.ndarray, meta: dict, out_path: str | os.PathLike) -> Path:
-    """Write a label map given in the geometry of ``case.image`` as a uint8 NIfTI in the
-    geometry of the source image (original shape, affine and voxel sizes); atomic."""
-    array = np.asarray(array)
-    if array.dtype.kind == "f":
-        array = np.rint(array)
-    if array.size and (array.min() < 0 or array.max() > 255):
-        raise BfasegError(f"mask for {out_path} has values outside 0..255")
-    return _save_in_source_geometry(array.astype(np.uint8), meta, out_path, order=0, dtype=np.uint8)
-
-
-def save_probabilities(
-    probs: np.ndarray, meta: dict, out_path: str | os.PathLike, *, channel_axis: int = 0
-) -> Path:
-    """Write class probabilities (C, X, Y, Z) (``channel_axis=0``, the model layout) or
-    (X, Y, Z, C) (``channel_axis=-1``) or a single 3-D map as a float32 NIfTI with channels
-    last, resampled (linear) back to the source geometry; atomic."""
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.ndim == 4:
-        probs = np.moveaxis(probs, channel_axis, -1)
-    elif probs.ndim != 3:
-        raise BfasegError(f"probabilities for {out_path} must be 3-D or 4-D, got shape {probs.shape}")
-    return _save_in_source_geometry(probs, meta, out_path, order=1, dtype=np.float32)
-
-
-def _save_in_source_geometry(array: np.ndarray, meta: dict, out_path, *, order: int, dtype) -> Path:
-    """``restore_geometry`` (interpolation ``order``), then an atomic NIfTI write as ``dtype``."""
-    restored = restore_geometry(array, meta, order=order).astype(dtype)
-    out_path = Path(out_path)
-    _atomic_nifti_save(_make_nifti(restored, meta, dtype), out_path)
-    return out_path
+    return geometry.to_array_grid(read_source_label(path, geometry), order=0).astype(np.uint8, copy=False)
 
 
 # --------------------------------------------------------------------------- datasets

@@ -26,7 +26,8 @@ from bfaseg.errors import BfasegError
 from bfaseg.evaluation.scoring import case_row, score_case, summary_metrics
 from bfaseg.inference.predictor import Predictor
 from bfaseg.io.files import write_json_atomic
-from bfaseg.io.nifti import find_nifti
+from bfaseg.io.geometry import restore_geometry
+from bfaseg.io.nifti import find_nifti, read_source_label
 from bfaseg.io.output import check_output_dir
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def evaluate_split(
     for case_id in progress_iter(ids, f"evaluate {split_path.name}", progress):
         t0 = time.perf_counter()
         if dataset == "nifti":
-            from bfaseg.data.nifti import load_nifti_image, read_source_label, restore_geometry
+            from bfaseg.data.nifti import load_nifti_image
 
             img_path = find_nifti(root / "imagesTr", case_id, True) or find_nifti(root / "imagesTs", case_id, True)
             if img_path is None:
@@ -149,10 +150,10 @@ def evaluate_split(
             if lab_path is None:
                 raise BfasegError(f"case {case_id!r}: no label {case_id}.nii.gz in {root / 'labelsTr'}")
             case = load_nifti_image(img_path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
-            gt = read_source_label(lab_path, case.meta, num_classes)  # as training: shape, affine, values
-            zooms = tuple(case.meta["original_spacing"])
+            gt = read_source_label(lab_path, case.geometry, num_classes)  # as training: shape, affine, values
+            zooms = tuple(case.geometry.spacing)
             labels, _, settings = predictor.predict(case.image, xyz=True, downsample=cfg.data.downsample)
-            pred = restore_geometry(labels, case.meta, order=0)
+            pred = restore_geometry(labels, case.geometry, order=0)
             if pred.shape != gt.shape:
                 raise BfasegError(f"label {lab_path}: shape {gt.shape} differs from image {img_path} {pred.shape}")
             case_spacing = zooms if spacing == "auto" else spacing
