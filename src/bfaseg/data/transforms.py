@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from bfaseg.io.resample import resample
+
 
 def pad_to(arrays: list[np.ndarray], size: tuple[int, ...]) -> list[np.ndarray]:
     """Zero-pad (symmetrically) where an array is smaller than ``size``."""
@@ -65,15 +67,11 @@ def augment(
 
 
 def resize(array: np.ndarray, size: tuple[int, ...], order: int) -> np.ndarray:
-    """Resize with scipy zoom (order 1 images, 0 labels), exact output size."""
+    """Resize to exactly ``size`` (order 1 images, 0 labels) with corners aligned: the values of
+    ``scipy.ndimage.zoom(grid_mode=False)``, which the protocol's training pipeline uses."""
     if tuple(array.shape) == tuple(size):
         return array
-    factors = [t / s for s, t in zip(array.shape, size)]
-    out = ndimage.zoom(array, factors, order=order, grid_mode=False)
-    if out.shape != tuple(size):  # zoom may be off by one; crop/pad to the exact size
-        out = pad_to([out], size)[0]
-        out = out[tuple(slice(0, s) for s in size)]
-    return out.astype(array.dtype)
+    return resample(array, size, order, mode="constant").astype(array.dtype, copy=False)
 
 
 def downsample_case_arrays(image: np.ndarray, label: np.ndarray | None, factor: float):

@@ -39,9 +39,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from bfaseg.errors import BfasegError
+from bfaseg.io.resample import resample
 from bfaseg.inference.sliding_window import Model, forward_logits, probs_to_labels
 
 RESIZE_BACK = ("label_nearest", "probs_bilinear")
@@ -52,17 +52,13 @@ __all__ = ["predict_slices", "RESIZE_BACK", "IMAGE_RESIZE"]
 
 
 def _zoom_slices(arr: np.ndarray, out_hw: tuple[int, int], order: int = 0) -> np.ndarray:
-    """``scipy.ndimage.zoom(order=order, grid_mode=False)`` of the last two axes of a stack of slices.
+    """The values of ``scipy.ndimage.zoom(order=order, grid_mode=False)`` of the last two axes of a stack
+    of slices (:func:`~bfaseg.io.resample.resample` with ``mode="constant"``).
 
     Zooming a stack with factor 1 on the leading axes gives the same values as zooming
     each slice on its own (orders 0 and 1 are separable, and factor 1 maps indices to themselves).
     """
-    h, w = arr.shape[-2:]
-    factors = (1.0,) * (arr.ndim - 2) + (out_hw[0] / h, out_hw[1] / w)
-    out = ndimage.zoom(arr, factors, order=order, grid_mode=False)
-    if out.shape[-2:] != tuple(out_hw):  # cannot happen with round(); guard anyway
-        raise RuntimeError(f"zoom produced {out.shape[-2:]}, expected {tuple(out_hw)}")
-    return out
+    return resample(arr, arr.shape[:-2] + tuple(out_hw), order, mode="constant")
 
 
 def predict_slices(

@@ -34,6 +34,11 @@ def resample(array: np.ndarray, out_shape: Sequence[int], order: int, step: Sequ
 
     out_shape = tuple(int(s) for s in out_shape)
     if step is None:
+        # an axis of length 1 is repeated (step 0 would make scipy divide 0 by 0)
+        flat = [n == 1 and m > 1 for n, m in zip(array.shape, out_shape)]
+        if any(flat):
+            once = resample(array, [1 if f else m for f, m in zip(flat, out_shape)], order, mode=mode)
+            return np.ascontiguousarray(np.broadcast_to(once, out_shape))
         step = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(array.shape, out_shape)]
     if out_shape == array.shape and np.allclose(step, 1.0):
         return array.copy()

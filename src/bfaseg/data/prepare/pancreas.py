@@ -8,7 +8,8 @@ Raw layout::
                                    or RAW/labels/<case>.nii.gz
 
 Per case: resampling to ``spacing`` (default 1 mm isotropic; image linear, label nearest,
-SimpleITK, in physical space), HU clipped to [-125, 275], min-max to [0, 1], crop to the label
+:func:`bfaseg.io.resample.resample`; the first voxel centre stays, an edge voxel is repeated where
+the new grid reaches past the old one), HU clipped to [-125, 275], min-max to [0, 1], crop to the label
 box expanded by 25 voxels (at least 96 per axis; zero-padded where the volume is smaller), axis
 order (x, y, z), attribute ``spacing`` (x, y, z). Cases whose image array is identical to an
 earlier one (the NIH release has two such duplicates) are dropped with a message.
@@ -47,6 +48,7 @@ from bfaseg.data.prepare.common import (
     train_test_lists,
 )
 from bfaseg.errors import BfasegError
+from bfaseg.io.resample import resample
 
 H5_FOLDER = "Pancreas_h5"
 HU_WINDOW = (-125.0, 275.0)
@@ -138,22 +140,6 @@ def _same_geometry(a, b) -> bool:
     )
 
 
-def _resample(image, spacing: Sequence[float], nearest: bool, default: float, pixel_type):
-    import SimpleITK as sitk
-
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
-    f = sitk.ResampleImageFilter()
-    f.SetOutputSpacing([float(s) for s in spacing])
-    f.SetSize(size)
-    f.SetOutputOrigin(image.GetOrigin())
-    f.SetOutputDirection(image.GetDirection())
-    f.SetTransform(sitk.Transform())
-    f.SetInterpolator(sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
-    f.SetDefaultPixelValue(default)
-    f.SetOutputPixelType(pixel_type)
-    return f.Execute(image)
-
-
 def crop_window(lo: int, hi: int, n: int, expand: int, min_size: int) -> tuple[int, int]:
     """(start, size) around the inclusive box [lo, hi]; may reach outside [0, n) only when n < min_size."""
     start, stop = max(lo - expand, 0), min(hi + 1 + expand, n)
@@ -197,14 +183,14 @@ def convert_pancreas_case(
         notes.append(
             f"{label_path.name}: origin/direction differ from {source.name}; label taken voxel-for-voxel"
         )
-    lab_arr = binarize_label(sitk_array(label, label_path, "Pancreas label"), label_path)
-    label = sitk.GetImageFromArray(lab_arr)
-    label.CopyInformation(image)
-
-    img_r = _resample(sitk.Cast(image, sitk.sitkFloat32), spacing, False, -1024.0, sitk.sitkFloat32)
-    lab_r = _resample(label, spacing, True, 0, sitk.sitkUInt8)
-    img = sitk.GetArrayFromImage(img_r).transpose(2, 1, 0).astype(np.float32)
-    lab = sitk.GetArrayFromImage(lab_r).transpose(2, 1, 0).astype(np.uint8)
+    # both grids share the image's origin and direction, so resampling in physical space is resampling
+    # the voxel grid: output voxel i reads input coordinate i * target / spacing (first voxel centres kept)
+    img = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)).transpose(2, 1, 0)
+    lab = binarize_label(sitk_array(label, label_path, "Pancreas label"), label_path).transpose(2, 1, 0)
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(img.shape, image.GetSpacing(), spacing)]
+    step = [t / s for s, t in zip(image.GetSpacing(), spacing)]
+    img = resample(np.ascontiguousarray(img), size, 1, step).astype(np.float32)
+    lab = resample(np.ascontiguousarray(lab.astype(np.uint8)), size, 0, step)
     if not lab.any():
         raise BfasegError(f"Pancreas label {label_path} is empty (after resampling to {tuple(spacing)} mm)")
 
