@@ -9,9 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bfaseg.data.nifti import load_nifti_dataset, load_nifti_image, load_nifti_label, load_nifti_test
+from bfaseg.data.nifti import load_nifti_image, load_nifti_label
+from bfaseg.data.nifti_dataset import load_nifti_dataset, load_nifti_test
 from bfaseg.io.geometry import restore_geometry
-from bfaseg.io.nifti import save_nifti_mask, save_probabilities
+from bfaseg.io.nifti_write import save_nifti_mask, save_probabilities
 from bfaseg.errors import BfasegError
 
 SHAPE = (36, 30, 10)

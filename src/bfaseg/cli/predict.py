@@ -36,7 +36,8 @@ from bfaseg.inference.predictor import Predictor
 from bfaseg.io.files import jsonable, write_json_atomic
 from bfaseg.io.h5 import H5_SUFFIXES, read_h5, write_h5_atomic
 from bfaseg.io.geometry import array_geometry, restore_geometry
-from bfaseg.io.nifti import NIFTI_SUFFIXES, read_nifti_label_raw, read_source_label, save_nifti_mask, save_probabilities
+from bfaseg.io.nifti import NIFTI_SUFFIXES, read_nifti_label_raw, read_source_label
+from bfaseg.io.nifti_write import save_nifti_mask, save_probabilities
 from bfaseg.metrics import EMPTY_CLASS_HELP, EMPTY_CLASS_POLICIES
 
 

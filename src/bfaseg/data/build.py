@@ -205,7 +205,7 @@ def stored_validation_cases(cfg: RunConfig, data_state: dict, root: Path | None,
         raise BfasegError("--data is needed for the validation cases of runs on real data")
     ids = data_state.get("val_ids")
     if data.dataset == "nifti":
-        from bfaseg.data.nifti import load_nifti_dataset
+        from bfaseg.data.nifti_dataset import load_nifti_dataset
 
         labeled_all, _ = load_nifti_dataset(root, data.target_spacing, data.modality)
         if ids is None:
@@ -226,7 +226,7 @@ def stored_validation_cases(cfg: RunConfig, data_state: dict, root: Path | None,
 
 
 def _build_nifti(cfg: DataConfig, num_classes: int) -> DataBundle:
-    from bfaseg.data.nifti import load_nifti_dataset
+    from bfaseg.data.nifti_dataset import load_nifti_dataset
 
     if not cfg.root:
         raise BfasegError("data.root: required for dataset 'nifti' (a folder with imagesTr/labelsTr)")

@@ -2,7 +2,7 @@
 
 Cases are read with the project's readers (:mod:`bfaseg.data`) in their file's geometry, one at a
 time (``PoolCase.load``) so a large pool is never held in memory (NIfTI folders are the exception:
-:func:`bfaseg.data.nifti.load_nifti_dataset` reads the folder at once).
+:func:`bfaseg.data.nifti_dataset.load_nifti_dataset` reads the folder at once).
 
 Layouts: ``la`` / ``pancreas`` (h5 volumes), ``acdc`` (the unit of annotation is the volume
 ``patientXXX_frameYY``: slice ids of the training list are mapped to their volume), ``nifti``
@@ -54,7 +54,7 @@ def _h5_cases(dataset: str, root: Path, ids: list[str], num_classes: int, need_l
 
 def _nifti_run_cases(cfg, root: Path):
     from bfaseg.data.build import split_nifti_cases
-    from bfaseg.data.nifti import load_nifti_dataset
+    from bfaseg.data.nifti_dataset import load_nifti_dataset
 
     labeled_all, unlabeled = load_nifti_dataset(root, target_spacing=cfg.data.target_spacing, modality=cfg.data.modality)
     return split_nifti_cases(cfg.data.model_copy(update={"root": str(root)}), labeled_all, unlabeled)
@@ -111,12 +111,13 @@ def list_cases(cfg, root: Path | None, dataset: str, ids: list[str]) -> list[Poo
     root = _check_root(root, dataset)
     if dataset != "nifti":
         return _h5_cases(dataset, root, ids, cfg.model.num_classes, need_label=False)
-    from bfaseg.data.nifti import _group_images, load_nifti_image
+    from bfaseg.data.nifti import load_nifti_image
+    from bfaseg.data.nifti_dataset import group_images
 
     found: dict[str, Path] = {}
     for sub in ("imagesTr", "imagesTs", "imagesUnlabeled"):
         if (root / sub).is_dir():
-            for case_id, path in _group_images(root / sub).items():
+            for case_id, path in group_images(root / sub).items():
                 found.setdefault(case_id, path)
     missing = [i for i in ids if i not in found]
     if missing:
