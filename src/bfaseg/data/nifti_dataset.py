@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from bfaseg.data.cases import Case
-from bfaseg.data.nifti import DEFAULT_CT_WINDOW, load_nifti_image, load_nifti_label, parse_modality
+from bfaseg.data.nifti import load_nifti_image, load_nifti_label, parse_modality
 from bfaseg.errors import BfasegError
 from bfaseg.io.nifti import CHANNEL_RE, NIFTI_SUFFIXES, is_nifti, strip_nifti_suffix
 
@@ -155,20 +155,15 @@ def _iter_progress(items, desc: str, progress: bool):
     return tqdm(items, desc=desc, unit="case")
 
 
-def load_nifti_dataset(
-    root: str | os.PathLike,
-    target_spacing: float | Sequence[float] | None = None,
-    modality: str = "auto",
-    *,
-    canonical: bool = True,
-    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
-    progress: bool = False,
-) -> tuple[list[Case], list[Case]]:
+def load_nifti_dataset(root: str | os.PathLike, target_spacing: float | Sequence[float] | None = None,
+                       modality: str = "auto", *, progress: bool = False,
+                       **image_options) -> tuple[list[Case], list[Case]]:
     """Read an nnU-Net/MSD folder; returns ``(labeled, unlabeled)`` lists of cases.
 
     Images in ``imagesTr`` without a label file and everything in ``imagesUnlabeled`` form the
     unlabeled pool. ``modality="auto"`` takes the modality from dataset.json when given there,
-    else decides per image (see :func:`load_nifti_image`).
+    else decides per image. Every image is read by :func:`~bfaseg.data.nifti.load_nifti_image`,
+    with ``image_options`` (``canonical``, ``ct_window``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -204,7 +199,7 @@ def load_nifti_dataset(
     labeled: list[Case] = []
     unlabeled: list[Case] = []
     for case, img_path, lab_path in _iter_progress(jobs, "nifti", progress):
-        c = load_nifti_image(img_path, target_spacing, mod, canonical, ct_window=ct_window, case_id=case)
+        c = load_nifti_image(img_path, target_spacing, mod, case_id=case, **image_options)
         if lab_path is None:
             c.meta["labeled"] = False
             unlabeled.append(c)
@@ -217,21 +212,16 @@ def load_nifti_dataset(
     return labeled, unlabeled
 
 
-def load_nifti_test(
-    root: str | os.PathLike,
-    target_spacing: float | Sequence[float] | None = None,
-    modality: str = "auto",
-    *,
-    canonical: bool = True,
-    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
-) -> list[Case]:
-    """Read ``ROOT/imagesTs`` (no labels); an empty list when the folder is absent."""
+def load_nifti_test(root: str | os.PathLike, target_spacing: float | Sequence[float] | None = None,
+                    modality: str = "auto", **image_options) -> list[Case]:
+    """Read ``ROOT/imagesTs`` (no labels); an empty list when the folder is absent. Options as
+    :func:`load_nifti_dataset`."""
     root = Path(root)
     ts = root / "imagesTs"
     if not ts.is_dir():
         return []
     mod, _ = _dataset_modality(root, modality)
     return [
-        load_nifti_image(p, target_spacing, mod, canonical, ct_window=ct_window, case_id=case)
+        load_nifti_image(p, target_spacing, mod, case_id=case, **image_options)
         for case, p in group_images(ts).items()
     ]

@@ -61,14 +61,16 @@ OK, BOTH_EMPTY, PRED_EMPTY, GT_EMPTY = "ok", "both_empty", "pred_empty", "gt_emp
 FAILED = (PRED_EMPTY, GT_EMPTY)
 
 
-def _check_policy(policy: str) -> None:
+def _checked_inputs(pred, gt, policy: str, empty_class: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(pred, gt)`` as arrays of one shape, the two policies known; ValueError otherwise."""
     if policy not in POLICIES:
         raise ValueError(f"unknown empty-mask policy {policy!r}; choose from {', '.join(POLICIES)}")
-
-
-def _check_empty_class(empty_class: str) -> None:
     if empty_class not in EMPTY_CLASS_POLICIES:
         raise ValueError(f"unknown empty-class policy {empty_class!r}; choose from {', '.join(EMPTY_CLASS_POLICIES)}")
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"shape mismatch: pred {pred.shape} vs gt {gt.shape}")
+    return pred, gt
 
 
 def image_diagonal(shape: Sequence[int], spacing=None) -> float:
@@ -91,12 +93,7 @@ def binary_metrics(pred, gt, spacing=None, policy: str = "strict", method: str =
     :func:`bfaseg.metrics.surface.surface_distances`; both give the same numbers.
     ``empty_class`` (``"nan"`` or ``"one"``) scores masks empty in both (module docstring).
     """
-    _check_policy(policy)
-    _check_empty_class(empty_class)
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"shape mismatch: pred {pred.shape} vs gt {gt.shape}")
+    pred, gt = _checked_inputs(pred, gt, policy, empty_class)
     pred = pred.astype(bool, copy=False)
     gt = gt.astype(bool, copy=False)
     spacing = as_spacing(spacing, max(pred.ndim, 1))
@@ -162,12 +159,7 @@ def compute_case(pred, gt, spacing=None, classes=None, policy: str = "strict", m
     ``{class: str}``); see :func:`binary_metrics`. Pass these results to
     :func:`aggregate` for exact failure counts.
     """
-    _check_policy(policy)
-    _check_empty_class(empty_class)
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"shape mismatch: pred {pred.shape} vs gt {gt.shape}")
+    pred, gt = _checked_inputs(pred, gt, policy, empty_class)
     if pred.size == 0:
         raise ValueError("empty arrays (size 0)")
     spacing = as_spacing(spacing, pred.ndim)
