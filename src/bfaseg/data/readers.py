@@ -12,7 +12,7 @@ import numpy as np
 
 from bfaseg.data.cases import Case
 from bfaseg.errors import BfasegError
-from bfaseg.io.h5 import read_h5
+from bfaseg.io.h5 import read_h5_image
 
 LA_FOLDER = "2018LA_Seg_Training Set"
 DEFAULT_LISTS = {
@@ -53,12 +53,9 @@ def read_h5_case(
     path = Path(path)
     if not path.is_file():
         raise BfasegError(f"case {case_id!r}: file not found: {path}")
-    arrays, spacing = read_h5(path, ("image", "label"), required=("image", "label") if need_label else ("image",))
-    image, label = np.asarray(arrays["image"], dtype=np.float32), arrays["label"]
+    image, label, spacing = read_h5_image(path, need_label=need_label)
     if image.ndim != ndim:
         raise BfasegError(f"{path}: 'image' has {image.ndim} dimensions {image.shape}, expected {ndim}")
-    if not np.isfinite(image).all():
-        raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
     if label is not None:
         if label.dtype.kind not in "biuf":
             raise BfasegError(f"{path}: 'label' must hold integer labels, got dtype {label.dtype}")

@@ -34,7 +34,7 @@ from bfaseg.evaluation.scoring import case_row, score_case, summary_metrics
 from bfaseg.inference.predictor import Predictor
 from bfaseg.io.files import jsonable, write_json_atomic
 from bfaseg.io.geometry import array_geometry, restore_geometry
-from bfaseg.io.h5 import H5_SUFFIXES, read_h5, write_h5_atomic
+from bfaseg.io.h5 import H5_SUFFIXES, read_h5, read_h5_image, write_h5_atomic
 from bfaseg.io.labels import check_label_array
 from bfaseg.io.nifti import NIFTI_SUFFIXES, read_nifti_label_raw, read_source_label
 from bfaseg.io.nifti_write import save_nifti_mask, save_probabilities
@@ -93,13 +93,10 @@ def collect_inputs(path: Path) -> list[tuple[str, Path, str]]:
 
 
 def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
-    arrays, spacing = read_h5(path, ("image", "label"), required=("image",))
-    image = np.asarray(arrays["image"], dtype=np.float32)
+    image, label, spacing = read_h5_image(path)
     if image.ndim not in (2, 3):
         raise BfasegError(f"{path}: 'image' must be 2-D or 3-D, got shape {image.shape}")
-    if not np.isfinite(image).all():
-        raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
-    return image, arrays["label"], spacing
+    return image, label, spacing
 
 
 def _find_label(labels_dir: Path, case_id: str) -> Path | None:

@@ -20,7 +20,7 @@ from bfaseg.errors import BfasegError
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
-__all__ = ["H5_SUFFIXES", "open_h5", "read_h5", "spacing_attr", "write_h5_atomic"]
+__all__ = ["H5_SUFFIXES", "open_h5", "read_h5", "read_h5_image", "spacing_attr", "write_h5_atomic"]
 
 
 @contextmanager
@@ -66,6 +66,17 @@ def read_h5(
                 raise BfasegError(f"{path}: {key!r} is a group, not a dataset")
         arrays = {key: (np.asarray(f[key][()]) if key in f else None) for key in keys}
         return arrays, spacing_attr(f)
+
+
+def read_h5_image(path: str | Path, *, need_label: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
+    """``(image, label or None, spacing)`` of a case file: ``image`` float32 and finite, ``label`` as stored
+    (required when ``need_label``); the caller checks dimensions and label values."""
+    arrays, spacing = read_h5(path, ("image", "label"), required=("image", "label") if need_label else ("image",))
+    image = np.asarray(arrays["image"], dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
+    return image, arrays["label"], spacing
 
 
 def write_h5_atomic(path: str | Path, datasets: dict[str, np.ndarray | None], attrs: dict | None = None,
