@@ -206,7 +206,8 @@ def run(args) -> int:
     from bfaseg.io.output import check_output_dir, remove_stale_temporaries
 
     inputs = collect_inputs(Path(args.input))
-    out_dir = check_output_dir(args.output)
+    source = Path(args.input)
+    out_dir = check_output_dir(args.output, input_dir=source if source.is_dir() else None)
     remove_stale_temporaries(out_dir)  # left by an earlier predict killed with SIGKILL
     labels_dir = None
     if args.labels and args.labels != "input":

@@ -65,7 +65,7 @@ def _read_split_file(path: str) -> tuple[list[str], list[str]]:
     if not p.is_file():
         raise BfasegError(f"data.split_file not found: {p}")
     try:
-        raw = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+        raw = json.loads(p.read_text()) if p.suffix == ".json" else safe_load_unique(p.read_text())
     except (ValueError, yaml.YAMLError):
         raise BfasegError(f"{p}: cannot parse split file") from None
     if not isinstance(raw, dict) or "labeled" not in raw:

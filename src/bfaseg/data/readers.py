@@ -23,18 +23,26 @@ DEFAULT_LISTS = {
 
 
 def read_list(path: str | Path) -> list[str]:
-    """Read a list file: one id per line; blank lines ignored; duplicates are an error."""
+    """Read a list file: one id per line; blank lines, CRLF and a UTF-8 BOM ignored.
+
+    Duplicates and ids that are paths (``/``, ``..``) are errors: ``./case_a`` would read
+    ``case_a`` again under another id, unseen by the duplicate check.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise BfasegError(f"{path}: is a folder, not a list file")
     if not path.is_file():
         raise BfasegError(f"list file not found: {path}")
     try:
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        ids = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise BfasegError(f"{path}: cannot read list file ({exc.__class__.__name__})") from None
     if not ids:
         raise BfasegError(f"{path}: list file is empty")
     seen = set()
     for i in ids:
+        if "/" in i or "\\" in i or i in (".", ".."):
+            raise BfasegError(f"{path}: id {i!r} is a path; give plain case ids (folder or file names)")
         if i in seen:
             raise BfasegError(f"{path}: duplicate id {i!r}")
         seen.add(i)
@@ -60,7 +68,7 @@ def read_h5_case(
             for key in ("image", "label"):
                 if key in f and not isinstance(f[key], h5py.Dataset):
                     raise BfasegError(f"{path}: '{key}' is a group, not a dataset")
-            image = np.asarray(f["image"][()], dtype=np.float32)
+            image = _real_image(path, f["image"][()])
             label = None
             if "label" in f:
                 label = np.asarray(f["label"][()])
@@ -73,6 +81,8 @@ def read_h5_case(
         raise BfasegError(f"{path}: cannot read h5 file ({str(exc).splitlines()[0][:80]})") from None
     if image.ndim != ndim:
         raise BfasegError(f"{path}: 'image' has {image.ndim} dimensions {image.shape}, expected {ndim}")
+    if image.size == 0:
+        raise BfasegError(f"{path}: 'image' is empty (shape {image.shape})")
     if not np.isfinite(image).all():
         raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
     if label is not None:
@@ -89,6 +99,15 @@ def read_h5_case(
         label = label.astype(np.uint8)
     sp = tuple(float(s) for s in spacing) if spacing is not None else None
     return Case(case_id=case_id, image=image, label=label if need_label else label, spacing=sp)
+
+
+def _real_image(path: Path, data) -> np.ndarray:
+    """``data`` as float32; complex or non-numeric images and values beyond float32 are errors, not casts."""
+    data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        raise BfasegError(f"{path}: 'image' must hold real numbers, got dtype {data.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf, reported by the caller
+        return data.astype(np.float32)
 
 
 def la_path(root: Path, case_id: str) -> Path:
