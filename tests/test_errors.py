@@ -617,3 +617,16 @@ def test_ctrl_c_in_a_command_is_one_error_line(monkeypatch, capsys):
     assert main(["metrics", "p.npy", "g.npy"]) == 130
     err = capsys.readouterr().err
     assert err == "error: interrupted by Ctrl-C; files being written were removed, finished outputs kept\n"
+
+
+def test_split_file_with_a_key_twice(tmp_path, capsys):
+    """The second `labeled:` would silently replace the first."""
+    split = tmp_path / "split.yaml"
+    split.write_text("labeled: [synth_000]\nunlabeled: [synth_001]\nlabeled: [synth_002]\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_with(SYNTH, "data", split_file=str(split))))
+    out = tmp_path / "out"
+    assert main(["train", str(cfg), "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {split}: cannot parse split file (duplicate key 'labeled'"), err
+    assert err.count("\n") == 1 and not out.exists()
