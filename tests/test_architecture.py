@@ -51,7 +51,7 @@ def imports_between_parts() -> dict[tuple[str, str], set[str]]:
         module = _module_name(path)
         package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
         source = _part(module)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -117,7 +117,7 @@ def test_library_code_logs_and_only_the_cli_prints():
     printing = [
         f"{p.relative_to(PKG)}:{node.lineno}"
         for p in _library_files()
-        for node in ast.walk(ast.parse(p.read_text()))
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
     ]
     assert not printing, f"print() in library code (use logging): {printing}"
@@ -127,7 +127,7 @@ def test_nothing_imports_from_the_cli_but_its_entry_point():
     """cli/ modules parse options and call the library; none defines what another module needs."""
     offenders = []
     for path in sorted(PKG.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             for name in names:

@@ -301,15 +301,32 @@ CASES = [
     Case("resume_without_run", lambda tmp: (SYNTH, ["--resume"]),
          ["--resume: no checkpoint to resume at {tmp}/out/checkpoints/last.pt"]),
     Case("resume_garbage_checkpoint", lambda tmp: _with_run(tmp, "--resume"),
-         ["{tmp}/out/checkpoints/last.pt: refused to load: not a checkpoint of tensors and plain values",
-          "the file is corrupt or unsafe"], fresh_output=False),
+         ["{tmp}/out/checkpoints/last.pt: not a PyTorch checkpoint (the file starts with b'not ', not a zip archive)"],
+         fresh_output=False),
     Case("resume_changed_config", lambda tmp: _with_run(tmp, "--resume", last_bytes=_checkpoint_of(lr=0.5)),
          ["--resume: the config differs from the run's in train.lr"], fresh_output=False),
     Case("resume_incomplete_checkpoint", lambda tmp: _with_run(tmp, "--resume", last_bytes=_checkpoint_of()),
          ["{tmp}/out/checkpoints/last.pt: cannot resume from this checkpoint (Error(s) in loading state_dict"],
          fresh_output=False),
+    # second adversarial pass (docs/ERRORS.md, "Adversarial pass (second round)")
+    Case("duplicate_yaml_key", lambda tmp: (yaml.safe_dump(SYNTH) + "train:\n  iterations: 3\n", []),
+         ["{tmp}/config.yaml: invalid YAML (line", "duplicate key 'train'"]),
+    Case("set_empty_key_part", lambda tmp: (SYNTH, ["--set", "train..iterations=3"]),
+         ["--set 'train..iterations=3': the key has an empty part"]),
+    Case("config_is_folder", lambda tmp: ((tmp / "config.yaml").mkdir() and None, []),
+         ["{tmp}/config.yaml: is a folder, not a config file"]),
+    Case("list_is_folder", la(lambda root: ((root / "train.list").unlink(), (root / "train.list").mkdir())),
+         ["{tmp}/LA/train.list: is a folder, not a list file"]),
+    Case("id_is_path", la(lambda root: (root / "train.list").write_text("case_a\n./case_a\ncase_b\ncase_c\n")),
+         ["{tmp}/LA/train.list: id './case_a' is a path"]),
+    Case("h5_complex_image", la(_rewrite_la("case_b", image=img.astype(np.complex64), label=lab)),
+         ["case_b/mri_norm2.h5: 'image' must hold real numbers, got dtype complex64"]),
+    Case("h5_empty_image", la(_rewrite_la("case_b", image=img[:0], label=lab[:0])),
+         ["case_b/mri_norm2.h5: 'image' is empty (shape (0, 20, 12))"]),
+    Case("h5_beyond_float32", la(_rewrite_la("case_b", image=img.astype(np.float64) * 1e300, label=lab)),
+         ["case_b/mri_norm2.h5: 'image' contains NaN or Inf values"]),
     Case("resume_truncated_checkpoint", lambda tmp: _with_run(tmp, "--resume", last_bytes=_truncated_checkpoint()),
-         ["{tmp}/out/checkpoints/last.pt: not a readable checkpoint (PytorchStreamReader failed"],
+         ["{tmp}/out/checkpoints/last.pt: not a readable checkpoint (incomplete zip archive); the file is truncated"],
          fresh_output=False),
 ]
 
@@ -389,7 +406,7 @@ def test_bad_input(case: Case, tmp_path, capsys):
 
 def test_catalogue_is_documented():
     """Every case of the catalogue has its row in docs/ERRORS.md (the id in backticks)."""
-    text = DOCS.read_text()
+    text = DOCS.read_text(encoding="utf-8")
     missing = [c.id for c in CASES if f"`{c.id}`" not in text]
     assert not missing, f"cases not in docs/ERRORS.md: {missing}"
 
@@ -461,3 +478,155 @@ def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path):
     it = int(re.search(r"iteration (\d+)", err).group(1))
     assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == it
     assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------- second adversarial pass: library checks
+
+
+def test_list_file_with_bom_and_crlf_is_read(tmp_path):
+    from bfaseg.data.readers import read_list
+
+    path = tmp_path / "train.list"
+    path.write_bytes(b"\xef\xbb\xbfcase_a\r\ncase_b\r\n\r\n")  # written by Windows Notepad
+    assert read_list(path) == ["case_a", "case_b"]
+
+
+def test_data_root_with_tilde_is_the_home_folder(monkeypatch, tmp_path):
+    from bfaseg.config import DataConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert DataConfig(root="~/LA").root == str(tmp_path / "LA")
+
+
+def test_image_beyond_float32_is_one_error_and_no_warning(tmp_path):
+    import warnings
+
+    from bfaseg.data.readers import read_h5_case
+    from bfaseg.errors import BfasegError
+
+    path = write_h5(tmp_path / "x.h5", img.astype(np.float64) * 1e300, lab)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow RuntimeWarning would be a second stderr line
+        with pytest.raises(BfasegError, match="'image' contains NaN or Inf values"):
+            read_h5_case(path, "x", ndim=3, num_classes=2)
+
+
+# --------------------------------------------------------------------------- second adversarial pass: other commands
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A 1-iteration 3-D supervised run on a tiny LA layout and a 1-iteration 2-D synthetic run."""
+    tmp = tmp_path_factory.mktemp("runs")
+    root = la_dataset(tmp / "LA")
+    one = {**TRAIN, "iterations": 1, "val_every": 1, "checkpoint_every": 1}
+    for name, cfg in (("la", {**la_config(root), "train": one}), ("syn", {**SYNTH, "train": one})):
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["train", str(tmp / f"{name}.yaml"), "--output", str(tmp / name), "--no-progress"]) == 0
+    return tmp
+
+
+def _text_checkpoint(tmp: Path) -> Path:
+    (tmp / "notes.pt").write_text("hello\n")
+    return tmp / "notes.pt"
+
+
+def _predict_into_input(tmp: Path, runs: Path) -> list[str]:
+    import nibabel as nib
+
+    (tmp / "in").mkdir()
+    nib.save(nib.Nifti1Image(volume()[0], AFFINE), str(tmp / "in" / "x_0000.nii.gz"))
+    return ["predict", "--checkpoint", str(runs / "la/checkpoints/last.pt"), "--input", str(tmp / "in"),
+            "--output", str(tmp / "in"), "--device", "cpu", "--no-progress"]
+
+
+def _evaluate(runs: Path, *extra, checkpoint=None) -> list[str]:
+    return ["evaluate", "--checkpoint", str(checkpoint or runs / "la/checkpoints/last.pt"), "--data",
+            str(runs / "LA"), "--split", "train.list", "--device", "cpu", "--no-progress", *extra]
+
+
+def _experiment(tmp: Path, runs: Path, *extra) -> list[str]:
+    return ["experiment", str(runs / "syn.yaml"), "--methods", "supervised", "--seeds", "1",
+            "--output", str(tmp / "out"), "--no-progress", *extra]
+
+
+# (id, argv from (tmp, runs), substrings of the one error line; "{tmp}"/"{runs}" replaced)
+COMMAND_CASES = [
+    ("checkpoint_text_file", lambda tmp, runs: _evaluate(runs, "--output", str(tmp / "out"),
+                                                         checkpoint=_text_checkpoint(tmp)),
+     ["{tmp}/notes.pt: not a PyTorch checkpoint (the file starts with b'hell', not a zip archive)"]),
+    ("checkpoint_is_folder", lambda tmp, runs: _evaluate(runs, "--output", str(tmp / "out"), checkpoint=tmp),
+     ["{tmp}: is a folder, not a checkpoint file"]),
+    ("teacher_of_a_supervised_run", lambda tmp, runs: _evaluate(runs, "--output", str(tmp / "out"), "--model", "teacher"),
+     ["--model teacher: {runs}/la/checkpoints/last.pt has no teacher weights (method supervised)"]),
+    ("predict_output_is_input", _predict_into_input,
+     ["--output {tmp}/in: is the input folder {tmp}/in; a second run would read the outputs as inputs"]),
+    ("report_run_twice", lambda tmp, runs: ["report", str(runs / "syn"), str(runs / "syn"), "--output", str(tmp / "out")],
+     ["RUN_DIR {runs}/syn: given twice"]),
+    ("report_plateau_nan", lambda tmp, runs: ["report", str(runs / "syn"), "--plateau", "--plateau-points", "nan",
+                                              "--output", str(tmp / "out")],
+     ["--plateau-points: must be a positive number of Dice points, got nan"]),
+    ("experiment_iterations_zero", lambda tmp, runs: _experiment(tmp, runs, "--iterations", "0"),
+     ["--iterations: must be >= 1, got 0"]),
+    ("experiment_labeled_zero", lambda tmp, runs: _experiment(tmp, runs, "--labeled", "0"),
+     ["--labeled: must be >= 1, got 0"]),
+]
+
+
+@pytest.mark.parametrize("make,expect", [c[1:] for c in COMMAND_CASES], ids=[c[0] for c in COMMAND_CASES])
+def test_bad_input_other_commands(make, expect, tiny_runs, tmp_path, capsys):
+    argv = make(tmp_path, tiny_runs)
+    before = snapshot(tmp_path)
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, f"not one line: {err!r}"
+    for s in expect:
+        assert s.replace("{tmp}", str(tmp_path)).replace("{runs}", str(tiny_runs)) in err, err
+    assert snapshot(tmp_path) == before  # nothing written, not even an empty --output
+
+
+def test_other_commands_cases_are_documented():
+    text = DOCS.read_text(encoding="utf-8")
+    missing = [c[0] for c in COMMAND_CASES if f"`{c[0]}`" not in text]
+    assert not missing, f"cases not in docs/ERRORS.md: {missing}"
+
+
+def test_paper_mode_on_a_2d_network_says_so(tiny_runs, tmp_path, capsys):
+    """--mode paper has no windows for a 2-D network: one warning line, then the slice-wise prediction."""
+    import nibabel as nib
+
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(volume((32, 32, 3))[0], AFFINE), str(tmp_path / "in" / "x_0000.nii.gz"))
+    code = main(["predict", "--checkpoint", str(tiny_runs / "syn/checkpoints/last.pt"), "--input", str(tmp_path / "in"),
+                 "--output", str(tmp_path / "out"), "--mode", "paper", "--device", "cpu", "--no-progress", "--no-quality"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err == ("warning: --mode paper: the checkpoint is a 2-D network, predicted slice by slice "
+                   "(no sliding window; for ACDC this is the reference protocol)\n")
+
+
+def test_ctrl_c_in_a_command_is_one_error_line(monkeypatch, capsys):
+    import bfaseg.cli.metrics as metrics_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(metrics_cli, "run", interrupted)
+    assert main(["metrics", "p.npy", "g.npy"]) == 130
+    err = capsys.readouterr().err
+    assert err == "error: interrupted by Ctrl-C; files being written were removed, finished outputs kept\n"
+
+
+def test_split_file_with_a_key_twice(tmp_path, capsys):
+    """The second `labeled:` would silently replace the first."""
+    split = tmp_path / "split.yaml"
+    split.write_text("labeled: [synth_000]\nunlabeled: [synth_001]\nlabeled: [synth_002]\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_with(SYNTH, "data", split_file=str(split))))
+    out = tmp_path / "out"
+    assert main(["train", str(cfg), "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {split}: cannot parse split file (duplicate key 'labeled'"), err
+    assert err.count("\n") == 1 and not out.exists()

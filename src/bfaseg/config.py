@@ -31,19 +31,47 @@ Int = Annotated[int, Strict()]  # a YAML int: no bool, no float, no string
 Num = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 
 
+def _expand_user(value):
+    # `root: ~/data/LA` means the user's home, as it would in a shell
+    return str(Path(value).expanduser()) if isinstance(value, str) and value.startswith("~") else value
+
+
+UserPath = Annotated[str, BeforeValidator(_expand_user)]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, but a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (a second one would silently replace the first)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(stream):
+    """``yaml.safe_load`` that refuses duplicate keys (configs, split files)."""
+    return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class DataConfig(_Section):
     dataset: Literal["acdc", "la", "pancreas", "synthetic", "nifti"] = "synthetic"
-    root: str | None = None
+    root: UserPath | None = None
     train_list: str | None = None  # default per dataset (train.list / train_slices.list)
     val_list: str | None = None  # evaluation split used for model selection
     val_cases: Int | None = Field(default=None, ge=1)  # LA/Pancreas: hold out the LAST n cases of train_list for validation
     labeled: Int | None = Field(default=None, ge=1)  # first N entries of the training list are labeled
     labeled_fraction: Num | None = Field(default=None, gt=0, le=1)
-    split_file: str | None = None  # YAML/JSON with `labeled:` and `unlabeled:` id lists
+    split_file: UserPath | None = None  # YAML/JSON with `labeled:` and `unlabeled:` id lists
     patch_size: list[Int] = Field(default_factory=lambda: [64, 64])
     downsample: Num = Field(default=1.0, ge=1.0)  # LA/Pancreas: shrink volumes by this factor at load time
     rotation: Literal["rot90_flip", "rotate", "both"] = "both"  # 2-D augmentation
@@ -147,11 +175,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise BfasegError(f"--set {text!r}: expected key=value (e.g. train.iterations=100)")
     key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise BfasegError(f"--set {text!r}: the key has an empty part; give a dotted key such as train.iterations")
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return [part.strip() for part in path], value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -199,11 +230,13 @@ def packaged_config_names() -> list[str]:
 
 def load_yaml(path: str | Path) -> dict:
     path = resolve_config_path(path)
+    if path.is_dir():
+        raise BfasegError(f"{path}: is a folder, not a config file")
     if not path.is_file():
         raise BfasegError(f"config file not found: {path} (or a packaged name such as acdc/bfa_10)")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)  # safe loader: no Python objects from YAML tags
+            raw = safe_load_unique(f)  # safe loader: no Python objects from YAML tags
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

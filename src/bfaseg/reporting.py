@@ -132,6 +132,23 @@ def read_run(run_dir: str | Path, name: str | None = None, *, with_method: bool 
 
 
 # ----------------------------------------------------------------------------- figures
+def read_runs(run_dirs: Sequence[str | Path]) -> list[RunLog]:
+    """:func:`read_run` of each folder; a folder given twice is an error (it would be a row twice),
+    two folders of the same name are told apart by their parent folder."""
+    seen: dict[Path, str] = {}
+    runs: list[RunLog] = []
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise BfasegError(f"RUN_DIR {d}: given twice (also as {seen[key]})")
+        seen[key] = str(d)
+        r = read_run(d)
+        if any(o.name == r.name for o in runs):
+            r.name = f"{key.parent.name}/{r.name}"
+        runs.append(r)
+    return runs
+
+
 def _plt():
     import matplotlib
 
@@ -209,11 +226,19 @@ PLATEAU_POINTS = 1.0  # Dice points
 PLATEAU_FRACTION = 0.25  # of the run
 
 
+def check_plateau_points(points: float) -> float:
+    """The plateau threshold: a positive finite number of Dice points (NaN would never plateau)."""
+    if not math.isfinite(points) or points <= 0:
+        raise BfasegError(f"--plateau-points: must be a positive number of Dice points, got {points:g}")
+    return points
+
+
 def plateau(val: Sequence[dict], fraction: float = PLATEAU_FRACTION, points: float = PLATEAU_POINTS) -> dict | None:
     """The plateau rule on a validation curve: the run has plateaued when the validation Dice gained
     over its last ``fraction`` (last value minus the last value at or before ``(1 - fraction)`` of the
     final iteration) is below ``points`` Dice points. ``val``: records with ``iteration`` and ``val_dice``
     (``RunLog.val``). None when the curve has no point before the last quarter."""
+    check_plateau_points(points)
     if len(val) < 2:
         return None
     last = val[-1]

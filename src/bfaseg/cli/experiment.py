@@ -41,12 +41,15 @@ def run(args) -> int:
     from bfaseg.errors import BfasegError
     from bfaseg.experiments import run_experiment
 
+    for option, value in (("--iterations", args.iterations), ("--labeled", args.labeled)):
+        if value is not None and value < 1:  # 0 must not read as "not given"
+            raise BfasegError(f"{option}: must be >= 1, got {value}")
     overrides = list(args.overrides)
-    if args.iterations:
+    if args.iterations is not None:
         overrides.append(f"train.iterations={args.iterations}")
     if args.data:
         overrides.append(f"data.root={args.data}")
-    if args.labeled:
+    if args.labeled is not None:
         overrides.append(f"data.labeled={args.labeled}")
     variants = [v.strip() for v in args.methods.split(",") if v.strip()]
     try:

@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # atomic writes unwind on KeyboardInterrupt: the file being written is gone, finished ones stay
+        print("error: interrupted by Ctrl-C; files being written were removed, finished outputs kept",
+              file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an input no check knew: still one line, naming what failed
         if args.debug:

@@ -90,26 +90,19 @@ def make_overlays(run_log, args, out_dir: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    from bfaseg.reporting import comparison_table, plot_curves, read_run
+    from bfaseg.reporting import check_plateau_points, comparison_table, plot_curves, read_runs
     from bfaseg.io.files import atomic_write_bytes
 
     from bfaseg.io.output import check_output_dir
 
     if args.overlay_cases < 0:
         raise BfasegError("--overlay-cases: must be >= 0")
-    if args.plateau_points <= 0:
-        raise BfasegError("--plateau-points: must be > 0")
+    check_plateau_points(args.plateau_points)
     check_output_dir(args.output)
-    runs = []
-    names: dict[str, int] = {}
-    for d in args.runs:
-        r = read_run(d)
-        if r.name in names:  # two runs with the same folder name: qualify with the parent
-            r.name = f"{Path(d).resolve().parent.name}/{r.name}"
-        names[r.name] = 1
+    runs = read_runs(args.runs)
+    for d, r in zip(args.runs, runs):
         if r.n_bad_lines:
             print(f"note: {d}/log.jsonl: skipped {r.n_bad_lines} unreadable line(s)", file=sys.stderr)
-        runs.append(r)
     out = Path(args.output)
     written = plot_curves(runs, out)
     table = comparison_table(runs)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from bfaseg.config import DataConfig, RunConfig
+from bfaseg.config import DataConfig, RunConfig, safe_load_unique
 from bfaseg.data.cases import Case
 from bfaseg.data.readers import DEFAULT_LISTS, load_cases, read_list
 from bfaseg.data.synthetic import make_synthetic_cases
@@ -66,9 +66,10 @@ def _read_split_file(path: str) -> tuple[list[str], list[str]]:
     if not p.is_file():
         raise BfasegError(f"data.split_file not found: {p}")
     try:
-        raw = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
-    except (ValueError, yaml.YAMLError):
-        raise BfasegError(f"{p}: cannot parse split file") from None
+        raw = json.loads(p.read_text()) if p.suffix == ".json" else safe_load_unique(p.read_text())
+    except (ValueError, yaml.YAMLError) as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or "").split())[:120]
+        raise BfasegError(f"{p}: cannot parse split file" + (f" ({problem})" if problem else "")) from None
     if not isinstance(raw, dict) or "labeled" not in raw:
         raise BfasegError(f"{p}: split file needs a 'labeled' list (and optionally 'unlabeled')")
     lists = {}

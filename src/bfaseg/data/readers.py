@@ -23,18 +23,26 @@ DEFAULT_LISTS = {
 
 
 def read_list(path: str | Path) -> list[str]:
-    """Read a list file: one id per line; blank lines ignored; duplicates are an error."""
+    """Read a list file: one id per line; blank lines, CRLF and a UTF-8 BOM ignored.
+
+    Duplicates and ids that are paths (``/``, ``..``) are errors: ``./case_a`` would read
+    ``case_a`` again under another id, unseen by the duplicate check.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise BfasegError(f"{path}: is a folder, not a list file")
     if not path.is_file():
         raise BfasegError(f"list file not found: {path}")
     try:
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        ids = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise BfasegError(f"{path}: cannot read list file ({exc.__class__.__name__})") from None
     if not ids:
         raise BfasegError(f"{path}: list file is empty")
     seen = set()
     for i in ids:
+        if "/" in i or "\\" in i or i in (".", ".."):
+            raise BfasegError(f"{path}: id {i!r} is a path; give plain case ids (folder or file names)")
         if i in seen:
             raise BfasegError(f"{path}: duplicate id {i!r}")
         seen.add(i)

@@ -137,7 +137,8 @@ def predict_files(
     :class:`bfaseg.suggest.QualityMonitor`, whose file is written beside ``summary.json``.
     """
     input_files = collect_inputs(Path(inputs))
-    out_dir = check_output_dir(output)
+    source = Path(inputs)
+    out_dir = check_output_dir(output, input_dir=source if source.is_dir() else None)  # not among the inputs
     remove_stale_temporaries(out_dir)  # left by an earlier predict killed with SIGKILL
     reference = None if labels is None else str(labels)  # `labels` below are the predicted ones
     labels_dir = None

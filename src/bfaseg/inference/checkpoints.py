@@ -65,11 +65,15 @@ def load_model_from_checkpoint(
     """
     state = load_checkpoint(path, map_location="cpu")
     cfg = checkpoint_config(state, path)
+    asked = which
     which = which or cfg.eval.model
     if which not in ("student", "teacher"):
         raise BfasegError(f"--model: expected 'student' or 'teacher', got {which!r}")
     weights = state.get(which) if which == "teacher" else state["student"]
     if weights is None:
+        if asked == "teacher":  # asked for by name: scoring the student instead would be a silent swap
+            raise BfasegError(f"--model teacher: {path} has no teacher weights (method {cfg.method.name}); "
+                              "use --model student")
         weights = state["student"]
         which = "student"
     weights = strip_prefixes(weights)

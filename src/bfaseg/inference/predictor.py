@@ -9,6 +9,7 @@ checkpoint, device and precision give the same labels.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from bfaseg.precision import bf16_is_fast, resolve_device, resolve_precision
 
 # Published sliding-window strides at full resolution (UA-MT / BCP test scripts).
 PAPER_STRIDES = {"la": (18, 18, 4), "pancreas": (16, 16, 16)}
+
+log = logging.getLogger(__name__)
 
 
 def model_ndim(cfg: RunConfig, state: dict[str, Any] | None = None) -> int:
@@ -165,6 +168,9 @@ class Predictor:
         if device == "run":
             device = resolve_device(cfg.train.device, option="train.device")
         ndim = model_ndim(cfg, state)
+        if mode == "paper" and ndim == 2:  # said once, not only in summary.json: the option changes nothing
+            log.warning("--mode paper: the checkpoint is a 2-D network, predicted slice by slice "
+                        "(no sliding window; for ACDC this is the reference protocol)")
         if stride is not None:
             if ndim == 2:
                 raise BfasegError("--stride: the checkpoint is a 2-D network (slice-wise inference has no windows)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise BfasegError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise BfasegError(f"checkpoint not found: {path}")
+    _check_container(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -68,12 +72,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         text = str(exc).strip()
         first = text.splitlines()[0][:80] if text else f"{exc.__class__.__name__}: empty or truncated file"
-        raise BfasegError(f"{path}: not a readable checkpoint ({first})") from None
+        raise BfasegError(f"{path}: not a readable checkpoint ({first}); the file is truncated or corrupt") from None
     if not isinstance(state, dict) or "student" not in state:
         raise BfasegError(f"{path}: not a bfaseg checkpoint (no 'student' weights)")
     if state.get("schema", 0) > SCHEMA_VERSION:
         raise BfasegError(f"{path}: checkpoint schema {state['schema']} is newer than this bfaseg supports")
     return state
+
+
+def _check_container(path: Path) -> None:
+    """A torch checkpoint is a zip archive (or, from torch < 1.6, a pickle); anything else is refused
+    by name before torch.load, whose errors on text or truncated files say nothing (KeyError: 101, Errno 22)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise BfasegError(f"{path}: not a readable checkpoint (empty file)")
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise BfasegError(f"{path}: not a readable checkpoint (incomplete zip archive); the file is truncated")
+    elif head[0] != 0x80:  # the pickle protocol opcode of torch's legacy format
+        raise BfasegError(f"{path}: not a PyTorch checkpoint (the file starts with {head!r}, not a zip archive)")
 
 
 def _unpickler_detail(exc: Exception) -> str:

@@ -73,7 +73,13 @@ def read_h5_image(path: str | Path, *, need_label: bool = False
     """``(image, label or None, spacing)`` of a case file: ``image`` float32 and finite, ``label`` as stored
     (required when ``need_label``); the caller checks dimensions and label values."""
     arrays, spacing = read_h5(path, ("image", "label"), required=("image", "label") if need_label else ("image",))
-    image = np.asarray(arrays["image"], dtype=np.float32)
+    image = np.asarray(arrays["image"])
+    if image.dtype.kind not in "biuf":  # complex or non-numeric: an error, not a silent cast
+        raise BfasegError(f"{path}: 'image' must hold real numbers, got dtype {image.dtype}")
+    if image.size == 0:
+        raise BfasegError(f"{path}: 'image' is empty (shape {image.shape})")
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become Inf, reported below
+        image = image.astype(np.float32)
     if not np.isfinite(image).all():
         raise BfasegError(f"{path}: 'image' contains NaN or Inf values")
     return image, arrays["label"], spacing

@@ -23,13 +23,22 @@ def _nearest_existing(path: Path) -> Path:
     return probe
 
 
-def check_output_dir(path: str | os.PathLike, option: str = "--output") -> Path:
+def check_output_dir(path: str | os.PathLike, option: str = "--output", *,
+                     input_dir: str | os.PathLike | None = None) -> Path:
     """``path`` as a Path if it is, or can become, a writable folder; else :class:`BfasegError`.
 
     Creates nothing: writability is probed with a temporary file in the nearest existing
     folder, removed at once (``os.access`` would say yes to root on a read-only mount).
+    ``input_dir``: a folder the command reads (recursively); outputs there would be read
+    back as inputs by the next run, so ``path`` may be neither it nor inside it.
     """
     path = Path(path)
+    if input_dir is not None:
+        inputs, target = Path(input_dir).resolve(), path.resolve()
+        if target == inputs or inputs in target.parents:
+            where = "is" if target == inputs else "is inside"
+            raise BfasegError(f"{option} {path}: {where} the input folder {input_dir}; a second run would read "
+                              "the outputs as inputs: choose another folder")
     if os.path.lexists(path) and not path.is_dir():
         raise BfasegError(f"{option} {path}: exists and is not a folder")
     base = _nearest_existing(path)
