@@ -144,6 +144,10 @@ def test_plateau_rule(tmp_path, capsys):
     assert rising["from_iteration"] == 1500 and round(rising["gain"] * 100, 2) == 1.9 and not rising["plateau"]
     assert plateau(curve[:-1] + [{"iteration": 2000, "val_dice": 0.84}])["plateau"]
     assert plateau(curve[:1]) is None
+    # the running best, not the endpoint: a dip at 3/4 of the run does not make a flat curve "rising"
+    noisy = [{"iteration": i, "val_dice": d} for i, d in ((1000, 0.80), (2000, 0.872), (3000, 0.862), (4000, 0.873))]
+    flat = plateau(noisy)
+    assert flat["plateau"] and round(flat["gain"] * 100, 2) == 0.1 and round(flat["endpoint_gain"] * 100, 2) == 1.1
 
     run = tmp_path / "full_s1"
     run.mkdir()
