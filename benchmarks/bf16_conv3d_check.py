@@ -40,7 +40,11 @@ def cpu_name() -> str:
 
 
 def weight_grad_error(channels: int, spatial: tuple[int, ...], seed: int) -> float:
-    """Relative L2 error of the bf16-autocast weight gradient against fp32, same inputs."""
+    """Relative L2 error of the bf16-autocast weight gradient against fp32, same inputs.
+
+    Deliberately torch-only (bfaseg.precision.conv3d_bf16_grad_error is the project's probe): this
+    script is the reproduction to attach to an upstream PyTorch/oneDNN report, runnable without bfaseg.
+    """
     conv_cls = nn.Conv3d if len(spatial) == 3 else nn.Conv2d
     torch.manual_seed(seed)
     conv = conv_cls(channels, channels, 3, padding=1)
