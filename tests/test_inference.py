@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import zoom
 
 from bfaseg.data.transforms import resize
@@ -20,6 +19,7 @@ from bfaseg.inference import (
     sliding_window_probs,
     window_starts,
 )
+from test_reference_equivalence import ref_test_single_case  # the cited transcription of the reference loop
 
 
 # ----------------------------------------------------------------- helpers
@@ -42,43 +42,6 @@ class _Counting:
     def __call__(self, x):
         self.calls.append(int(x.shape[0]))
         return self.model(x)
-
-
-def _reference_test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes):
-    """A naive re-implementation of the reference 3-D protocol (numpy, one window at a time)."""
-    w, h, d = image.shape
-    pads = []
-    for size, p in zip((w, h, d), patch_size):
-        pad = p - size if size < p else 0
-        pads.append((pad // 2, pad - pad // 2))
-    add_pad = any(a or b for a, b in pads)
-    if add_pad:
-        image = np.pad(image, pads, mode="constant", constant_values=0)
-    ww, hh, dd = image.shape
-    sx = math.ceil((ww - patch_size[0]) / stride_xy) + 1
-    sy = math.ceil((hh - patch_size[1]) / stride_xy) + 1
-    sz = math.ceil((dd - patch_size[2]) / stride_z) + 1
-    score_map = np.zeros((num_classes,) + image.shape, dtype=np.float32)
-    cnt = np.zeros(image.shape, dtype=np.float32)
-    for x in range(sx):
-        xs = min(stride_xy * x, ww - patch_size[0])
-        for y in range(sy):
-            ys = min(stride_xy * y, hh - patch_size[1])
-            for z in range(sz):
-                zs = min(stride_z * z, dd - patch_size[2])
-                sl = (slice(xs, xs + patch_size[0]), slice(ys, ys + patch_size[1]), slice(zs, zs + patch_size[2]))
-                patch = image[sl][None, None].astype(np.float32)
-                with torch.no_grad():
-                    y_prob = F.softmax(net(torch.from_numpy(np.ascontiguousarray(patch))), dim=1)
-                score_map[(slice(None),) + sl] += y_prob[0].numpy()
-                cnt[sl] += 1
-    score_map = score_map / cnt[None]
-    label_map = np.argmax(score_map, axis=0)
-    if add_pad:
-        crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, (w, h, d)))
-        label_map = label_map[crop]
-        score_map = score_map[(slice(None),) + crop]
-    return label_map, score_map
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,7 +94,7 @@ def test_paper_mode_equals_reference_exactly(shape):
     net = _conv_net(3)
     vol = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     patch, sxy, sz = (16, 12, 10), 5, 3
-    ref_labels, ref_probs = _reference_test_single_case(net, vol, sxy, sz, patch, num_classes=3)
+    ref_labels, ref_probs = ref_test_single_case(net, vol, sxy, sz, patch, num_classes=3)
     counted = _Counting(net)
     labels, probs = predict_volume(
         vol, counted, patch, mode="paper", stride=(sxy, sxy, sz), return_probs=True
