@@ -322,7 +322,12 @@ def _run_parallel(todo, out: Path, eval_list, jobs: int, finished) -> None:
                 raise error
             finished(run, None if error else fut.result(), error)
     except BaseException:
-        # Ctrl-C reaches the workers too: their trainers checkpoint and stop; start no queued run
+        # Ctrl-C reaches the workers too (one process group), but a SIGTERM sent to this process alone
+        # (kill PID, a job scheduler) does not: pass it on, so each trainer checkpoints and stops instead
+        # of this process waiting for whole runs to finish; start no queued run
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
