@@ -118,7 +118,8 @@ def run_loop(base_raw: dict, strategies: list[str], seeds: list[int], rounds: in
                 if r < len(entry["rounds"]) and ("chosen" in entry["rounds"][r] or last):
                     done = entry["rounds"][r]
                 else:
-                    run_dir = output / name / f"round{r}"
+                    # round 0 trains on the same split with the same seed for every strategy: train it once
+                    run_dir = output / (f"start_s{seed}" if r == 0 else name) / f"round{r}"
                     run_dir.mkdir(parents=True, exist_ok=True)
                     split = run_dir / "split.yaml"
                     split.write_text(yaml.safe_dump({"labeled": labeled, "unlabeled": pool}))

@@ -228,7 +228,11 @@ def test_annotation_loop_smoke(tmp_path, capsys):
     split = yaml_load(out / "entropy_s1" / "round1" / "split.yaml")
     assert not set(split["labeled"]) & set(split["unlabeled"])  # the pool's labels stay hidden
     assert (out / "dice_vs_labeled.png").is_file() and "| entropy |" in (out / "summary.md").read_text()
-    capsys.readouterr()
+    # round 0 (same split, same seed) is trained once per seed and shared by the strategies
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["entropy_s1", "entropy_s2", "random_s1",
+                                                                    "random_s2", "start_s1", "start_s2"]
+    assert results["random_s1"]["rounds"][0]["dice"] == rounds[0]["dice"]
+    assert capsys.readouterr().err.count("round 0") == 4  # each strategy ranks the pool with that start model
     assert loop.main(["--smoke", "--strategies", "random,entropy", "--seeds", "1,2", "--output", str(out)]) == 0
     assert "[run]" not in capsys.readouterr().err  # a second call reuses the finished rounds
 
