@@ -79,8 +79,8 @@ def one_round(cfg, run_dir: Path, strategy: str, seed: int, add: int, last: bool
     from bfaseg.suggest.quality import spearman, validation_reference
     from bfaseg.training.trainer import Trainer
 
-    if not (run_dir / "train_summary.json").exists():
-        Trainer(cfg, run_dir, progress=progress).fit()
+    if not (run_dir / "train_summary.json").exists():  # a round cut short resumes from its checkpoint
+        Trainer(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists(), progress=progress).fit()
     ckpt = run_dir / "checkpoints" / "last.pt"
     root = Path(cfg.data.root) if cfg.data.root else None
     val = [pc.load() for pc in run_cases(cfg, root, cfg.data.dataset, "val")]

@@ -236,6 +236,13 @@ def test_annotation_loop_smoke(tmp_path, capsys):
     assert loop.main(["--smoke", "--strategies", "random,entropy", "--seeds", "1,2", "--output", str(out)]) == 0
     assert "[run]" not in capsys.readouterr().err  # a second call reuses the finished rounds
 
+    # a round cut short (its checkpoint written, no summary yet) resumes instead of refusing the folder
+    (out / "start_s1" / "round0" / "train_summary.json").unlink()
+    del results["random_s1"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert loop.main(["--smoke", "--strategies", "random", "--seeds", "1", "--output", str(out)]) == 0
+    assert (out / "start_s1" / "round0" / "train_summary.json").is_file()
+
 
 def yaml_load(path):
     import yaml
