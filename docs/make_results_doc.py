@@ -1,4 +1,5 @@
-"""Assemble docs/RESULTS.md from docs/RESULTS.md.in and the results.md files that
+"""Assemble the archived bfaseg 0.1 results page (docs/RESULTS_0.1.md; its text is the archive section of
+docs/RESULTS.md, whose headline is written by hand around copied tables) from docs/RESULTS.md.in and the results.md files that
 `bfaseg experiment` wrote (tables are copied, never typed):
 
     python docs/make_results_doc.py runs/acdc10 runs/acdc10_rotate runs/acdc5 runs/la10 runs/acdc_precision_fp32 runs/acdc_precision_bf16
@@ -29,8 +30,8 @@ def main() -> None:
         for kind, title in (("curves", "validation Dice during training"), ("predictions", "predictions on validation slices")):
             if Path(f"docs/figures/{name}_{kind}.png").exists():
                 parts.append(f"{TITLES.get(name, name)}: {title}\n\n![{name} {title}](figures/{name}_{kind}.png)\n")
-    Path("docs/RESULTS.md").write_text("\n".join(parts))
-    print("wrote docs/RESULTS.md")
+    Path("docs/RESULTS_0.1.md").write_text("\n".join(parts))  # never over the current page
+    print("wrote docs/RESULTS_0.1.md")
 
 
 if __name__ == "__main__":
