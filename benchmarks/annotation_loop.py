@@ -1,18 +1,20 @@
 """Simulated annotation loop: does labeling the suggested scans help more than labeling random ones?
 
-    # the study (ACDC, then LA; hours on CPU: run it where there is compute)
-    python benchmarks/annotation_loop.py --config configs/acdc/bfa_10.yaml --set data.root=../shared/data/acdc \
-        --set train.iterations=3000 --strategies random,entropy,disagreement,boundary --seeds 1,2 \
-        --rounds 4 --add 3 --output runs/annotation_loop_acdc
-    python benchmarks/annotation_loop.py --config configs/la/bfa_10.yaml --set data.root=../shared/data/la \
-        --set data.downsample=2 --set train.iterations=3000 --strategies random,entropy,disagreement,boundary \
-        --seeds 1,2 --rounds 4 --add 2 --output runs/annotation_loop_la
+    # the study in docs/RESULTS.md (ACDC at the CPU budget of configs/acdc/cpu.yaml: BFA, 64x64, 600 iterations)
+    python benchmarks/annotation_loop.py --config configs/acdc/cpu.yaml --set train.threads=1 \
+        --strategies random,entropy,disagreement,boundary --seeds 1,2 --rounds 2 --add 3 \
+        --output runs/annotation_loop_acdc
+    # LA (configs/la/cpu.yaml: V-Net, half resolution, 400 iterations; 2 volumes per round)
+    python benchmarks/annotation_loop.py --config configs/la/cpu.yaml --set train.threads=1 \
+        --strategies random,entropy,disagreement,boundary --seeds 1,2 --rounds 2 --add 2 \
+        --output runs/annotation_loop_la
     # a check that the whole loop runs (tiny synthetic data, seconds; tested in CI)
     python benchmarks/annotation_loop.py --smoke --output /tmp/annotation_loop_smoke
 
 For each strategy and seed: start from the config's labeled split (e.g. the 10 % split); the labels of
 the rest of the training list are hidden (the run's split file lists them as unlabeled, so training
-never reads them). Each round trains a fresh run at the config's budget, scores its validation Dice
+never reads them). Each round trains a fresh run at the config's budget (round 0 once per seed: every strategy starts
+from the same model), scores its validation Dice
 (``last.pt``, the run's validation cases), ranks the unlabeled pool with ``bfaseg.suggest`` (at most
 one suggestion per patient) and reveals the labels of the top ``--add`` cases (ACDC: every slice of a
 suggested volume). Written to ``--output``: ``results.json`` (per round: labeled ids, counts, Dice;
