@@ -153,6 +153,30 @@ def test_default_pools_of_benchmark_layouts(acdc_root, tmp_path):
     assert [c.case_id for c in val] == [CLEAN] and val[0].load().label is not None
 
 
+def test_acdc_pool_volume_from_its_slices(tmp_path):
+    """Distributions that ship only data/slices/ for training patients (as ../shared/data does): a pool
+    volume is its slices stacked in slice order (10 after 2), the volume file is used where it exists."""
+    from bfaseg.suggest.pool import run_cases
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(11, 20, 18)).astype(np.float32)
+    for k in range(11):
+        _h5(tmp_path / "data" / "slices" / f"patient005_frame01_slice_{k}.h5", volume[k], np.zeros((20, 18)))
+        _h5(tmp_path / "data" / "slices" / f"patient004_frame01_slice_{k}.h5", volume[k], np.zeros((20, 18)))
+    whole, _ = make_phantom((2, 20, 18), 3, rng)
+    _h5(tmp_path / "data" / "patient005_frame01.h5", whole, None)
+    order = [f"_slice_{k}" for k in (0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9)]  # a list in string order
+    (tmp_path / "train_slices.list").write_text(
+        "\n".join(["patient003_frame01_slice_0"] + [f"patient004_frame01{s}" for s in order] + [f"patient005_frame01{s}" for s in order]) + "\n")
+    (tmp_path / "val.list").write_text("patient009_frame01\n")
+    cfg = validate_config({"data": {"dataset": "acdc", "root": "elsewhere", "labeled": 1, "patch_size": [16, 16]},
+                           "model": {"num_classes": 3}})
+    pool = {c.case_id: c.load() for c in run_cases(cfg, tmp_path, "acdc", "unlabeled")}
+    assert set(pool) == {"patient004_frame01", "patient005_frame01"}
+    np.testing.assert_array_equal(pool["patient004_frame01"].image, volume)  # stacked from slices, in order
+    np.testing.assert_array_equal(pool["patient005_frame01"].image, whole)  # the volume file itself
+
+
 def test_predict_writes_quality_json(mt_ckpt, acdc_root, tmp_path):
     out = tmp_path / "pred"
     rc = main(["predict", "--checkpoint", str(mt_ckpt), "--input", str(acdc_root / "data"), "--output", str(out),

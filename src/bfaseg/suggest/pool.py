@@ -39,17 +39,41 @@ def _unique(ids: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _h5_cases(dataset: str, root: Path, ids: list[str], num_classes: int, need_label: bool) -> list[PoolCase]:
-    from bfaseg.data.readers import load_cases
+def _slice_number(case_id: str) -> int:
+    return int(case_id.rsplit("_slice_", 1)[1])
 
+
+def _h5_cases(dataset: str, root: Path, ids: list[str], num_classes: int, need_label: bool) -> list[PoolCase]:
+    from bfaseg.data.readers import acdc_volume_path, load_cases
+
+    slices: dict[str, list[str]] = {}
     if dataset == "acdc":
+        for i in ids:
+            if _SLICE.search(i):
+                slices.setdefault(acdc_volume_id(i), []).append(i)
         ids = _unique([acdc_volume_id(i) for i in ids])
 
     def loader(case_id: str):
+        parts = sorted(slices.get(case_id, []), key=_slice_number)
+        if parts and not acdc_volume_path(root, case_id).is_file():
+            # distributions may ship only the training SLICES (data/slices/) for training patients:
+            # the volume is its slices stacked in order
+            return lambda: _stack_slices(case_id, load_cases(dataset, root, parts, kind="train",
+                                                              need_label=need_label, num_classes=num_classes))
         return lambda: load_cases(dataset, root, [case_id], kind="eval", need_label=need_label,
                                   num_classes=num_classes)[0]
 
     return [PoolCase(i, loader(i)) for i in ids]
+
+
+def _stack_slices(case_id: str, cases: list[Case]) -> Case:
+    import numpy as np
+
+    shapes = {c.image.shape for c in cases}
+    if len(shapes) != 1:
+        raise BfasegError(f"case {case_id!r}: its slices differ in size ({', '.join(map(str, sorted(shapes)))})")
+    label = None if any(c.label is None for c in cases) else np.stack([c.label for c in cases])
+    return Case(case_id=case_id, image=np.stack([c.image for c in cases]), label=label)
 
 
 def _nifti_run_cases(cfg, root: Path):
