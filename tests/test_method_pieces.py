@@ -370,6 +370,13 @@ def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def test_teacher_decay_bfa_slow_by_default_others_follow_the_config(tmp_path):
+    assert _trainer(tmp_path / "a", "bfa", train={"ema_decay": 0.9}).method.teacher_decay(0.9) == 0.999
+    assert _trainer(tmp_path / "b", "bfa", teacher_ema_decay=None).method.teacher_decay(0.9) == 0.9
+    assert _trainer(tmp_path / "c", "bfa", teacher_ema_decay=0.99).method.teacher_decay(0.9) == 0.99
+    assert _trainer(tmp_path / "d", "bcp").method.teacher_decay(0.9) == 0.9  # BCP keeps the reference's config
+
+
 @pytest.mark.parametrize("method,fraction,pretrain", [("bcp", 3, 3), ("bfa", 1 / 7, 1), ("mean_teacher", None, 0)])
 def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
     """Frozen during pre-training, a copy of the student when it ends, then closed-form EMA
@@ -398,7 +405,7 @@ def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
         assert all(torch.equal(teacher_p[k], student_p[k]) for k in teacher_p)  # handed over, buffers too
     bn_checked = False
     for (i, _, teacher), (_, student_next, teacher_next) in zip(snaps[pretrain:-1], snaps[pretrain + 1 :]):
-        d = ema_decay(i, 0.6)
+        d = ema_decay(i, t.method.teacher_decay(0.6))  # BFA's own teacher decay, the others train.ema_decay
         for k, v in teacher_next.items():
             if v.is_floating_point():
                 assert torch.allclose(v, d * teacher[k] + (1 - d) * student_next[k], atol=1e-6), (i, k)

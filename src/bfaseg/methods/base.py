@@ -47,6 +47,10 @@ class Method:
     def ema_active(self, iteration: int) -> bool:
         return True
 
+    def teacher_decay(self, configured: float) -> float:
+        """The teacher's EMA decay: ``train.ema_decay`` unless the method sets its own."""
+        return configured
+
     def training_step(self, batch: dict[str, torch.Tensor], iteration: int) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from bfaseg.methods.base import paste, sigmoid_rampup
 from bfaseg.methods.bcp import BCP, BCPParams
@@ -42,6 +43,10 @@ class BFAParams(BCPParams):
     confidence: float = 0.0
     component_filter: float = 0.1  # drop small spurious pseudo-label islands, keep real multi-part structures
     supervised_weight: float = 1.0  # keep a clean ground-truth signal every step (stabilises self-training)
+    # a slow teacher (EMA over ~1000 steps; BCP's 0.99 is ~100): with the reference-scale mixed loss the
+    # student drifted towards its own pseudo-label errors once their weight was full (ACDC val 0.772 ->
+    # 0.739); at 0.999 it held (0.788 -> 0.785). Chosen on ACDC val (docs/RESULTS.md); None = train.ema_decay
+    teacher_ema_decay: float | None = Field(default=0.999, ge=0, le=1)
     boundary_head: bool = True
     boundary_mixing: bool = True
     alignment: bool = True
@@ -86,6 +91,9 @@ class BFA(BCP):
         pred_w = weights.get("boundary_head.predict.weight")
         n = int(pred_w.shape[0]) if pred_w is not None else cfg.model.num_classes - 1
         model.add_boundary_head(stage, n, fuse="boundary_head.fuse.weight" in weights)
+
+    def teacher_decay(self, configured: float) -> float:
+        return configured if self.p.teacher_ema_decay is None else self.p.teacher_ema_decay
 
     def state_dict(self):
         return {"memory": self.memory}

@@ -444,7 +444,7 @@ class Trainer:
                 if self.dist.enabled:  # BatchNorm statistics follow each rank's shard: keep them (and the teacher) identical
                     average_buffers(self.student, self.dist)
                 if self.teacher is not None and self.method.ema_active(iteration):
-                    ema_update(self.teacher, self.student, ema_decay(iteration, tc.ema_decay))
+                    ema_update(self.teacher, self.student, ema_decay(iteration, self.method.teacher_decay(tc.ema_decay)))
                 for k, v in {"loss": loss, **logs}.items():  # accumulate on device; no sync per step
                     running[k] = running.get(k, 0) + v.detach().float()
                 done = iteration + 1
