@@ -45,7 +45,7 @@ class BFAParams(BCPParams):
     supervised_weight: float = 1.0  # keep a clean ground-truth signal every step (stabilises self-training)
     # a slow teacher (EMA over ~1000 steps; BCP's 0.99 is ~100): with the reference-scale mixed loss the
     # student drifted towards its own pseudo-label errors once their weight was full (ACDC val 0.772 ->
-    # 0.739); at 0.999 it held (0.788 -> 0.785). Chosen on ACDC val (docs/RESULTS.md); None = train.ema_decay
+    # 0.739); at 0.999 it held (best 0.788, last 0.784). Chosen on ACDC val (docs/RESULTS.md); None = train.ema_decay
     teacher_ema_decay: float | None = Field(default=0.999, ge=0, le=1)
     boundary_head: bool = True
     boundary_mixing: bool = True
