@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict] = {
     "mean_teacher": {"method": {"name": "mean_teacher"}},
     "ua_mt": {"method": {"name": "ua_mt"}},
     "bcp": {"method": {"name": "bcp"}},
+    # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999
+    "bcp_slow_teacher": {"method": {"name": "bcp"}, "train": {"ema_decay": 0.999}},
     "bfa": {"method": {"name": "bfa"}},
     "bfa_no_head": {"method": {"name": "bfa", "boundary_head": False}},
     "bfa_no_mixing": {"method": {"name": "bfa", "boundary_mixing": False}},
