@@ -6,7 +6,7 @@
         --output runs/annotation_loop_acdc
     # LA (configs/la/cpu.yaml: V-Net, half resolution, 400 iterations; 2 volumes per round)
     python benchmarks/annotation_loop.py --config configs/la/cpu.yaml --set train.threads=1 \
-        --strategies random,entropy,boundary --seeds 1,2 --rounds 2 --add 2 \
+        --strategies random,entropy --seeds 1,2 --rounds 2 --add 2 \
         --output runs/annotation_loop_la
     # a check that the whole loop runs (tiny synthetic data, seconds; tested in CI)
     python benchmarks/annotation_loop.py --smoke --output /tmp/annotation_loop_smoke
