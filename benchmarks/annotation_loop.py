@@ -20,7 +20,8 @@ one suggestion per patient) and reveals the labels of the top ``--add`` cases (A
 suggested volume). Written to ``--output``: ``results.json`` (per round: labeled ids, counts, Dice;
 per run: the Spearman correlation between the quality score and the true Dice of the validation
 cases at the last round), ``dice_vs_labeled.png`` and ``summary.md``. Finished rounds are reused when
-the command is run again with the same output folder.
+the command is run again with the same output folder; processes with different ``--seeds`` may share
+one output folder (each writes only its own runs into results.json).
 """
 
 from __future__ import annotations
@@ -131,13 +132,24 @@ def run_loop(base_raw: dict, strategies: list[str], seeds: list[int], rounds: in
                     done = one_round(validate_config(raw), run_dir, strategy, seed, add, last, progress)
                     done.update(round=r, n_labeled=n_cases(labeled), labeled=labeled)
                     entry["rounds"][r:] = [done]
-                    tmp = results_path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(results, indent=1))
-                    tmp.replace(results_path)
+                    _save_entry(results_path, name, entry)
                 if not last:
                     labeled, pool = reveal(labeled, pool, done["chosen"])
+    results = json.loads(results_path.read_text()) if results_path.exists() else results
     write_summary(results, output)
     return results
+
+
+def _save_entry(results_path: Path, name: str, entry: dict) -> None:
+    """Write one run's entry into results.json, keeping the others as the file has them now, so
+    processes that share an output folder (one per seed, say) do not overwrite each other's runs."""
+    import os
+
+    current = json.loads(results_path.read_text()) if results_path.exists() else {}
+    current[name] = entry
+    tmp = results_path.with_name(f".{results_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(current, indent=1))
+    tmp.replace(results_path)
 
 
 def write_summary(results: dict, output: Path) -> None:
