@@ -37,3 +37,24 @@ def tiny_config(method: str = "supervised", **train) -> dict:
     }
     cfg["train"].update(train)
     return cfg
+
+
+def signal_when_ready(argv: list[str], ready, sig: int, start_timeout: float = 180, stop_timeout: float = 90):
+    """Start ``argv``, send ``sig`` once ``ready()`` is true, wait for the exit: (return code, stderr)."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=stop_timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err.decode()

@@ -13,9 +13,7 @@ import errno
 import json
 import re
 import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,7 +26,7 @@ import yaml
 
 from bfaseg.cli.main import main
 from bfaseg.io import checkpoint as ckpt
-from conftest import TEST_PRECISION
+from conftest import TEST_PRECISION, signal_when_ready
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
 
@@ -455,24 +453,11 @@ def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(cfg_with(SYNTH, "train", iterations=100000, val_every=100000, log_every=1)))
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bfaseg", "train", str(cfg), "--output", str(run), "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = err.decode()
-    assert proc.returncode == 130, err
+    log = run / "log.jsonl"
+    code, err = signal_when_ready([sys.executable, "-m", "bfaseg", "train", str(cfg), "--output", str(run), "--no-progress"],
+                                  lambda: log.exists() and bool(log.read_text().strip()), signal.SIGINT, start_timeout=120,
+                                  stop_timeout=60)
+    assert code == 130, err
     assert err.count("\n") == 1 and err.startswith("error: interrupted at iteration "), err
     assert "--resume" in err and str(run / "checkpoints" / "last.pt") in err
     it = int(re.search(r"iteration (\d+)", err).group(1))

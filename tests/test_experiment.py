@@ -173,29 +173,18 @@ def test_sigterm_to_the_parent_stops_parallel_runs_with_checkpoints(tmp_path):
     """`kill PID` of `experiment --jobs 2` (a scheduler's SIGTERM reaches that process only) stops the
     parallel runs at their next step with a checkpoint each, instead of waiting for them to finish."""
     import signal
-    import subprocess
     import sys
-    import time
+
+    from conftest import signal_when_ready
 
     cfg = _tiny(tmp_path, iterations=100000, val_every=100000, checkpoint_every=100000, log_every=1)
     out = tmp_path / "exp"
-    proc = subprocess.Popen([sys.executable, "-m", "bfaseg", "experiment", str(cfg), "--methods", "supervised,full",
-                             "--seeds", "1", "--jobs", "2", "--output", str(out), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     logs = [out / name / "log.jsonl" for name in ("supervised_s1", "full_s1")]
-    try:
-        deadline = time.monotonic() + 180
-        while not all(p.exists() and p.read_text().strip() for p in logs):  # both runs are training
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode != 0, err.decode()
+    code, err = signal_when_ready(
+        [sys.executable, "-m", "bfaseg", "experiment", str(cfg), "--methods", "supervised,full", "--seeds", "1",
+         "--jobs", "2", "--output", str(out), "--no-progress"],
+        lambda: all(p.exists() and p.read_text().strip() for p in logs), signal.SIGTERM)  # both runs train
+    assert code != 0, err
     for log in logs:
         assert (log.parent / "checkpoints" / "last.pt").exists()  # written when the signal arrived
         assert not (log.parent / "train_summary.json").exists()
