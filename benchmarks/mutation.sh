@@ -7,6 +7,6 @@
 # equivalent mutants are the names listed in benchmarks/mutation_equivalent.txt (reasons in docs/MUTATION.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src" MPLBACKEND=Agg OMP_NUM_THREADS=1
+export PYTHONPATH="$PWD/src" MPLBACKEND=Agg OMP_NUM_THREADS=1 BFASEG_MUTATION_WARMUP=1  # see tests/conftest.py
 mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@" >/dev/null || true
 mutmut results --all true | python3 benchmarks/mutation_score.py benchmarks/mutation_equivalent.txt "$@"

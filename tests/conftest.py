@@ -58,3 +58,30 @@ def signal_when_ready(argv: list[str], ready, sig: int, start_timeout: float = 1
             proc.kill()
             proc.wait()
     return proc.returncode, err.decode()
+
+
+def _warm_up_for_mutation_testing() -> None:
+    """Pay the one-off costs of a first Trainer (lazy imports such as TensorBoard, kernel set-up).
+
+    mutmut forks one child per mutant from a process that has collected the tests; without this,
+    every child paid ~3-4 s of set-up before its first test (benchmarks/mutation.sh sets the variable).
+    """
+    import tempfile
+
+    from bfaseg.config import validate_config
+    from bfaseg.models.vnet import VNet
+    from bfaseg.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = tiny_config("bfa", iterations=2, precision="fp32")
+        raw["model"].update(base_channels=4)
+        Trainer(validate_config(raw), Path(tmp) / "warm_up", progress=False).fit()
+    vnet = VNet(1, 2, 4, False)
+    vnet(torch.rand(2, 1, 16, 16, 16)).sum().backward()
+
+
+# Once per process tree: pytest imports conftest again in every run of pytest.main (each mutant's
+# child), and a warm-up there would pay the cost again and run the mutant outside any test.
+if os.environ.get("BFASEG_MUTATION_WARMUP") == "1":
+    os.environ["BFASEG_MUTATION_WARMUP"] = "done"
+    _warm_up_for_mutation_testing()
