@@ -64,3 +64,58 @@ def test_boundary_loss_rewards_correct_boundaries():
     good = boundary_loss(target * 20 - 10, target)
     bad = boundary_loss(-target * 20 + 10, target)
     assert good < 0.05 < bad
+
+
+def _boundary_loss_by_hand(logits, target, mask):
+    """boundary_loss written out over the voxels of the region: balanced BCE + soft Dice per channel."""
+    import math
+
+    n, c = target.shape[:2]
+    region = [(i, k, idx) for i in range(n) for k in range(c) for idx in zip(*torch.nonzero(mask[i], as_tuple=True))]
+    pos = sum(float(target[i, k][idx]) for i, k, idx in region)
+    neg = len(region) - pos
+    pos_weight = min(max(neg / max(pos, 1.0), 1.0), 50.0)
+    num = den = 0.0
+    inter, p_sum, t_sum = [0.0] * c, [0.0] * c, [0.0] * c
+    for i, k, idx in region:
+        x, t = float(logits[i, k][idx]), float(target[i, k][idx])
+        p = 1 / (1 + math.exp(-x))
+        a = pos_weight if t == 1 else 1.0
+        num += a * -(t * math.log(p) + (1 - t) * math.log(1 - p))
+        den += a
+        inter[k] += p * t
+        p_sum[k] += p
+        t_sum[k] += t
+    dice = 1 - sum((2 * inter[k] + 1e-5) / (p_sum[k] + t_sum[k] + 1e-5) for k in range(c)) / c
+    return 0.5 * (num / den + dice), pos_weight
+
+
+# (voxels in the region, positives among them) -> positive weight 19 (one positive), capped at 50 (ratio 51), floored at 1, ~20
+@pytest.mark.parametrize("size,positives,pos_weight", [(20, 1, 19.0), (104, 2, 50.0), (20, 15, 1.0), (128, 6, 122 / 6)])
+def test_boundary_loss_balances_by_the_region_counts(size, positives, pos_weight):
+    g = torch.Generator().manual_seed(size)
+    logits = torch.randn(1, 2, 16, 16, generator=g)
+    mask = torch.zeros(1, 16, 16)
+    mask.view(-1)[: size // 2] = 1  # size/2 voxels per channel x 2 channels = size voxels
+    target = torch.zeros(1, 2, 16, 16)
+    region = mask[0].view(-1).nonzero().flatten()
+    target[0, 0].view(-1)[region[: (positives + 1) // 2]] = 1  # positives split over the two channels
+    target[0, 1].view(-1)[region[: positives // 2]] = 1
+    target[0, :, 15, 15] = 1  # positives outside the region are ignored
+    expected, weight = _boundary_loss_by_hand(logits, target, mask)
+    assert weight == pytest.approx(pos_weight)
+    assert boundary_loss(logits, target, mask).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_distance_loss_weighted_mean_with_a_light_weight_map():
+    from bfaseg.losses import distance_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, phi = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 2, 8, 8, generator=g)
+    weight = torch.zeros(2, 8, 8)
+    weight[0, 2:4, 2:5] = 0.05  # total 0.3: a weighted mean, not a weighted sum, and no floor at 1
+    weight[1, 5, 5] = 0.0
+    cost = (torch.softmax(logits, 1)[:, 1:] * phi).sum(1)
+    expected = (cost[0, 2:4, 2:5]).mean()
+    assert distance_loss(logits, phi, weight).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distance_loss(logits, phi).item() == pytest.approx(cost.mean().item(), rel=1e-6)
