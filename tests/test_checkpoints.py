@@ -1,0 +1,244 @@
+"""Rebuilding a network from a checkpoint, and the Predictor's settings, without training a real model.
+
+The checkpoints come from a two-iteration run of the tiny synthetic config (a fraction of a second),
+so these tests stay in the fast selection that mutation testing runs (benchmarks/mutation.sh);
+tests/test_evaluate_predict.py covers the same code end to end on trained models.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bfaseg.config import validate_config
+from bfaseg.errors import BfasegError
+from bfaseg.inference.checkpoints import (checkpoint_config, describe_checkpoint, load_model_from_checkpoint,
+                                          strip_prefixes)
+from bfaseg.inference.predictor import Predictor, inference_fn, model_ndim, paper_stride, run_precision
+from bfaseg.io.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
+from bfaseg.methods import get_method_class
+from bfaseg.training.trainer import Trainer
+
+from conftest import tiny_config
+
+
+def _run(tmp_path_factory, method, **params):
+    raw = tiny_config(method, iterations=2, precision="fp32", val_every=2, checkpoint_every=2)
+    raw["model"].update(base_channels=4)
+    raw["method"].update(params)
+    out = tmp_path_factory.mktemp(method)
+    Trainer(validate_config(raw), out, progress=False).fit()
+    return out / "checkpoints" / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def bfa_ckpt(tmp_path_factory):
+    return _run(tmp_path_factory, "bfa", pretrain=0.5)
+
+
+@pytest.fixture(scope="module")
+def supervised_ckpt(tmp_path_factory):
+    return _run(tmp_path_factory, "supervised")
+
+
+def _rewrite(src, dst, change):
+    state = load_checkpoint(src)
+    change(state)
+    for k in ("schema", "bfaseg_version"):
+        state.pop(k, None)
+    save_checkpoint(dst, state)
+    return dst
+
+
+def test_strip_prefixes_removes_wrappers_in_any_order_and_only_at_the_front():
+    t = torch.zeros(1)
+    out = strip_prefixes({"module._orig_mod.a": t, "_orig_mod.module.b": t, "module.module.c": t,
+                          "x.module.d": t, "e": t})
+    assert list(out) == ["a", "b", "c", "x.module.d", "e"]
+
+
+def test_checkpoint_config_errors_name_the_file(tmp_path):
+    with pytest.raises(BfasegError, match=r"ck\.pt: the checkpoint has no run config"):
+        checkpoint_config({}, tmp_path / "ck.pt")
+    with pytest.raises(BfasegError, match=r"ck\.pt: the checkpoint's config is not valid"):
+        checkpoint_config({"config": {"model": {"name": "no-such-net"}}}, tmp_path / "ck.pt")
+    cfg = checkpoint_config({"config": validate_config(tiny_config("bcp")).model_dump()}, "x")
+    assert cfg.method.name == "bcp"
+
+
+def test_bfa_checkpoint_rebuilds_head_and_loads_each_network(bfa_ckpt):
+    state = load_checkpoint(bfa_ckpt)
+    for which in ("student", "teacher"):
+        model, cfg, loaded = load_model_from_checkpoint(bfa_ckpt, which=which)
+        assert not model.training and loaded["_loaded_weights"] == which
+        assert model.boundary_head is not None  # BFA's head re-added before the strict load
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state[which][k]), (which, k)
+    default, cfg, loaded = load_model_from_checkpoint(bfa_ckpt)
+    assert loaded["_loaded_weights"] == cfg.eval.model
+    with pytest.raises(BfasegError, match="--model: expected 'student' or 'teacher'"):
+        load_model_from_checkpoint(bfa_ckpt, which="ema")
+
+
+def test_missing_teacher_falls_back_only_when_not_asked_for(supervised_ckpt, tmp_path):
+    with pytest.raises(BfasegError, match="--model teacher: .* has no teacher weights .*use --model student"):
+        load_model_from_checkpoint(supervised_ckpt, which="teacher")
+    as_teacher = _rewrite(supervised_ckpt, tmp_path / "t.pt",
+                          lambda s: s["config"]["eval"].update(model="teacher"))
+    model, _, state = load_model_from_checkpoint(as_teacher)  # the run's default: no teacher -> student
+    assert state["_loaded_weights"] == "student" and getattr(model, "boundary_head", None) is None
+
+
+def test_wrapped_nonfinite_and_misfitting_weights(supervised_ckpt, tmp_path):
+    wrapped = _rewrite(supervised_ckpt, tmp_path / "w.pt",
+                       lambda s: s.update(student={"module." + k: v for k, v in s["student"].items()}))
+    model, _, _ = load_model_from_checkpoint(wrapped)
+    ref, _, _ = load_model_from_checkpoint(supervised_ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+    def poison(s):
+        key = next(k for k, v in s["student"].items() if v.is_floating_point())
+        s["student"][key] = s["student"][key].clone().fill_(float("nan"))
+
+    with pytest.raises(BfasegError, match=r"n\.pt: the student weights hold NaN/Inf \(1 tensors, first .*diverged"):
+        load_model_from_checkpoint(_rewrite(supervised_ckpt, tmp_path / "n.pt", poison))
+    bigger = _rewrite(supervised_ckpt, tmp_path / "m.pt",
+                      lambda s: s["config"]["model"].update(base_channels=8))
+    with pytest.raises(BfasegError, match=r"m\.pt: the weights do not fit the model in its config"):
+        load_model_from_checkpoint(bigger)
+
+
+def test_bfa_restore_modules_follows_the_weights_and_the_stage():
+    from bfaseg.models import UNet2D
+
+    cls = get_method_class("bfa")
+    raw = tiny_config("bfa")
+    raw["method"]["boundary_stage"] = 2
+    cfg = validate_config(raw)
+    trained = UNet2D(1, 3, 4)
+    trained.add_boundary_head(2, 2, fuse=False)
+    weights = trained.state_dict()
+    model = UNet2D(1, 3, 4)
+    cls.restore_modules(model, cfg, weights)
+    model.load_state_dict(weights, strict=True)  # same stage, size and (no) fusion
+    bare = UNet2D(1, 3, 4)
+    cls.restore_modules(bare, cfg, UNet2D(1, 3, 4).state_dict())
+    assert getattr(bare, "boundary_head", None) is None
+
+
+def test_describe_checkpoint_provenance(bfa_ckpt, tmp_path):
+    _, _, state = load_model_from_checkpoint(bfa_ckpt, which="student")
+    d = describe_checkpoint(bfa_ckpt, state)
+    assert d == {
+        "path": str(bfa_ckpt.resolve()), "iteration": 2, "sha256": checkpoint_digest(bfa_ckpt),
+        "method": "bfa", "weights": "student", "best": state["best"], "val_split": state["data"]["val_split"],
+        "bfaseg_version": state["bfaseg_version"],
+    }
+    other = tmp_path / "x.pt"
+    other.write_bytes(b"x")
+    assert describe_checkpoint(other, {"config": {"method": {"name": "bcp"}}})["method"] == "bcp"
+    assert describe_checkpoint(other, {})["weights"] == "student"
+
+
+def test_predictor_from_checkpoint_settings_and_errors(bfa_ckpt, caplog):
+    p = Predictor.from_checkpoint(bfa_ckpt, device="cpu", precision="fp32", which="teacher", mode="fast",
+                                  overlap=0.25, batch_size=3, largest_component=True)
+    assert (p.ndim, p.device, p.precision, p.mode, p.overlap, p.batch_size, p.largest_component) == \
+        (2, "cpu", "fp32", "fast", 0.25, 3, True)
+    assert p.state["_loaded_weights"] == "teacher" and p.checkpoint == bfa_ckpt
+    labels, _, settings = p.predict(torch.rand(2, 32, 32).numpy())
+    assert labels.shape == (2, 32, 32) and settings["largest_component"] is True
+    described = p.describe(settings)
+    assert described["inference"]["weights"] == "teacher" and described["inference"]["device"] == "cpu"
+    assert described["mode"] == "fast" and described["checkpoint"]["iteration"] == 2
+    with caplog.at_level("WARNING"):
+        Predictor.from_checkpoint(bfa_ckpt, device="cpu", mode="paper")
+    assert "2-D network, predicted slice by slice" in caplog.text
+    with pytest.raises(BfasegError, match="--stride: the checkpoint is a 2-D network"):
+        Predictor.from_checkpoint(bfa_ckpt, device="cpu", stride=[2, 2, 2])
+    args = SimpleNamespace(checkpoint=bfa_ckpt, device="cpu", precision="fp32", model="student", mode="fast",
+                           stride=None, overlap=0.75, batch_size=5, largest_component=False)
+    q = Predictor.from_args(args)
+    assert (q.overlap, q.batch_size, q.largest_component, q.state["_loaded_weights"]) == (0.75, 5, False, "student")
+    assert Predictor.from_checkpoint(bfa_ckpt, device="run", precision="run").precision == "fp32"
+
+
+def test_stride_checks_on_a_3d_network(tmp_path_factory):
+    raw = tiny_config("supervised", iterations=2, precision="fp32", val_every=2, checkpoint_every=2)
+    raw["data"].update(synthetic_ndim=3, synthetic_size=[16, 16, 16], patch_size=[16, 16, 16])
+    raw["model"].update(name="vnet", base_channels=4, num_classes=3)
+    out = tmp_path_factory.mktemp("vnet")
+    Trainer(validate_config(raw), out, progress=False).fit()
+    ckpt = out / "checkpoints" / "last.pt"
+    p = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32", stride=[4])
+    assert p.ndim == 3 and p.stride == [4, 4, 4]
+    for bad in ([4, 4], [4, 0, 4]):
+        with pytest.raises(BfasegError, match=r"--stride: expected 3 positive integers"):
+            Predictor.from_checkpoint(ckpt, device="cpu", stride=bad)
+
+
+def test_run_precision_prefers_what_the_run_chose(tmp_path):
+    cfg = validate_config(tiny_config("supervised", precision="auto"))
+    ck = tmp_path / "run" / "checkpoints" / "last.pt"
+    ck.parent.mkdir(parents=True)
+    assert run_precision(ck, cfg, {"precision": "bf16"}, "cpu") == "bf16"
+    assert run_precision(ck, cfg, {"precision": "fp16"}, "cpu") == "fp32"  # fp16 runs validated in fp32
+    (tmp_path / "run" / "train_summary.json").write_text('{"precision": "bf16"}')
+    assert run_precision(ck, cfg, {}, "cpu") == "bf16"
+    (tmp_path / "run" / "train_summary.json").write_text("{not json")
+    from bfaseg.precision import bf16_is_fast
+
+    assert run_precision(ck, cfg, {}, "cpu") == ("bf16" if bf16_is_fast("cpu") else "fp32")
+    fp32 = validate_config(tiny_config("supervised", precision="fp32"))
+    assert run_precision(ck, fp32, {}, "cpu") == "fp32"
+
+
+def test_paper_stride_and_model_ndim():
+    def cfg(dataset, downsample=1, stride=None, name="vnet"):
+        return SimpleNamespace(eval=SimpleNamespace(stride=stride), model=SimpleNamespace(name=name),
+                               data=SimpleNamespace(dataset=dataset, downsample=downsample))
+
+    assert paper_stride(cfg("la"), (112, 112, 80)) == [18, 18, 4]
+    assert paper_stride(cfg("la", downsample=2), (64, 64, 48)) == [9, 9, 2]
+    assert paper_stride(cfg("pancreas", downsample=3), (96, 96, 96)) == [5, 5, 5]
+    assert paper_stride(cfg("la", stride=[7, 6, 5]), (64, 64, 48)) == [7, 6, 5]
+    assert paper_stride(cfg("synthetic"), (16, 12, 3)) == [4, 3, 1]
+    assert paper_stride(cfg("la"), (64, 64)) == [16, 16]  # 2-D patch: no published stride
+    assert model_ndim(cfg("la")) == 3 and model_ndim(cfg("acdc", name="unet2d")) == 2
+    assert model_ndim(cfg("la"), {"data": {"train_ndim": 2}}) == 2
+    assert model_ndim(cfg("la", name="unet2d"), {"data": {"train_ndim": 7}}) == 2  # not a dimension: ignored
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_inference_fn_is_the_model_in_channels_last(ndim):
+    from bfaseg.models import UNet2D, VNet
+
+    torch.manual_seed(0)
+    model = (UNet2D(1, 3, 4) if ndim == 2 else VNet(1, 2, 4, False)).eval()
+    x = torch.rand((1, 1) + (16,) * ndim)
+    with torch.no_grad():
+        ref = model(x)
+        out = inference_fn(model, ndim, "cpu")(x)
+    fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    weight = next(p for p in model.parameters() if p.ndim == ndim + 2)
+    assert weight.is_contiguous(memory_format=fmt)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,params,expected", [
+    ("supervised", {}, {"student": 8, "teacher": 0}),
+    ("mean_teacher", {}, {"student": 16, "teacher": 8}),
+    ("ua_mt", {"mc_passes": 8}, {"student": 16, "teacher": 72}),
+    ("bcp", {}, {"student": 8, "teacher": 8, "student_pretrain": 4, "teacher_pretrain": 0}),
+    ("bcp", {"pretrain": 0.0, "supervised_weight": 1.0}, {"student": 16, "teacher": 8}),
+    ("bfa", {}, {"student": 16, "teacher": 8, "student_pretrain": 12, "teacher_pretrain": 0}),
+])
+def test_images_per_step(method, params, expected):
+    raw = tiny_config(method)
+    raw["method"].update(params)
+    cfg = validate_config(raw)
+    cls = get_method_class(method)
+    params = cls.Params.model_validate(cfg.method_params())
+    assert cls.images_per_step(params, 8, 8) == expected
+    if method in ("bcp", "bfa"):  # unequal batches: pairs are limited by the smaller one
+        assert cls.images_per_step(params, 8, 4)["teacher"] == 4
