@@ -202,7 +202,8 @@ def test_paper_stride_and_model_ndim():
     assert paper_stride(cfg("la", downsample=2), (64, 64, 48)) == [9, 9, 2]
     assert paper_stride(cfg("pancreas", downsample=3), (96, 96, 96)) == [5, 5, 5]
     assert paper_stride(cfg("la", stride=[7, 6, 5]), (64, 64, 48)) == [7, 6, 5]
-    assert paper_stride(cfg("synthetic"), (16, 12, 3)) == [4, 3, 1]
+    assert paper_stride(cfg("la", downsample=4), (32, 32, 24)) == [4, 4, 1]  # never below 1 voxel
+    assert paper_stride(cfg("synthetic"), (18, 12, 3)) == [4, 3, 1]  # a quarter, rounded down
     assert paper_stride(cfg("la"), (64, 64)) == [16, 16]  # 2-D patch: no published stride
     assert model_ndim(cfg("la")) == 3 and model_ndim(cfg("acdc", name="unet2d")) == 2
     assert model_ndim(cfg("la"), {"data": {"train_ndim": 2}}) == 2
