@@ -156,10 +156,18 @@ def test_predictor_from_checkpoint_settings_and_errors(bfa_ckpt, caplog):
     assert "2-D network, predicted slice by slice" in caplog.text
     with pytest.raises(BfasegError, match="--stride: the checkpoint is a 2-D network"):
         Predictor.from_checkpoint(bfa_ckpt, device="cpu", stride=[2, 2, 2])
-    args = SimpleNamespace(checkpoint=bfa_ckpt, device="cpu", precision="fp32", model="student", mode="fast",
-                           stride=None, overlap=0.75, batch_size=5, largest_component=False)
+    args = SimpleNamespace(checkpoint=bfa_ckpt, device="cpu", precision="bf16", model="teacher", mode="paper",
+                           stride=None, overlap=0.75, batch_size=5, largest_component=True)
     q = Predictor.from_args(args)
-    assert (q.overlap, q.batch_size, q.largest_component, q.state["_loaded_weights"]) == (0.75, 5, False, "student")
+    assert (q.precision, q.mode, q.overlap, q.batch_size, q.largest_component, q.state["_loaded_weights"]) == \
+        ("bf16", "paper", 0.75, 5, True, "teacher")
+    args = SimpleNamespace(checkpoint=bfa_ckpt, device="cpu", precision="fp32", model="student", mode="fast",
+                           stride=None, largest_component=False)  # predict has no --overlap / --batch-size
+    q = Predictor.from_args(args)
+    assert (q.precision, q.overlap, q.batch_size, q.state["_loaded_weights"]) == ("fp32", None, None, "student")
+    if not torch.cuda.is_available():  # the device option reaches the device check
+        with pytest.raises(BfasegError, match="--device: 'cuda' requested but no CUDA device"):
+            Predictor.from_args(SimpleNamespace(**{**vars(args), "device": "cuda"}))
     assert Predictor.from_checkpoint(bfa_ckpt, device="run", precision="run").precision == "fp32"
 
 
@@ -172,25 +180,38 @@ def test_stride_checks_on_a_3d_network(tmp_path_factory):
     ckpt = out / "checkpoints" / "last.pt"
     p = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32", stride=[4])
     assert p.ndim == 3 and p.stride == [4, 4, 4]
+    args = SimpleNamespace(checkpoint=ckpt, device="cpu", precision="fp32", model=None, mode="paper",
+                           stride=[2, 3, 4], largest_component=False)
+    assert Predictor.from_args(args).stride == [2, 3, 4]
     for bad in ([4, 4], [4, 0, 4]):
         with pytest.raises(BfasegError, match=r"--stride: expected 3 positive integers"):
             Predictor.from_checkpoint(ckpt, device="cpu", stride=bad)
 
 
-def test_run_precision_prefers_what_the_run_chose(tmp_path):
-    cfg = validate_config(tiny_config("supervised", precision="auto"))
+@pytest.mark.parametrize("fast", [True, False])
+def test_run_precision_prefers_what_the_run_chose(tmp_path, monkeypatch, fast):
+    from bfaseg.inference import predictor
+
+    monkeypatch.setattr(predictor, "bf16_is_fast", lambda device: fast)
+    auto = validate_config(tiny_config("supervised", precision="auto"))
+    fp32 = validate_config(tiny_config("supervised", precision="fp32"))
     ck = tmp_path / "run" / "checkpoints" / "last.pt"
     ck.parent.mkdir(parents=True)
-    assert run_precision(ck, cfg, {"precision": "bf16"}, "cpu") == "bf16"
-    assert run_precision(ck, cfg, {"precision": "fp16"}, "cpu") == "fp32"  # fp16 runs validated in fp32
-    (tmp_path / "run" / "train_summary.json").write_text('{"precision": "bf16"}')
-    assert run_precision(ck, cfg, {}, "cpu") == "bf16"
-    (tmp_path / "run" / "train_summary.json").write_text("{not json")
-    from bfaseg.precision import bf16_is_fast
-
-    assert run_precision(ck, cfg, {}, "cpu") == ("bf16" if bf16_is_fast("cpu") else "fp32")
-    fp32 = validate_config(tiny_config("supervised", precision="fp32"))
+    summary = tmp_path / "run" / "train_summary.json"
+    # no record of the run's choice: the config, with auto resolved on this device
+    assert run_precision(ck, auto, {}, "cpu") == ("bf16" if fast else "fp32")
     assert run_precision(ck, fp32, {}, "cpu") == "fp32"
+    # the choice stored in the checkpoint wins over the summary and the config
+    summary.write_text('{"precision": "bf16"}')
+    assert run_precision(ck, auto, {"precision": "fp32"}, "cpu") == "fp32"
+    assert run_precision(ck, auto, {"precision": "fp16"}, "cpu") == "fp32"  # fp16 runs validated in fp32
+    assert run_precision(ck, fp32, {"precision": "bf16"}, "cpu") == "bf16"
+    # older checkpoints: the run's train_summary.json
+    assert run_precision(ck, fp32, {}, "cpu") == "bf16"
+    summary.write_text('{"precision": "fp32"}')
+    assert run_precision(ck, auto, {}, "cpu") == "fp32"
+    summary.write_text("{not json")  # unreadable: back to the config
+    assert run_precision(ck, auto, {}, "cpu") == ("bf16" if fast else "fp32")
 
 
 def test_paper_stride_and_model_ndim():

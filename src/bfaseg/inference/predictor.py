@@ -261,6 +261,6 @@ def run_precision(checkpoint: Path, cfg: RunConfig, state: dict[str, Any], devic
             chosen = None
     if chosen is None:
         chosen = cfg.train.precision
-        if chosen == "auto":
-            chosen = "bf16" if bf16_is_fast(device) else "fp32"
+        if chosen == "auto" and bf16_is_fast(device):
+            chosen = "bf16"
     return "bf16" if chosen == "bf16" else "fp32"
