@@ -115,15 +115,19 @@ def test_bfa_restore_modules_follows_the_weights_and_the_stage():
     raw = tiny_config("bfa")
     raw["method"]["boundary_stage"] = 2
     cfg = validate_config(raw)
-    trained = UNet2D(1, 3, 4)
-    trained.add_boundary_head(2, 2, fuse=False)
-    weights = trained.state_dict()
-    model = UNet2D(1, 3, 4)
-    cls.restore_modules(model, cfg, weights)
-    model.load_state_dict(weights, strict=True)  # same stage, size and (no) fusion
+    for maps, fuse in ((1, False), (2, True)):  # one boundary map (not K - 1 = 2), with and without fusion
+        trained = UNet2D(1, 3, 4)
+        trained.add_boundary_head(2, maps, fuse=fuse)
+        weights = trained.state_dict()
+        model = UNet2D(1, 3, 4)
+        cls.restore_modules(model, cfg, weights)
+        model.load_state_dict(weights, strict=True)  # same stage, size and fusion
     bare = UNet2D(1, 3, 4)
     cls.restore_modules(bare, cfg, UNet2D(1, 3, 4).state_dict())
     assert getattr(bare, "boundary_head", None) is None
+    weights.pop("boundary_head.predict.weight")
+    with pytest.raises(ValueError, match="boundary_head.predict.weight"):
+        cls.restore_modules(UNet2D(1, 3, 4), cfg, weights)
 
 
 def test_describe_checkpoint_provenance(bfa_ckpt, tmp_path):
@@ -137,7 +141,9 @@ def test_describe_checkpoint_provenance(bfa_ckpt, tmp_path):
     other = tmp_path / "x.pt"
     other.write_bytes(b"x")
     assert describe_checkpoint(other, {"config": {"method": {"name": "bcp"}}})["method"] == "bcp"
+    assert describe_checkpoint(other, {"method_name": "bfa", "config": {"method": {"name": "bcp"}}})["method"] == "bfa"
     assert describe_checkpoint(other, {})["weights"] == "student"
+    assert describe_checkpoint(other, {"_loaded_weights": "teacher"})["weights"] == "teacher"
 
 
 def test_predictor_from_checkpoint_settings_and_errors(bfa_ckpt, caplog):

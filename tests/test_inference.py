@@ -356,3 +356,60 @@ def test_one_component_definition_full_connectivity():
     assert kept[0, 0] == 0 and kept[4, 4] == 1
     assert drop_small_components(labels, 2, min_fraction=0.5)[1, 1] == 1  # 2 voxels >= 0.5 * 4
     assert drop_small_components(labels, 2, min_fraction=0.6)[1, 1] == 0
+
+
+# ------------------------------------------------------------ small pieces, with numbers
+def test_pad_amounts_split_and_errors():
+    from bfaseg.inference.sliding_window import pad_amounts
+
+    assert pad_amounts(10, 16) == (3, 3) and pad_amounts(10, 13) == (1, 2) and pad_amounts(10, 11) == (0, 1)
+    assert pad_amounts(12, 10) == (0, 0) and pad_amounts(10, 10) == (0, 0)
+    with pytest.raises(BfasegError, match=r"^size must be a positive integer, got 0$"):
+        pad_amounts(0, 4)
+    with pytest.raises(BfasegError, match=r"^patch must be a positive integer, got 2\.5$"):
+        pad_amounts(4, 2.5)
+
+
+def test_fast_stride_rounds_and_bounds_the_overlap():
+    from bfaseg.inference.sliding_window import _fast_stride
+
+    assert _fast_stride((16, 15, 2), 0.5) == (8, 8, 1)  # 7.5 rounds up; never below 1
+    assert _fast_stride((16, 3), 0.0) == (16, 3)  # no overlap: windows side by side
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(BfasegError, match=r"^overlap must be in \[0, 1\), got "):
+            _fast_stride((16,), bad)
+
+
+def test_per_axis_errors_name_the_option():
+    vol = np.zeros((8, 8, 8), np.float32)
+    net = _conv_net(3)
+    with pytest.raises(BfasegError, match=r"^stride must have 3 entries \(one per spatial axis\), got \[4, 4\]$"):
+        sliding_window_probs(vol, net, 4, stride=[4, 4])
+    with pytest.raises(BfasegError, match=r"^patch_size must be a positive integer, got 0$"):
+        sliding_window_probs(vol, net, [4, 0, 4])
+    with pytest.raises(BfasegError, match=r"^mode must be one of \('fast', 'paper'\), got 'slow'$"):
+        sliding_window_probs(vol, net, 4, mode="slow")
+    with pytest.raises(BfasegError, match=r"^precision must be one of \('fp32', 'bf16'\), got 'fp16'$"):
+        sliding_window_probs(vol, net, 4, precision="fp16")
+    with pytest.raises(BfasegError, match=r"^volume of shape \(8, 8\) does not match a 3-D patch_size \(4, 4, 4\)"):
+        sliding_window_probs(np.zeros((8, 8), np.float32), net, [4, 4, 4])
+
+
+def test_gaussian_map_is_computed_in_float64_then_rounded():
+    g = gaussian_importance_map((5, 7, 3))
+    ref = np.ones(())
+    for p in (5, 7, 3):
+        c = np.arange(p, dtype=np.float64) - (p - 1) / 2
+        ref = ref[..., None] * np.exp(-0.5 * (c / (p / 8)) ** 2)
+    ref = (ref / ref.max()).astype(np.float32)
+    ref = np.maximum(ref, ref[ref > 0].min())
+    assert g.dtype == torch.float32 and np.array_equal(g.numpy(), ref)
+
+
+def test_float64_volumes_are_predicted_in_float32():
+    from bfaseg.inference.sliding_window import _as_float_tensor
+
+    assert _as_float_tensor(np.zeros((2, 2), np.float64)).dtype == torch.float32
+    assert _as_float_tensor(torch.zeros(2, 2, dtype=torch.float64)).dtype == torch.float32
+    labels, probs = predict_volume(np.random.default_rng(0).random((8, 8, 8)), _conv_net(3), 4)
+    assert probs is None and labels.dtype == np.uint8  # probabilities only when asked for

@@ -134,11 +134,8 @@ def gaussian_importance_map(
         sigma = max(p * sigma_scale, 1e-6)
         axis_w = torch.exp(-0.5 * (coords / sigma) ** 2)
         weight = weight[..., None] * axis_w
-    weight = (weight / weight.max()).to(torch.float32)
-    positive = weight[weight > 0]
-    if positive.numel() < weight.numel():
-        weight = torch.clamp(weight, min=float(positive.min()))
-    return weight.to(device)
+    weight = (weight / weight.max()).to(torch.float32)  # the maximum is 1: some weight is positive
+    return torch.clamp(weight, min=float(weight[weight > 0].min())).to(device)
 
 
 # --------------------------------------------------------------------- forward

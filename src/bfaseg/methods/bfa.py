@@ -89,8 +89,9 @@ class BFA(BCP):
             return
         stage = int(cfg.method_params().get("boundary_stage", 1))
         pred_w = weights.get("boundary_head.predict.weight")
-        n = int(pred_w.shape[0]) if pred_w is not None else cfg.model.num_classes - 1
-        model.add_boundary_head(stage, n, fuse="boundary_head.fuse.weight" in weights)
+        if pred_w is None:
+            raise ValueError("the boundary head's weights lack boundary_head.predict.weight")
+        model.add_boundary_head(stage, int(pred_w.shape[0]), fuse="boundary_head.fuse.weight" in weights)
 
     def teacher_decay(self, configured: float) -> float:
         return configured if self.p.teacher_ema_decay is None else self.p.teacher_ema_decay
