@@ -413,3 +413,70 @@ def test_float64_volumes_are_predicted_in_float32():
     assert _as_float_tensor(torch.zeros(2, 2, dtype=torch.float64)).dtype == torch.float32
     labels, probs = predict_volume(np.random.default_rng(0).random((8, 8, 8)), _conv_net(3), 4)
     assert probs is None and labels.dtype == np.uint8  # probabilities only when asked for
+
+
+def test_option_errors_of_the_sliding_window():
+    vol = np.zeros((8, 8, 8), np.float32)
+    net = _conv_net(3)
+    cases = [
+        (dict(patch_size=4, mode="paper"), r"^mode='paper' needs an explicit stride \(LA: \(18, 18, 4\), Pancreas: 16\)$"),
+        (dict(patch_size=4, mode="paper", stride=2, batch_size=2), r"^mode='paper' runs one window per forward pass; got batch_size=2$"),
+        (dict(patch_size=4, mode="paper", stride=2, blend="gaussian"), r"^mode='paper' averages windows uniformly; got blend='gaussian'$"),
+        (dict(patch_size=4, blend="max"), r"^blend must be one of \('gaussian', 'uniform'\), got 'max'$"),
+        (dict(patch_size=4, stride=0), r"^stride must be a positive integer, got 0$"),
+        (dict(patch_size=4, batch_size=0), r"^batch_size must be a positive integer, got 0$"),
+        (dict(patch_size=4, num_classes=0), r"^num_classes must be a positive integer, got 0$"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(BfasegError, match=message):
+            sliding_window_probs(vol, net, **kwargs)
+    with pytest.raises(ValueError, match=r"^the model produced 3 classes, expected num_classes=2$"):
+        sliding_window_probs(vol, net, 4, num_classes=2)
+    with pytest.raises(BfasegError, match=r"^volume has an empty axis: shape \(1, 0, 8, 8\)$"):
+        sliding_window_probs(np.zeros((0, 8, 8), np.float32), net, 4)
+    with pytest.raises(BfasegError, match=r"^size must be a positive integer, got 0$"):
+        window_starts(0, 4, 2)
+    with pytest.raises(BfasegError, match=r"^patch must be a positive integer, got -1$"):
+        window_starts(4, -1, 2)
+
+
+def test_paper_options_that_are_allowed_and_thin_volumes():
+    vol = np.random.default_rng(1).random((1, 7, 9)).astype(np.float32)  # one slice thick, odd sizes
+    net = _conv_net(3)
+    paper = sliding_window_probs(vol, net, (1, 4, 4), mode="paper", stride=(1, 2, 2), batch_size=1, blend="uniform")
+    fast_uniform = sliding_window_probs(vol, net, (1, 4, 4), stride=(1, 2, 2), blend="uniform")
+    assert paper.shape == (3, 1, 7, 9) and torch.allclose(paper, fast_uniform, atol=1e-6)
+    padded = sliding_window_probs(vol, net, (1, 8, 10), stride=(1, 8, 10))  # pads (0, 1) on both axes: after only
+    assert padded.shape == (3, 1, 7, 9) and torch.isfinite(padded).all()
+
+
+class _WindowMean(torch.nn.Module):
+    """Each window predicts one constant: class 0 with logit = the window's mean, class 1 with 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        m = x.mean(dim=(1, 2, 3, 4), keepdim=True).expand(-1, 1, *x.shape[2:])
+        return torch.cat([m, torch.zeros_like(m)], 1)
+
+
+def test_fast_mode_blends_windows_with_the_gaussian_and_four_per_pass():
+    vol = np.zeros((12, 4, 4), np.float32)
+    vol[6:] = 4.0  # windows see different means
+    net = _WindowMean()
+    probs = sliding_window_probs(vol, net, (4, 4, 4), stride=(1, 4, 4))  # 9 windows along the first axis
+    assert net.calls == [4, 4, 1]  # the default batch of windows
+    g = gaussian_importance_map((4, 4, 4)).double()
+    num = torch.zeros(12, 4, 4, dtype=torch.float64)
+    den = torch.zeros(12, 4, 4, dtype=torch.float64)
+    t = torch.from_numpy(vol).double()
+    for z in range(9):
+        p0 = torch.sigmoid(t[z:z + 4].mean())  # softmax of (mean, 0) for class 0
+        num[z:z + 4] += p0 * g
+        den[z:z + 4] += g
+    assert torch.allclose(probs[0].double(), num / den, atol=1e-6)
+    uniform = sliding_window_probs(vol, net, (4, 4, 4), stride=(1, 4, 4), blend="uniform")
+    assert not torch.allclose(uniform, probs, atol=1e-4)  # the blend changes the answer here

@@ -250,10 +250,10 @@ def sliding_window_probs(
             flat: list[int] = []
             for before, after in reversed(pads):  # F.pad lists the last axis first
                 flat += [before, after]
-            xd = F.pad(xd, flat, mode="constant", value=0.0)
+            xd = F.pad(xd, flat)  # zeros, as the reference
         padded_shape = tuple(int(s) for s in xd.shape[1:])
         weight = gaussian_importance_map(patch, device=dev) if blend == "gaussian" else None
-        norm = torch.zeros(padded_shape, dtype=torch.float32, device=dev)
+        norm = xd.new_zeros(padded_shape)  # float32, on the device
         acc: torch.Tensor | None = None
 
         for i0 in range(0, len(positions), batch_size):
@@ -265,7 +265,7 @@ def sliding_window_probs(
                 k = int(probs.shape[1])
                 if num_classes is not None and k != num_classes:
                     raise ValueError(f"the model produced {k} classes, expected num_classes={num_classes}")
-                acc = torch.zeros((k,) + padded_shape, dtype=torch.float32, device=dev)
+                acc = xd.new_zeros((k,) + padded_shape)
             for j, w in enumerate(windows):
                 if weight is None:
                     acc[(slice(None),) + w] += probs[j]
