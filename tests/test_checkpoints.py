@@ -5,6 +5,7 @@ so these tests stay in the fast selection that mutation testing runs (benchmarks
 tests/test_evaluate_predict.py covers the same code end to end on trained models.
 """
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ from bfaseg.config import validate_config
 from bfaseg.errors import BfasegError
 from bfaseg.inference.checkpoints import (checkpoint_config, describe_checkpoint, load_model_from_checkpoint,
                                           strip_prefixes)
-from bfaseg.inference.predictor import Predictor, inference_fn, model_ndim, paper_stride, run_precision
+from bfaseg.inference.predictor import Predictor, inference_fn, paper_stride, run_precision
 from bfaseg.io.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
 from bfaseg.methods import get_method_class
 from bfaseg.training.trainer import Trainer
@@ -186,11 +187,12 @@ def test_stride_checks_on_a_3d_network(tmp_path_factory):
     ckpt = out / "checkpoints" / "last.pt"
     p = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32", stride=[4])
     assert p.ndim == 3 and p.stride == [4, 4, 4]
+    assert Predictor.from_checkpoint(ckpt, device="cpu", stride=[1, 1, 1]).stride == [1, 1, 1]  # 1 is allowed
     args = SimpleNamespace(checkpoint=ckpt, device="cpu", precision="fp32", model=None, mode="paper",
                            stride=[2, 3, 4], largest_component=False)
     assert Predictor.from_args(args).stride == [2, 3, 4]
     for bad in ([4, 4], [4, 0, 4]):
-        with pytest.raises(BfasegError, match=r"--stride: expected 3 positive integers"):
+        with pytest.raises(BfasegError, match=rf"^--stride: expected 3 positive integers, got {re.escape(str(bad))}$"):
             Predictor.from_checkpoint(ckpt, device="cpu", stride=bad)
 
 
@@ -220,10 +222,9 @@ def test_run_precision_prefers_what_the_run_chose(tmp_path, monkeypatch, fast):
     assert run_precision(ck, auto, {}, "cpu") == ("bf16" if fast else "fp32")
 
 
-def test_paper_stride_and_model_ndim():
-    def cfg(dataset, downsample=1, stride=None, name="vnet"):
-        return SimpleNamespace(eval=SimpleNamespace(stride=stride), model=SimpleNamespace(name=name),
-                               data=SimpleNamespace(dataset=dataset, downsample=downsample))
+def test_paper_stride():
+    def cfg(dataset, downsample=1, stride=None):
+        return SimpleNamespace(eval=SimpleNamespace(stride=stride), data=SimpleNamespace(dataset=dataset, downsample=downsample))
 
     assert paper_stride(cfg("la"), (112, 112, 80)) == [18, 18, 4]
     assert paper_stride(cfg("la", downsample=2), (64, 64, 48)) == [9, 9, 2]
@@ -232,9 +233,6 @@ def test_paper_stride_and_model_ndim():
     assert paper_stride(cfg("la", downsample=4), (32, 32, 24)) == [4, 4, 1]  # never below 1 voxel
     assert paper_stride(cfg("synthetic"), (18, 12, 3)) == [4, 3, 1]  # a quarter, rounded down
     assert paper_stride(cfg("la"), (64, 64)) == [16, 16]  # 2-D patch: no published stride
-    assert model_ndim(cfg("la")) == 3 and model_ndim(cfg("acdc", name="unet2d")) == 2
-    assert model_ndim(cfg("la"), {"data": {"train_ndim": 2}}) == 2
-    assert model_ndim(cfg("la", name="unet2d"), {"data": {"train_ndim": 7}}) == 2  # not a dimension: ignored
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -270,3 +268,40 @@ def test_images_per_step(method, params, expected):
     assert cls.images_per_step(params, 8, 8) == expected
     if method in ("bcp", "bfa"):  # unequal batches: pairs are limited by the smaller one
         assert cls.images_per_step(params, 8, 4)["teacher"] == 4
+
+
+def test_predictor_defaults_device_and_precision_options(bfa_ckpt, tmp_path, monkeypatch, caplog):
+    import bfaseg.precision
+
+    p = Predictor.from_checkpoint(bfa_ckpt)
+    assert (p.mode, p.largest_component, p.stride) == ("fast", False, None)
+    assert p.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert isinstance(p.model, torch.nn.Module) and callable(p.forward) and p.forward is not p.model
+    with caplog.at_level("WARNING"):
+        Predictor.from_checkpoint(bfa_ckpt, device="cpu", mode="fast")
+    assert caplog.text == ""  # the slice-by-slice warning is for --mode paper only
+    with caplog.at_level("WARNING"):
+        Predictor.from_checkpoint(bfa_ckpt, device="cpu", mode="paper")
+    assert ("--mode paper: the checkpoint is a 2-D network, predicted slice by slice (no sliding window; for ACDC "
+            "this is the reference protocol)") in caplog.text
+    with pytest.raises(BfasegError, match=r"^--stride: the checkpoint is a 2-D network \(slice-wise inference has no windows\)$"):
+        Predictor.from_checkpoint(bfa_ckpt, device="cpu", stride=[2, 2, 2])
+    with pytest.raises(BfasegError, match=r"^--device: unknown device 'tpu0'$"):
+        Predictor.from_checkpoint(bfa_ckpt, device="tpu0")
+    # auto precision follows the mode: bf16 for fast inference where bf16 is fast, fp32 for paper mode
+    monkeypatch.setattr(bfaseg.precision, "bf16_is_fast", lambda device: True)
+    assert Predictor.from_checkpoint(bfa_ckpt, device="cpu", precision="auto", mode="fast").precision == "bf16"
+    assert Predictor.from_checkpoint(bfa_ckpt, device="cpu", precision="auto", mode="paper").precision == "fp32"
+    # --precision run without a stored choice or summary: the run's config
+    moved = tmp_path / "elsewhere" / "checkpoints" / "last.pt"
+    moved.parent.mkdir(parents=True)
+
+    def bf16_run(s):
+        s.pop("precision")
+        s["config"]["train"]["precision"] = "bf16"
+
+    assert Predictor.from_checkpoint(_rewrite(bfa_ckpt, moved, bf16_run), device="cpu", precision="run").precision == "bf16"
+    if not torch.cuda.is_available():
+        on_cuda = _rewrite(bfa_ckpt, tmp_path / "cuda.pt", lambda s: s["config"]["train"].update(device="cuda"))
+        with pytest.raises(BfasegError, match=r"^train.device: 'cuda' requested but no CUDA device is available$"):
+            Predictor.from_checkpoint(on_cuda, device="run")

@@ -102,6 +102,11 @@ class ModelConfig(_Section):
     dropout: bool = True
     sync_batchnorm: bool = False
 
+    @property
+    def ndim(self) -> int:
+        """2 for the slice-wise U-Net, 3 for the volumetric V-Net."""
+        return {"unet2d": 2, "vnet": 3}[self.name]
+
 
 class TrainConfig(_Section):
     iterations: Int = Field(default=1000, ge=1)
@@ -254,10 +259,9 @@ def load_yaml(path: str | Path) -> dict:
 def _cross_checks(cfg: RunConfig) -> tuple[str, str] | None:
     """The checks between fields, in one place: ``(key, message)`` of the first that fails."""
     d, e, t = cfg.data, cfg.eval, cfg.train
-    model_ndim = {"unet2d": 2, "vnet": 3}[cfg.model.name]
     if len(d.patch_size) not in (2, 3):
         return "data.patch_size", (f"{len(d.patch_size)} entries {d.patch_size}; {cfg.model.name} "
-                                   f"(model.name) needs {model_ndim}")
+                                   f"(model.name) needs {cfg.model.ndim}")
     if d.dataset == "synthetic" and len(d.synthetic_size) != d.synthetic_ndim:
         return "data.synthetic_size", f"{d.synthetic_size} does not match synthetic_ndim={d.synthetic_ndim}"
     if d.target_spacing is not None and len(d.target_spacing) not in (1, 3):

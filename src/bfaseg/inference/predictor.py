@@ -31,12 +31,6 @@ PAPER_STRIDES = {"la": (18, 18, 4), "pancreas": (16, 16, 16)}
 log = logging.getLogger(__name__)
 
 
-def model_ndim(cfg: RunConfig, state: dict[str, Any] | None = None) -> int:
-    """2 for slice-wise networks, 3 for volumetric ones."""
-    nd = ((state or {}).get("data") or {}).get("train_ndim")
-    return int(nd) if nd in (2, 3) else {"vnet": 3, "unet2d": 2}[cfg.model.name]
-
-
 def paper_stride(cfg: RunConfig, patch_size: tuple[int, ...]) -> list[int]:
     """Stride of ``paper`` mode: ``eval.stride`` when the run set one; else the published
     LA (18, 18, 4) / Pancreas (16, 16, 16) strides divided by ``data.downsample`` (half-res LA:
@@ -164,10 +158,10 @@ class Predictor:
         if device != "run":
             device = resolve_device(device, option="--device")
         checkpoint = Path(checkpoint)
-        model, cfg, state = load_model_from_checkpoint(checkpoint, "cpu", which=which)
+        model, cfg, state = load_model_from_checkpoint(checkpoint, which=which)  # on the CPU first
         if device == "run":
             device = resolve_device(cfg.train.device, option="train.device")
-        ndim = model_ndim(cfg, state)
+        ndim = cfg.model.ndim
         if mode == "paper" and ndim == 2:  # said once, not only in summary.json: the option changes nothing
             log.warning("--mode paper: the checkpoint is a 2-D network, predicted slice by slice "
                         "(no sliding window; for ACDC this is the reference protocol)")

@@ -100,7 +100,7 @@ class Scorer:
     def __init__(self, checkpoint: str | Path, strategy: str, *, device: str = "cpu", precision: str = "fp32",
                  mc_passes: int = 8, seed: int = 0, which: str | None = None):
         from bfaseg.inference.checkpoints import load_model_from_checkpoint
-        from bfaseg.inference.predictor import inference_fn, model_ndim
+        from bfaseg.inference.predictor import inference_fn
 
         if strategy not in STRATEGIES:
             raise BfasegError(f"--strategy: unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -112,7 +112,7 @@ class Scorer:
         self.strategy, self.device, self.precision = strategy, device, precision
         self.mc_passes, self.seed, self.checkpoint = mc_passes, seed, path
         self.model, self.cfg, self.state = load_model_from_checkpoint(path, device, which=which)
-        self.ndim = model_ndim(self.cfg, self.state)
+        self.ndim = self.cfg.model.ndim
         self.num_classes = self.cfg.model.num_classes
         self.forward = inference_fn(self.model, self.ndim, device)
         self.teacher = self.teacher_forward = None

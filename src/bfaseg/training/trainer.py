@@ -122,9 +122,8 @@ class Trainer:
         if self.method.uses_unlabeled and not self.data.unlabeled:
             raise BfasegError(f"method {cfg.method.name!r} needs unlabeled data but every training case is labeled")
         student = build_model(cfg.model)
-        expected = {"vnet": 3, "unet2d": 2}[cfg.model.name]
-        if expected != self.train_ndim:
-            raise BfasegError(f"model.name: {cfg.model.name} is {expected}-D but the data trains {self.train_ndim}-D")
+        if cfg.model.ndim != self.train_ndim:
+            raise BfasegError(f"model.name: {cfg.model.name} is {cfg.model.ndim}-D but the data trains {self.train_ndim}-D")
         bad = [p for p in self.patch_size if p % 16]
         if bad:  # four 2x downsamplings: odd sizes would break the skip connections
             raise BfasegError(
