@@ -128,12 +128,12 @@ def gaussian_importance_map(
     ``P * sigma_scale`` per axis, scaled to a maximum of 1; any value that underflows
     to zero is raised to the smallest positive weight, so every voxel is covered.
     """
-    weight = torch.ones((), dtype=torch.float64)
-    for p in patch_size:
+    weight = None
+    for p in patch_size:  # in float64, rounded to float32 once at the end
         coords = torch.arange(p, dtype=torch.float64) - (p - 1) / 2.0
         sigma = max(p * sigma_scale, 1e-6)
         axis_w = torch.exp(-0.5 * (coords / sigma) ** 2)
-        weight = weight[..., None] * axis_w
+        weight = axis_w if weight is None else weight[..., None] * axis_w
     weight = (weight / weight.max()).to(torch.float32)  # the maximum is 1: some weight is positive
     return torch.clamp(weight, min=float(weight[weight > 0].min())).to(device)
 
