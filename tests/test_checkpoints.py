@@ -82,12 +82,27 @@ def test_bfa_checkpoint_rebuilds_head_and_loads_each_network(bfa_ckpt):
 
 
 def test_missing_teacher_falls_back_only_when_not_asked_for(supervised_ckpt, tmp_path):
-    with pytest.raises(BfasegError, match="--model teacher: .* has no teacher weights .*use --model student"):
+    with pytest.raises(BfasegError, match=r"^--model teacher: .*last\.pt has no teacher weights \(method supervised\); use --model student$"):
         load_model_from_checkpoint(supervised_ckpt, which="teacher")
     as_teacher = _rewrite(supervised_ckpt, tmp_path / "t.pt",
                           lambda s: s["config"]["eval"].update(model="teacher"))
     model, _, state = load_model_from_checkpoint(as_teacher)  # the run's default: no teacher -> student
     assert state["_loaded_weights"] == "student" and getattr(model, "boundary_head", None) is None
+
+
+def test_a_checkpoint_without_config_is_named(supervised_ckpt, tmp_path):
+    bare = _rewrite(supervised_ckpt, tmp_path / "bare.pt", lambda s: s.pop("config"))
+    with pytest.raises(BfasegError, match=r"bare\.pt: the checkpoint has no run config; cannot rebuild the model$"):
+        load_model_from_checkpoint(bare)
+
+
+def test_window_starts_errors_name_the_argument():
+    from bfaseg.inference.sliding_window import window_starts
+
+    with pytest.raises(BfasegError, match=r"^stride must be a positive integer, got 0$"):
+        window_starts(8, 4, 0)
+    with pytest.raises(BfasegError, match=r"^size must be a positive integer, got 'a'$"):
+        window_starts("a", 4, 2)
 
 
 def test_wrapped_nonfinite_and_misfitting_weights(supervised_ckpt, tmp_path):

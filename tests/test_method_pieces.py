@@ -571,3 +571,11 @@ def test_mean_teacher_consistency_is_the_mse_of_softmaxes(tmp_path):
     logits = t.student(torch.cat([batch["image_l"], batch["image_u"]]))[4:]
     expected = ((torch.softmax(logits, 1) - torch.softmax(t.teacher.logits, 1)) ** 2).mean()
     assert logs["consistency"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_ua_mt_threshold_ramps_from_start_to_end_over_the_run(tmp_path):
+    t = _trainer(tmp_path, "ua_mt", threshold_start=0.75, threshold_end=1.0)  # 10 iterations, K = 3
+    ln_k = math.log(K)
+    assert t.method.threshold(0) == pytest.approx((0.75 + 0.25 * math.exp(-5.0)) * ln_k)
+    assert t.method.threshold(5) == pytest.approx((0.75 + 0.25 * math.exp(-5.0 * 0.25)) * ln_k)
+    assert t.method.threshold(10) == pytest.approx(ln_k)

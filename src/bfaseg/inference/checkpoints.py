@@ -69,7 +69,7 @@ def load_model_from_checkpoint(
     which = which or cfg.eval.model
     if which not in ("student", "teacher"):
         raise BfasegError(f"--model: expected 'student' or 'teacher', got {which!r}")
-    weights = state.get(which) if which == "teacher" else state["student"]
+    weights = state.get(which)
     if weights is None:
         if asked == "teacher":  # asked for by name: scoring the student instead would be a silent swap
             raise BfasegError(f"--model teacher: {path} has no teacher weights (method {cfg.method.name}); "
