@@ -96,6 +96,12 @@ def test_a_checkpoint_without_config_is_named(supervised_ckpt, tmp_path):
         load_model_from_checkpoint(bare)
 
 
+def test_sync_batchnorm_runs_load_as_plain_batchnorm(supervised_ckpt, tmp_path):
+    synced = _rewrite(supervised_ckpt, tmp_path / "sync.pt", lambda s: s["config"]["model"].update(sync_batchnorm=True))
+    model, cfg, _ = load_model_from_checkpoint(synced)  # no process group needed for inference
+    assert cfg.model.sync_batchnorm and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+
+
 def test_window_starts_errors_name_the_argument():
     from bfaseg.inference.sliding_window import window_starts
 
@@ -142,7 +148,7 @@ def test_bfa_restore_modules_follows_the_weights_and_the_stage():
     cls.restore_modules(bare, cfg, UNet2D(1, 3, 4).state_dict())
     assert getattr(bare, "boundary_head", None) is None
     weights.pop("boundary_head.predict.weight")
-    with pytest.raises(ValueError, match="boundary_head.predict.weight"):
+    with pytest.raises(ValueError, match="^the boundary head's weights lack boundary_head.predict.weight$"):
         cls.restore_modules(UNet2D(1, 3, 4), cfg, weights)
 
 
