@@ -480,3 +480,57 @@ def test_fast_mode_blends_windows_with_the_gaussian_and_four_per_pass():
     assert torch.allclose(probs[0].double(), num / den, atol=1e-6)
     uniform = sliding_window_probs(vol, net, (4, 4, 4), stride=(1, 4, 4), blend="uniform")
     assert not torch.allclose(uniform, probs, atol=1e-4)  # the blend changes the answer here
+
+
+def test_predict_slices_errors_word_for_word():
+    vol = np.zeros((2, 8, 8), np.float32)
+    net = _Banded(3)
+    cases = [
+        (dict(resize_back="nearest"), r"^resize_back must be one of \('label_nearest', 'probs_bilinear'\), got 'nearest'$"),
+        (dict(image_resize="cubic"), r"^image_resize must be one of \('bilinear', 'zoom_linear', 'zoom_nearest'\), got 'cubic'$"),
+        (dict(precision="fp16"), r"^precision must be one of \('fp32', 'bf16'\), got 'fp16'$"),
+        (dict(batch_size=0), r"^batch_size must be a positive integer, got 0$"),
+        (dict(batch_size=1.5), r"^batch_size must be a positive integer, got 1\.5$"),
+        (dict(input_size=(8,)), r"^input_size must be two positive integers, got \(8,\)$"),
+        (dict(input_size=(8, 0)), r"^input_size must be two positive integers, got \(8, 0\)$"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(BfasegError, match=message):
+            predict_slices(vol, net, **{"input_size": (8, 8), **kwargs})
+    for bad in (np.zeros((8, 8), np.float32), np.zeros((0, 8, 8), np.float32)):
+        with pytest.raises(BfasegError, match=r"^predict_slices needs a non-empty \(Z, Y, X\) volume, got shape "):
+            predict_slices(bad, net, (8, 8))
+    with pytest.raises(ValueError, match=r"^the model produced 3 classes, expected num_classes=4$"):
+        predict_slices(vol, net, (8, 8), num_classes=4)
+
+
+def test_predict_slices_bilinear_paths_match_interpolate():
+    import torch.nn.functional as F
+
+    net = _Banded(4)
+    vol = _smooth_volume(7, (3, 21, 26)).astype(np.float64)  # float64 in: predicted in float32
+    labels, probs = predict_slices(vol, net, (16, 16), batch_size=1, image_resize="bilinear",
+                                   resize_back="probs_bilinear", return_probs=True)
+    x = F.interpolate(torch.from_numpy(vol.astype(np.float32))[:, None], size=(16, 16), mode="bilinear", align_corners=False)
+    up = F.interpolate(torch.softmax(net(x), 1), size=(21, 26), mode="bilinear", align_corners=False)
+    assert probs.dtype == torch.float32 and torch.allclose(probs, up.transpose(0, 1), atol=1e-6)
+    assert np.array_equal(labels, up.argmax(1).numpy().astype(np.uint8))
+    same, none = predict_slices(vol, net, None)  # no resizing at all
+    assert none is None and np.array_equal(same, net(torch.from_numpy(vol.astype(np.float32))[:, None]).argmax(1).numpy())
+
+
+def test_for_validation_uses_the_run_eval_settings():
+    from bfaseg.config import validate_config
+    from bfaseg.inference.predictor import Predictor
+
+    from conftest import tiny_config
+
+    raw = tiny_config("supervised")
+    raw["eval"] = {"mode": "paper", "stride": [2, 3, 4], "overlap": 0.25, "batch_size": 3, "largest_component": True}
+    cfg = validate_config(raw)
+    net = _Banded(3)
+    for trained, validated in (("bf16", "bf16"), ("fp16", "fp32"), ("fp32", "fp32")):
+        p = Predictor.for_validation(net, cfg, ndim=2, precision=trained, device="cpu")
+        assert p.precision == validated
+    assert (p.model, p.forward, p.state, p.ndim, p.device, p.checkpoint) == (net, net, {}, 2, "cpu", None)
+    assert (p.mode, p.stride, p.overlap, p.batch_size, p.largest_component) == ("paper", [2, 3, 4], 0.25, 3, True)
