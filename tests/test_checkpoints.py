@@ -265,7 +265,7 @@ def test_inference_fn_is_the_model_in_channels_last(ndim):
     x = torch.rand((1, 1) + (16,) * ndim)
     with torch.no_grad():
         ref = model(x)
-        out = inference_fn(model, ndim, "cpu")(x)
+        out = inference_fn(model, ndim)(x)  # on the CPU by default
     fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
     # a kernel with several input channels: with one, channels-last and contiguous are the same layout
     weight = next(p for p in model.parameters() if p.ndim == ndim + 2 and p.shape[1] > 1 and p.shape[2] > 1)
@@ -327,3 +327,28 @@ def test_predictor_defaults_device_and_precision_options(bfa_ckpt, tmp_path, mon
         on_cuda = _rewrite(bfa_ckpt, tmp_path / "cuda.pt", lambda s: s["config"]["train"].update(device="cuda"))
         with pytest.raises(BfasegError, match=r"^train.device: 'cuda' requested but no CUDA device is available$"):
             Predictor.from_checkpoint(on_cuda, device="run")
+
+
+def test_load_errors_name_the_file_and_the_first_lines_of_the_reason(supervised_ckpt, bfa_ckpt, tmp_path):
+    extra = _rewrite(supervised_ckpt, tmp_path / "x.pt", lambda s: s["student"].update(extra_key=torch.zeros(1)))
+    with pytest.raises(BfasegError) as err:
+        load_model_from_checkpoint(extra)
+    assert str(err.value) == (f"{extra}: the weights do not fit the model in its config (Error(s) in loading "
+                              'state_dict for UNet2D: Unexpected key(s) in state_dict: "extra_key".)')
+    bigger = _rewrite(supervised_ckpt, tmp_path / "m.pt", lambda s: s["config"]["model"].update(base_channels=8))
+    with pytest.raises(BfasegError) as err:
+        load_model_from_checkpoint(bigger)
+    detail = re.fullmatch(rf"{re.escape(str(bigger))}: the weights do not fit the model in its config \((.*)\)",
+                          str(err.value)).group(1)
+    assert len(detail) == 160 and detail.startswith("Error(s) in loading state_dict for UNet2D: size mismatch for ")
+    assert "\n" not in detail
+
+    unknown = _rewrite(supervised_ckpt, tmp_path / "u.pt", lambda s: s["config"]["method"].update(name="nope"))
+    with pytest.raises(BfasegError, match=rf"^{re.escape(str(unknown))}: method\.name: unknown method 'nope'"):
+        load_model_from_checkpoint(unknown)
+    headless = _rewrite(bfa_ckpt, tmp_path / "h.pt", lambda s: s["student"].pop("boundary_head.predict.weight"))
+    with pytest.raises(BfasegError, match=rf"^{re.escape(str(headless))}: cannot rebuild the bfa modules \(.+\)$"):
+        load_model_from_checkpoint(headless, which="student")
+    with pytest.raises(BfasegError, match=r"^x\.pt: the checkpoint's config is not valid for this bfaseg "
+                                          r"\(1 validation error for RunConfig\)$"):
+        checkpoint_config({"config": {"model": {"name": "no-such-net"}}}, "x.pt")

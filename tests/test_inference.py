@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -33,15 +34,15 @@ def _conv_net(ndim: int, in_ch: int = 1, classes: int = 3, seed: int = 0) -> tor
 
 
 class _Banded(torch.nn.Module):
-    """A 2-D "network" whose class is the intensity band of each pixel: floor(x * classes), so its labels
-    follow the image (a random conv net may predict one class everywhere and hide resizing bugs)."""
+    """A 2-D or 3-D "network" whose class is the intensity band of each voxel: floor(x * classes), so its
+    labels follow the image (a random conv net may predict one class everywhere and hide resizing bugs)."""
 
     def __init__(self, classes: int = 4):
         super().__init__()
         self.classes = classes
 
     def forward(self, x):
-        centres = torch.arange(self.classes, dtype=x.dtype).view(1, -1, 1, 1) + 0.5
+        centres = torch.arange(self.classes, dtype=x.dtype).view(1, -1, *[1] * (x.ndim - 2)) + 0.5
         return -((x * self.classes - centres) ** 2)
 
 
@@ -534,3 +535,35 @@ def test_for_validation_uses_the_run_eval_settings():
         assert p.precision == validated
     assert (p.model, p.forward, p.state, p.ndim, p.device, p.checkpoint) == (net, net, {}, 2, "cpu", None)
     assert (p.mode, p.stride, p.overlap, p.batch_size, p.largest_component) == ("paper", [2, 3, 4], 0.25, 3, True)
+
+
+def test_model_output_errors_word_for_word():
+    from bfaseg.inference.sliding_window import forward_logits
+
+    batch = torch.zeros(2, 1, 4, 4)
+    cpu = torch.device("cpu")
+    with pytest.raises(TypeError, match=r"^the model returned tuple, not a torch\.Tensor; wrap it so that it returns "
+                                        r"the segmentation logits, e\.g\. `lambda x: net\(x\)\[0\]`$"):
+        forward_logits(lambda x: (x,), batch, "fp32", cpu)
+    wrong = {  # one thing wrong at a time
+        "batch": lambda x: torch.zeros(1, 3, 4, 4),
+        "spatial": lambda x: torch.zeros(2, 3, 4, 5),
+        "ndim": lambda x: torch.zeros(2, 3, 4, 4, 1),
+    }
+    for name, model in wrong.items():
+        out = tuple(model(batch).shape)
+        message = rf"^the model mapped an input of shape \(2, 1, 4, 4\) to {re.escape(str(out))}; expected \(N, K, \*same spatial shape\)$"
+        with pytest.raises(ValueError, match=message):
+            forward_logits(model, batch, "fp32", cpu)
+    logits = forward_logits(lambda x: torch.ones(2, 3, 4, 4, dtype=torch.float64), batch, "fp32", cpu)
+    assert logits.dtype == torch.float32
+
+
+def test_probs_to_labels_takes_numpy_and_up_to_256_classes():
+    from bfaseg.inference.sliding_window import probs_to_labels
+
+    probs = np.zeros((256, 2), np.float32)
+    probs[255, 0] = probs[3, 1] = 1.0
+    assert probs_to_labels(probs).tolist() == [255, 3] and probs_to_labels(torch.from_numpy(probs)).dtype == np.uint8
+    with pytest.raises(ValueError, match=r"^257 classes do not fit a uint8 label map$"):
+        probs_to_labels(np.zeros((257, 2), np.float32))

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from bfaseg.config import validate_config
 from bfaseg.methods import bcp as bcp_module
 from bfaseg.methods import bfa as bfa_module
-from bfaseg.methods.base import cuboid_mask, noisy, paste
-from bfaseg.methods.boundary import class_boundaries, downsample_boundaries, downsample_weights
+from bfaseg.methods.base import cuboid_mask, noisy, paste, sigmoid_rampup
+from bfaseg.methods.boundary import (class_boundaries, downsample_boundaries, downsample_weights,
+                                     signed_distance_maps)
 from bfaseg.training.ema import ema_decay
-from bfaseg.losses import boundary_loss
+from bfaseg.losses import boundary_loss, distance_loss
 from bfaseg.training.trainer import Trainer
 
 from conftest import tiny_config
@@ -414,6 +415,60 @@ def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
             else:
                 assert torch.equal(v, student_next[k]), (i, k)  # counters copied
     assert bn_checked  # the BatchNorm statistics were averaged where it shows
+
+
+
+@pytest.mark.parametrize("supervised_weight", [0.0, 0.5])
+def test_bfa_loss_is_its_logged_terms_with_their_weights_and_ramps(tmp_path, monkeypatch, supervised_weight):
+    # every ramp part-way up at iteration 2 of 10, so a ramp used wrongly changes the sum
+    t = _trainer(tmp_path, "bfa", pretrain=0.0, supervised_weight=supervised_weight, lambda_distance=0.3,
+                 distance_scale=4.0, distance_rampup=0.6, boundary_rampup=0.5, align_rampup=0.8, pseudo_rampup=0.7,
+                 min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    box = _box(2, slice(8, 29), slice(0, 21))
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(t.method, "pseudo_labels", _fake_pseudo_labels)
+    seen = []
+    monkeypatch.setattr(bfa_module, "distance_loss", lambda *a: seen.append(a) or distance_loss(*a))
+    batch = _batch()
+    loss, logs = t.method.training_step(batch, 2)
+    m, p = t.method, t.method.p
+
+    def ramp(fraction, iteration=2):
+        value = sigmoid_rampup(iteration, m.fraction_to_iterations(fraction))
+        assert 0.01 < value < 1
+        return value
+
+    expected = (logs["seg"] + supervised_weight * logs.get("sup", 0.0)
+                + p.lambda_distance * ramp(p.distance_rampup) * logs["distance"]
+                + p.lambda_boundary * ramp(p.boundary_rampup) * (logs["boundary_gt"]
+                                                                  + m.pseudo_weight(2) * logs["boundary_pseudo"])
+                + p.lambda_align * ramp(p.align_rampup, 2 - m.pretrain_iterations) * logs["align"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ("sup" in logs) == (supervised_weight > 0)
+
+    # the distance term sees the mixed images' targets and weights, and the labeled images' GT (weight 1) if added
+    mix = m.mixed_batch(batch, 2)
+    logits, phi, weights = seen[0]
+    targets, want_weights = mix["target"], mix["weight"]
+    if supervised_weight > 0:
+        targets = torch.cat([targets, batch["label_l"]])
+        want_weights = torch.cat([want_weights, torch.ones(4, H, W)])
+    assert logits.shape == (targets.shape[0], K, H, W)
+    assert torch.equal(phi, signed_distance_maps(targets, K, 4.0)) and torch.equal(weights, want_weights)
+    assert not torch.equal(phi, signed_distance_maps(targets, K))  # the scale matters here
+    assert (weights < 1).any()  # pseudo-label weights are not all one
+
+
+def test_bfa_without_head_or_alignment_asks_for_logits_only(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bfa", pretrain=0.0, boundary_head=False, alignment=False, lambda_distance=0.3)
+    t.copy_student_to_teacher()
+    asked = []
+    orig = t.method.student
+    monkeypatch.setattr(t.method, "student", lambda x, **kw: asked.append(kw) or orig(x, **kw))
+    loss, logs = t.method.training_step(_batch(), 9)
+    assert asked == [{"return_extras": False}] and set(logs) == {"seg", "sup", "distance"}
+    assert loss.item() == pytest.approx((logs["seg"] + logs["sup"] + 0.3 * logs["distance"]).item(), rel=1e-5)
 
 
 def test_teacher_forward_mode_follows_teacher_mode(tmp_path):
