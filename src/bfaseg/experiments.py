@@ -38,6 +38,9 @@ VARIANTS: dict[str, dict] = {
     "full_matched": {"method": {"name": "supervised"}, "data": {"labeled": None, "labeled_fraction": None},
                      MATCH: "bfa"},
     "mean_teacher": {"method": {"name": "mean_teacher"}},
+    # control: the mean teacher's batches (labeled and unlabeled images through one BatchNorm) without
+    # its consistency term, to tell a weak teacher signal from the batch composition
+    "mean_teacher_no_consistency": {"method": {"name": "mean_teacher", "consistency": 0.0}},
     "ua_mt": {"method": {"name": "ua_mt"}},
     "bcp": {"method": {"name": "bcp"}},
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999

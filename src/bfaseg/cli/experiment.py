@@ -17,8 +17,9 @@ def register(sub) -> None:
     p.add_argument("config", help="base config shared by every run, e.g. configs/acdc/cpu.yaml")
     p.add_argument("--methods", default="supervised,mean_teacher,ua_mt,bcp,bfa,full",
                    help="comma-separated variants (also supervised_matched and full_matched: batch_labeled = BFA's "
-                        "student images per step; bfa_no_head, bfa_no_mixing, bfa_no_align, bfa_all_off; the variants tried "
-                        "on val: bfa_fast_teacher, bfa_confident, bcp_slow_teacher, ...; an unknown name lists them all)")
+                        "student images per step; bfa_no_head, bfa_no_mixing, bfa_no_align, bfa_all_off, "
+                        "mean_teacher_no_consistency; the variants tried on val: bfa_fast_teacher, bfa_confident, "
+                        "bcp_slow_teacher, ...; an unknown name lists them all)")
     p.add_argument("--seeds", default="1,2", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run up to N independent (method, seed) runs at once, in separate processes of one "
