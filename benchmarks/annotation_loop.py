@@ -157,6 +157,7 @@ def write_summary(results: dict, output: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     strategies = list(dict.fromkeys(e["strategy"] for e in results.values()))
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -167,13 +168,17 @@ def write_summary(results: dict, output: Path) -> None:
         n = min(len(e["rounds"]) for e in runs)
         xs = [runs[0]["rounds"][r]["n_labeled"] for r in range(n)]
         dice = np.array([[e["rounds"][r]["dice"] for r in range(n)] for e in runs])
-        ax.errorbar(xs, dice.mean(0), yerr=dice.std(0) if len(runs) > 1 else None, marker="o", capsize=3, label=s)
+        line = ax.errorbar(xs, dice.mean(0), yerr=dice.std(0) if len(runs) > 1 else None, marker="o", capsize=3,
+                           label=f"{s} (mean of {len(runs)})")
+        for seed_dice in dice:  # each seed faintly: two seeds can disagree in direction
+            ax.plot(xs, seed_dice, color=line[0].get_color(), alpha=0.3, linewidth=1)
         rho = [e["rounds"][-1].get("spearman_quality_vs_dice") for e in runs]
         rho = [x for x in rho if x is not None and np.isfinite(x)]
         lines.append(f"| {s} | {', '.join(map(str, xs))} | {', '.join(f'{d:.4f}' for d in dice.mean(0))} | "
                      f"{len(runs)} | {np.mean(rho):.3f} |" if rho else
                      f"| {s} | {', '.join(map(str, xs))} | {', '.join(f'{d:.4f}' for d in dice.mean(0))} | "
                      f"{len(runs)} | n/a |")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("labeled cases")
     ax.set_ylabel("validation Dice (last.pt)")
     ax.legend(fontsize=8)
