@@ -11,10 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bfaseg.config import validate_config
+from bfaseg.config import RunConfig, validate_config
+from bfaseg.errors import BfasegError
 from bfaseg.methods import bcp as bcp_module
 from bfaseg.methods import bfa as bfa_module
-from bfaseg.methods.base import cuboid_mask, noisy, paste, sigmoid_rampup
+from bfaseg.methods import build_method, check_method_params, get_method_class
+from bfaseg.methods.base import cuboid_mask, noisy, paste, sigmoid_rampup, split_pairs
 from bfaseg.methods.boundary import (class_boundaries, downsample_boundaries, downsample_weights,
                                      signed_distance_maps)
 from bfaseg.training.ema import ema_decay
@@ -634,3 +636,38 @@ def test_ua_mt_threshold_ramps_from_start_to_end_over_the_run(tmp_path):
     assert t.method.threshold(0) == pytest.approx((0.75 + 0.25 * math.exp(-5.0)) * ln_k)
     assert t.method.threshold(5) == pytest.approx((0.75 + 0.25 * math.exp(-5.0 * 0.25)) * ln_k)
     assert t.method.threshold(10) == pytest.approx(ln_k)
+
+
+# ------------------------------------------------------------- registry and pairs
+
+
+def test_method_registry_errors_name_the_source_and_the_key():
+    names = "supervised, mean_teacher, ua_mt, bcp, bfa"
+    with pytest.raises(BfasegError, match=rf"^config: method\.name: unknown method 'nope' \(choose from {names}\)$"):
+        get_method_class("nope")
+
+    def cfg(**method):
+        return RunConfig.model_validate({**tiny_config(), "method": method})  # not validated per method yet
+
+    with pytest.raises(BfasegError, match=r"^run\.yaml: method\.name: unknown method 'nope'"):
+        build_method(cfg(name="nope"), None, "run.yaml")
+    with pytest.raises(BfasegError, match=r"^config: method\.name: unknown method 'nope'"):
+        build_method(cfg(name="nope"), None)
+    with pytest.raises(BfasegError, match=r"^run\.yaml: method\.typo: unknown key$"):
+        build_method(cfg(name="bcp", typo=1), None, "run.yaml")
+    with pytest.raises(BfasegError, match=r"^config: method\.typo: unknown key$"):
+        check_method_params(cfg(name="bcp", typo=1))
+    # two errors: the first one is named, with pydantic's own message
+    with pytest.raises(BfasegError, match=r"^x: method\.box_fraction: Input should be a valid number"):
+        check_method_params(cfg(name="bcp", box_fraction="big", confidence="high"), "x")
+    assert check_method_params(cfg(name="bcp", box_fraction=0.5)).box_fraction == 0.5
+
+
+@pytest.mark.parametrize("n_labeled,n_unlabeled,first,second", [
+    (4, 4, [0, 1], [2, 3]), (5, 4, [0, 1], [2, 3]), (3, 3, [0], [1]), (2, 2, [0], [1]), (1, 1, [0], [0]),
+    (3, 1, [0], [0]),
+])
+def test_split_pairs_halves_for_the_two_directions(n_labeled, n_unlabeled, first, second):
+    a, b = split_pairs(n_labeled, n_unlabeled)
+    x = torch.arange(n_labeled)
+    assert x[a].tolist() == first and x[b].tolist() == second

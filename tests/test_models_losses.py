@@ -119,3 +119,59 @@ def test_distance_loss_weighted_mean_with_a_light_weight_map():
     expected = (cost[0, 2:4, 2:5]).mean()
     assert distance_loss(logits, phi, weight).item() == pytest.approx(expected.item(), rel=1e-5)
     assert distance_loss(logits, phi).item() == pytest.approx(cost.mean().item(), rel=1e-6)
+
+
+def _by_hand_dice(probs, onehot, w, dims):
+    inter = (w * probs * onehot).sum(dims)
+    denom = (w * probs).sum(dims) + (w * onehot).sum(dims)
+    return inter, denom
+
+
+def test_losses_by_hand_with_weights_and_an_absent_class():
+    import torch.nn.functional as F
+
+    from bfaseg.losses import masked_ce, masked_dice_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, 6, generator=g)
+    target = torch.randint(0, 3, (3, 5, 6), generator=g)  # class 3 absent from the target
+    weight = torch.rand(3, 5, 6, generator=g)
+    probs = torch.softmax(logits, 1)
+    onehot = F.one_hot(target, 4).movedim(-1, 1).float()
+    ce = F.cross_entropy(logits, target, reduction="none")
+
+    assert weighted_ce(logits, target, weight).item() == pytest.approx(((ce * weight).sum() / weight.sum()).item(), rel=1e-6)
+    light = weight * 1e-3  # a total weight below 1: divided by it, not by a clamp
+    assert weighted_ce(logits, target, light).item() == pytest.approx(((ce * light).sum() / light.sum()).item(), rel=1e-6)
+    inter, denom = _by_hand_dice(probs, onehot, weight[:, None], (0, 2, 3))
+    dice = 1 - ((2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    assert soft_dice_loss(probs, target, weight).item() == pytest.approx(dice.item(), rel=1e-6)
+    assert dice_ce_loss(logits, target, weight).item() == pytest.approx(
+        0.5 * (weighted_ce(logits, target, weight) + soft_dice_loss(probs, target, weight)).item(), rel=1e-6)
+    assert dice_ce_loss(logits, target).item() == pytest.approx(
+        0.5 * (ce.mean() + soft_dice_loss(probs, target)).item(), rel=1e-6)
+
+    # a class absent from prediction and target scores Dice 1 (eps / eps), not 0 or -1
+    hard = onehot.clone()
+    assert soft_dice_loss(hard, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(hard, target, weight).item() == pytest.approx(0.0, abs=1e-6)
+
+    mask = (weight > 0.4).float()
+    for per_sample, squared in ((True, False), (False, True)):
+        dims = (2, 3) if per_sample else (0, 2, 3)
+        m = mask[:, None]
+        inter = (probs * onehot * m).sum(dims)
+        denom = ((probs * probs if squared else probs) * m).sum(dims) + (onehot * m).sum(dims)
+        want = 1 - ((2 * inter + 0.5) / (denom + 0.5)).mean()
+        got = masked_dice_loss(probs, target, mask, per_sample=per_sample, squared=squared, eps=0.5)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6), (per_sample, squared)
+    assert masked_dice_loss(onehot, target, mask, per_sample=True, squared=True, eps=1e-5).item() == pytest.approx(0.0, abs=1e-6)
+    assert masked_ce(logits, target, mask).item() == pytest.approx(((ce * mask).sum() / mask.sum()).item(), rel=1e-6)
+    assert masked_ce(logits, target, torch.zeros_like(mask)).item() == 0.0  # an empty region adds nothing
+
+
+def test_boundary_loss_of_an_empty_class_is_perfect_dice():
+    target = torch.zeros(1, 2, 4, 4)
+    target[0, 0, 1:3, 1:3] = 1  # class 2's boundary map is empty
+    logits = torch.where(target > 0, 30.0, -30.0)
+    assert boundary_loss(logits, target).item() == pytest.approx(0.0, abs=1e-6)
