@@ -352,3 +352,15 @@ def test_load_errors_name_the_file_and_the_first_lines_of_the_reason(supervised_
     with pytest.raises(BfasegError, match=r"^x\.pt: the checkpoint's config is not valid for this bfaseg "
                                           r"\(1 validation error for RunConfig\)$"):
         checkpoint_config({"config": {"model": {"name": "no-such-net"}}}, "x.pt")
+
+
+def test_a_load_error_shows_its_first_two_lines_only(supervised_ckpt, tmp_path):
+    def swap(s):
+        s["student"].pop("head.bias")
+        s["student"]["extra_key"] = torch.zeros(1)
+
+    swapped = _rewrite(supervised_ckpt, tmp_path / "s.pt", swap)
+    with pytest.raises(BfasegError) as err:
+        load_model_from_checkpoint(swapped)
+    assert str(err.value) == (f"{swapped}: the weights do not fit the model in its config (Error(s) in loading "
+                              'state_dict for UNet2D: Missing key(s) in state_dict: "head.bias".)')

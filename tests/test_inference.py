@@ -567,3 +567,28 @@ def test_probs_to_labels_takes_numpy_and_up_to_256_classes():
     assert probs_to_labels(probs).tolist() == [255, 3] and probs_to_labels(torch.from_numpy(probs)).dtype == np.uint8
     with pytest.raises(ValueError, match=r"^257 classes do not fit a uint8 label map$"):
         probs_to_labels(np.zeros((257, 2), np.float32))
+
+
+def test_predict_slices_inputs_and_defaults():
+    net = _conv_net(2)
+    vol = _smooth_volume(9, (20, 12, 10)).astype(np.float64)  # float64 in: the conv net needs float32
+    counting = _Counting(net)
+    labels, probs = predict_slices(vol, counting, (8, 8), return_probs=True)
+    assert counting.calls == [16, 4]  # sixteen slices per pass by default
+    tensor_labels, tensor_probs = predict_slices(torch.from_numpy(vol), net, (8, 8), return_probs=True)
+    assert np.array_equal(tensor_labels, labels) and torch.equal(tensor_probs, probs)
+    same, same_probs = predict_slices(vol, net, None, image_resize="bilinear", return_probs=True)  # no resizing
+    x = torch.from_numpy(vol.astype(np.float32))[:, None]
+    assert torch.allclose(same_probs, torch.softmax(net(x), 1).transpose(0, 1), atol=1e-6)
+    assert np.array_equal(same, predict_slices(vol, net, None)[0])
+    thin, _ = predict_slices(vol[:2], _Banded(3), (1, 8))  # a one-pixel-high input is still an input
+    assert thin.shape == (2, 12, 10)
+
+
+def test_autocast_context_checks_the_precision_itself():
+    from bfaseg.inference.sliding_window import autocast_context
+
+    with pytest.raises(BfasegError, match=r"^precision must be one of \('fp32', 'bf16'\), got 'fp16'$"):
+        autocast_context("fp16", torch.device("cpu"))
+    with autocast_context("bf16", torch.device("cpu")):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")

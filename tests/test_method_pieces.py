@@ -671,3 +671,40 @@ def test_split_pairs_halves_for_the_two_directions(n_labeled, n_unlabeled, first
     a, b = split_pairs(n_labeled, n_unlabeled)
     x = torch.arange(n_labeled)
     assert x[a].tolist() == first and x[b].tolist() == second
+
+
+def test_ramps_and_fractions_at_their_edges(tmp_path):
+    assert sigmoid_rampup(0, 1) == pytest.approx(math.exp(-5)) and sigmoid_rampup(1, 1) == 1.0
+    assert sigmoid_rampup(3, 0) == 1.0 and sigmoid_rampup(-2, 4) == pytest.approx(math.exp(-5))
+    m = _trainer(tmp_path, "bcp", pretrain=0.0, pseudo_rampup=0.0, pseudo_weight=0.6).method  # 10 iterations
+    assert m.fraction_to_iterations(1.0) == 10 and m.fraction_to_iterations(0.25) == 2  # round(2.5) = 2
+    assert m.fraction_to_iterations(2) == 2 and m.fraction_to_iterations(0) == 0  # > 1: an iteration count
+    assert m.pretrain_iterations == 0 and not m.in_pretrain(0)
+    assert m.pseudo_weight(0) == pytest.approx(0.6)  # no ramp: the full weight at once
+
+
+def test_mean_teacher_weight_changes_every_rampup_step(tmp_path):
+    smooth = _trainer(tmp_path / "a", "mean_teacher", consistency=2.0, rampup=1.0, rampup_step=1).method
+    assert [smooth.consistency_weight(i) for i in (0, 3, 7, 10)] == pytest.approx(
+        [2.0 * sigmoid_rampup(i, 10) for i in (0, 3, 7, 10)])
+    stepped = _trainer(tmp_path / "b", "mean_teacher", consistency=2.0, rampup=1.0, rampup_step=4).method
+    assert [stepped.consistency_weight(i) for i in (0, 3, 4, 7, 8, 9)] == pytest.approx(
+        [2.0 * sigmoid_rampup(i, 10) for i in (0, 0, 4, 4, 8, 8)])
+
+
+def test_noisy_adds_clipped_noise_from_the_global_generator():
+    x = torch.linspace(-1, 1, 1000)
+    torch.manual_seed(3)
+    got = noisy(x, 0.3, 0.4)
+    torch.manual_seed(3)
+    assert torch.equal(got, x + torch.clamp(torch.randn_like(x) * 0.3, -0.4, 0.4))
+
+
+def test_bfa_boundary_thickness_and_fuse_reach_the_network(tmp_path):
+    label = torch.zeros(1, H, W, dtype=torch.long)
+    label[0, 8:20, 8:20] = 1
+    thick = _trainer(tmp_path / "t", "bfa", boundary_thickness=2, boundary_fuse=False)
+    assert torch.equal(thick.method.boundaries(label), class_boundaries(label, K, 2))
+    assert class_boundaries(label, K, 2).sum() > class_boundaries(label, K, 1).sum()
+    assert thick.student.boundary_head.fuse is None
+    assert _trainer(tmp_path / "f", "bfa").student.boundary_head.fuse is not None

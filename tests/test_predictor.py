@@ -106,6 +106,9 @@ def test_3d_fast_mode_takes_overlap_and_batch_from_eval_unless_given():
     assert not torch.equal(strided[1], probs)
     with pytest.raises(ValueError, match=r"^the model produced 3 classes, expected num_classes=2$"):
         predict_array(net, _cfg(3, classes=2), vol, ndim=3, forward=net)
+    bf16 = predict_array(net, cfg, vol, ndim=3, precision="bf16", return_probs=True, forward=net)
+    want = predict_volume(vol, net, (8, 8, 8), overlap=0.25, batch_size=3, precision="bf16", return_probs=True)
+    assert torch.equal(bf16[1], want[1]) and not torch.equal(bf16[1], probs)
 
 
 def test_3d_paper_mode_uses_the_paper_stride_one_window_per_pass():

@@ -89,7 +89,7 @@ def predict_array(
         if single:
             image = image[None]
         labels, probs = predict_slices(
-            image, fwd, input_size=patch, batch_size=16, precision=precision, device=device,
+            image, fwd, input_size=patch, precision=precision, device=device,  # 16 slices per pass
             return_probs=return_probs, num_classes=cfg.model.num_classes,
         )
         settings.update(mode="slice-wise", requested_mode=mode)

@@ -83,7 +83,7 @@ def sigmoid_rampup(iteration: int, length: int) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
-def noisy(x: torch.Tensor, sigma: float = 0.1, clip: float = 0.2) -> torch.Tensor:
+def noisy(x: torch.Tensor, sigma: float, clip: float) -> torch.Tensor:
     """The teacher-input noise of the reference code: N(0, sigma) clipped to +-clip."""
     return x + torch.clamp(torch.randn_like(x) * sigma, -clip, clip)
 

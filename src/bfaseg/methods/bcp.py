@@ -57,7 +57,7 @@ class BCP(Method):
 
     def __init__(self, params, trainer):
         super().__init__(params, trainer)
-        self.pretrain_iterations = self.fraction_to_iterations(params.pretrain) if params.pretrain > 0 else 0
+        self.pretrain_iterations = self.fraction_to_iterations(params.pretrain)
 
     @classmethod
     def images_per_step(cls, params, batch_labeled, batch_unlabeled):
@@ -82,7 +82,7 @@ class BCP(Method):
         return iteration < self.pretrain_iterations
 
     def pseudo_weight(self, iteration: int) -> float:
-        ramp = self.fraction_to_iterations(self.p.pseudo_rampup) if self.p.pseudo_rampup > 0 else 0
+        ramp = self.fraction_to_iterations(self.p.pseudo_rampup)
         return self.p.pseudo_weight * sigmoid_rampup(iteration - self.pretrain_iterations, ramp)
 
     @torch.no_grad()

@@ -42,7 +42,7 @@ def class_boundaries(label: torch.Tensor, num_classes: int, thickness: int = 1) 
     onehot = F.one_hot(label.long(), num_classes).movedim(-1, 1).float()[:, 1:]
     dilated = _max_pool(onehot, thickness)
     eroded = -_max_pool(-onehot, thickness)
-    return (dilated - eroded).clamp_(0, 1)
+    return dilated - eroded  # in {0, 1}: the dilation is >= the map >= the erosion
 
 
 def downsample_boundaries(boundary: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -60,7 +60,7 @@ def downsample_weights(weight: torch.Tensor, size: tuple[int, ...]) -> torch.Ten
     return pool(weight.unsqueeze(1), size).squeeze(1)
 
 
-def remove_small_components(label: torch.Tensor, num_classes: int, min_fraction: float = 0.1) -> torch.Tensor:
+def remove_small_components(label: torch.Tensor, num_classes: int, min_fraction: float) -> torch.Tensor:
     """Drop connected components smaller than ``min_fraction`` of the class's largest one.
 
     Runs per sample on the CPU (pseudo-labels are small); the rest stays on device. Components
