@@ -215,7 +215,7 @@ def test_boundary_targets_have_no_band_on_the_paste_seam(tmp_path, monkeypatch):
 def test_training_step_feeds_the_premixed_boundaries_to_head_and_alignment(tmp_path, monkeypatch):
     t = _trainer(tmp_path, "bfa", pretrain=0.0, supervised_weight=0.5, min_boundary_voxels=1)
     t.copy_student_to_teacher()
-    box = _box(2, slice(8, 29), slice(0, 21))
+    box = _box(2, slice(8, 30), slice(0, 21))  # rows 28-29 fill half a pooled cell: origin ties at 0.5
     monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
     monkeypatch.setattr(t.method, "pseudo_labels", _fake_pseudo_labels)
     calls, aligned = [], []
@@ -236,6 +236,7 @@ def test_training_step_feeds_the_premixed_boundaries_to_head_and_alignment(tmp_p
     kept = downsample_weights(keep_full, size)
     # the pseudo term sees only (confident) pseudo-label regions, the GT term only ground truth
     assert torch.equal(w_gt, (o > 0.5).float()) and torch.equal(w_ps, ((o <= 0.5) & (kept > 0.5)).float())
+    assert (o == 0.5).any()  # a tie belongs to the pseudo-label side
     assert 0 < w_ps.sum() < w_ps.numel() and 0 < w_gt.sum()
     feats, b, g, keep = aligned[0]
     assert torch.equal(b, full) and torch.equal(g, origin)
@@ -423,7 +424,7 @@ def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
 @pytest.mark.parametrize("supervised_weight", [0.0, 0.5])
 def test_bfa_loss_is_its_logged_terms_with_their_weights_and_ramps(tmp_path, monkeypatch, supervised_weight):
     # every ramp part-way up at iteration 2 of 10, so a ramp used wrongly changes the sum
-    t = _trainer(tmp_path, "bfa", pretrain=0.0, supervised_weight=supervised_weight, lambda_distance=0.3,
+    t = _trainer(tmp_path, "bfa", pretrain=0.1, supervised_weight=supervised_weight, lambda_distance=0.3,
                  distance_scale=4.0, distance_rampup=0.6, boundary_rampup=0.5, align_rampup=0.8, pseudo_rampup=0.7,
                  min_boundary_voxels=1)
     t.copy_student_to_teacher()
@@ -441,6 +442,7 @@ def test_bfa_loss_is_its_logged_terms_with_their_weights_and_ramps(tmp_path, mon
         assert 0.01 < value < 1
         return value
 
+    assert m.pretrain_iterations == 1  # the alignment ramp counts from the end of pre-training
     expected = (logs["seg"] + supervised_weight * logs.get("sup", 0.0)
                 + p.lambda_distance * ramp(p.distance_rampup) * logs["distance"]
                 + p.lambda_boundary * ramp(p.boundary_rampup) * (logs["boundary_gt"]
@@ -708,3 +710,69 @@ def test_bfa_boundary_thickness_and_fuse_reach_the_network(tmp_path):
     assert class_boundaries(label, K, 2).sum() > class_boundaries(label, K, 1).sum()
     assert thick.student.boundary_head.fuse is None
     assert _trainer(tmp_path / "f", "bfa").student.boundary_head.fuse is not None
+
+
+def test_prototypes_are_exact_masked_means_even_under_autocast(tmp_path):
+    m = _trainer(tmp_path, "bfa").method
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(2, 5, 4, 4, generator=g) * 10 + 100  # large values: a bf16 sum would be far off
+    masks = torch.zeros(2, 2, 4, 4)
+    masks[0, 0, 1, 1] = 1  # class 1: a single voxel
+    masks[:, 1, 2:, :] = 1  # class 2: 16 voxels over both samples
+    want1 = feats[0, :, 1, 1].double()
+    want2 = feats[:, :, 2:, :].double().mean((0, 2, 3))
+    for context in (torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False)):
+        with context:
+            protos, counts = m.prototypes(feats, masks)
+        assert counts.tolist() == [1.0, 16.0] and protos.dtype == torch.float32
+        assert torch.allclose(protos.double(), torch.stack([want1, want2]), rtol=1e-6, atol=0)
+
+
+def test_alignment_ties_go_to_the_pseudo_side_and_the_memory_updates_at_the_minimum(tmp_path, monkeypatch):
+    m = _trainer(tmp_path, "bfa", min_boundary_voxels=1).method
+    seen = []
+    orig = m.prototypes
+    monkeypatch.setattr(m, "prototypes", lambda f, masks: seen.append(masks) or orig(f, masks))
+    boundary = torch.zeros(1, 2, 4, 4)
+    boundary[:, 0] = 1  # class 1 boundary everywhere
+    origin = torch.zeros(1, 4, 4)
+    origin[0, :2, :2] = 1  # pooled to 2x2: GT cell (0, 0) ...
+    origin[0, :2, 2] = 1  # ... cell (0, 1) half GT: a tie
+    keep = torch.ones(1, 4, 4)
+    keep[0, 2:, 2] = 0  # pooled cell (1, 1) half kept: a tie
+    m.alignment_loss(torch.rand(1, 3, 2, 2), boundary, origin, keep)
+    gt_mask, ps_mask = seen[0][0, 0], seen[1][0, 0]
+    assert gt_mask.tolist() == [[1, 0], [0, 0]]  # origin > 0.5 only
+    assert ps_mask.tolist() == [[0, 1], [1, 0]]  # origin <= 0.5 and kept > 0.5
+
+    t = _trainer(tmp_path / "memory", "bfa", align_target="memory", memory_momentum=0.5, min_boundary_voxels=8)
+    feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()  # class 1: 8 GT voxels, the minimum
+    t.method.alignment_loss(feats, boundary, origin, keep)
+    feats2 = feats.clone()
+    feats2[:, :, 0, 0:4] = torch.tensor([0.0, 1.0, 0.0])[:, None]
+    t.method.alignment_loss(feats2, boundary, origin, keep)
+    assert torch.allclose(t.method.memory[0], 0.5 * g1 + 0.5 * torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_mixed_boundaries_paste_each_sources_own_label_boundaries(tmp_path):
+    m = _trainer(tmp_path, "bfa").method
+    a = torch.zeros(2, H, W, dtype=torch.long)
+    a[:, 2:10, 2:10] = 1  # outside the box
+    b = torch.zeros(2, H, W, dtype=torch.long)
+    b[:, 14:20, 14:20] = 2  # inside the box
+    box = _box(2, slice(12, 24), slice(12, 24))
+    img, weight = torch.zeros(2, 1, H, W), torch.full((2, H, W), 0.7)
+    mix = {"sources": [((img, a, weight, True), (img, b, weight, False))], "box": box}
+    want = paste(class_boundaries(a, K), class_boundaries(b, K), box)
+    assert torch.equal(m.mixed_boundaries(mix), want) and want[:, 0].sum() > 0 and want[:, 1].sum() > 0
+
+
+def test_align_stage_picks_the_aligned_features(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bfa", pretrain=0.0, align_stage=2, min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    monkeypatch.setattr(t.method, "pseudo_labels", _fake_pseudo_labels)
+    aligned = []
+    orig = t.method.alignment_loss
+    monkeypatch.setattr(t.method, "alignment_loss", lambda *a: aligned.append(a) or orig(*a))
+    t.method.training_step(_batch(), 6)
+    assert aligned[0][0].shape[2:] == (16, 16)  # stage 2 of the 2-D U-Net: half resolution (the head's stage 1: 8x8)
