@@ -776,3 +776,53 @@ def test_align_stage_picks_the_aligned_features(tmp_path, monkeypatch):
     monkeypatch.setattr(t.method, "alignment_loss", lambda *a: aligned.append(a) or orig(*a))
     t.method.training_step(_batch(), 6)
     assert aligned[0][0].shape[2:] == (16, 16)  # stage 2 of the 2-D U-Net: half resolution (the head's stage 1: 8x8)
+
+
+def test_check_method_params_names_the_source_of_an_unknown_method():
+    raw = {**tiny_config(), "method": {"name": "nope"}}
+    with pytest.raises(BfasegError, match=r"^run\.yaml: method\.name: unknown method 'nope'"):
+        check_method_params(RunConfig.model_validate(raw), "run.yaml")
+
+
+@pytest.mark.parametrize("mode,calls", [("eval", [4]), ("train", [2, 2])])
+def test_pseudo_labels_one_pass_in_eval_mode_one_per_half_in_train_mode(tmp_path, monkeypatch, mode, calls):
+    t = _trainer(tmp_path, "bcp", pretrain=0.0, train={"teacher_mode": mode})
+    t.copy_student_to_teacher()
+    seen = []
+    monkeypatch.setattr(t.method, "pseudo_labels", lambda x: seen.append(x.shape[0]) or _fake_pseudo_labels(x))
+    t.method.mixed_batch(_batch(), 3)
+    assert seen == calls
+
+
+def test_mixed_batch_pairs_follow_the_smaller_stream_after_pretraining(tmp_path, monkeypatch):
+    t = _trainer(tmp_path, "bcp", pretrain=0.5)  # 5 of 10 iterations
+    t.copy_student_to_teacher()
+    monkeypatch.setattr(t.method, "pseudo_labels", _fake_pseudo_labels)
+    batch = _batch(n=4)
+    batch["image_u"] = batch["image_u"][:2]  # two unlabeled images: one pair after pre-training
+    assert t.method.mixed_batch(batch, 2)["image"].shape[0] == 2  # pre-training: 4 labeled images, pairs of 2
+    assert t.method.mixed_batch(batch, 7)["image"].shape[0] == 2  # two directions of one image each
+    batch["image_l"], batch["label_l"] = batch["image_l"][:2], batch["label_l"][:2]
+    batch["image_u"] = _batch(n=4)["image_u"]
+    assert t.method.mixed_batch(batch, 2)["image"].shape[0] == 1  # pre-training uses the labeled count only
+
+
+def test_pseudo_label_regions_keep_only_confident_voxels(tmp_path):
+    m = _trainer(tmp_path, "bcp", pretrain=0.0, pseudo_rampup=0.0, pseudo_weight=0.5).method
+    box = _box(1, slice(0, 16), slice(0, 32))
+    one = torch.ones(1, H, W)
+    weight = torch.full((1, H, W), 0.5)
+    weight[0, 4, 4] = weight[0, 20, 20] = 0.0  # two unconfident voxels, one on each side
+    gt = (None, None, one, True)
+    pseudo = (None, None, weight, False)
+    (outer_mask, outer_w), (inner_mask, inner_w) = m.loss_regions(gt, pseudo, box, 3)
+    assert torch.equal(outer_mask, 1 - box) and outer_w == 1.0
+    assert torch.equal(inner_mask, box * (weight > 0)) and inner_w == pytest.approx(0.5)
+    assert inner_mask[0, 4, 4] == 0 and inner_mask.sum() == 16 * 32 - 1
+
+
+def test_boundaries_along_an_axis_of_two_voxels():
+    label = torch.zeros(1, 2, 6, dtype=torch.long)
+    label[0, 0] = 1  # the first row is class 1: the boundary runs between the two rows
+    b = class_boundaries(label, 2)
+    assert b[0, 0].tolist() == [[1.0] * 6, [1.0] * 6]
