@@ -2,7 +2,8 @@
 # Mutation score of the methods and the numerics around them (config: [tool.mutmut] in pyproject.toml).
 #   benchmarks/mutation.sh                      # every configured module (methods, ema, losses, inference)
 #   benchmarks/mutation.sh 'bfaseg.methods.*'   # only mutants whose name matches (mutmut's glob)
-# One worker (the CPU is shared); results are cached in mutants/ and a rerun only tests what changed.
+# One worker by default (the CPU is often shared; MUTMUT_CHILDREN=2 uses two); results are cached in mutants/
+# and a rerun only tests what changed (or the mutants named on the command line).
 # Prints killed / survived / other per module and the score = killed / (all - equivalent), where the
 # equivalent mutants are the names listed in benchmarks/mutation_equivalent.txt (reasons in docs/MUTATION.md).
 set -euo pipefail
