@@ -31,7 +31,7 @@ M = [
  ("one mixing direction twice", "methods/bcp.py", "pieces = [(lab_a, unl_a), (unl_b, lab_b)]", "pieces = [(lab_a, unl_a), (lab_b, unl_b)]"),
  ("pseudo weight 0", "methods/bcp.py", "return self.p.pseudo_weight * sigmoid_rampup(", "return 0.0 * sigmoid_rampup("),
  ("UA-MT mask inverted", "methods/ua_mt.py", "(entropy < self.threshold(iteration))", "(entropy > self.threshold(iteration))"),
- ("noise on the student", "methods/mean_teacher.py", "logits = self.student(torch.cat([x_l, x_u]))", "logits = self.student(torch.cat([x_l, noisy(x_u)]))"),
+ ("noise on the student", "methods/mean_teacher.py", "logits = self.student(torch.cat([x_l, x_u]))", "logits = self.student(torch.cat([x_l, noisy(x_u, self.p.noise_sigma, self.p.noise_clip)]))"),
  ("Gaussian sigma 1/4", "inference/sliding_window.py", "sigma_scale: float = 1.0 / 8.0", "sigma_scale: float = 1.0 / 4.0"),
  ("memory not resumed", "methods/bfa.py", "self.memory = state.get(\"memory\")", "pass"),
  ("memory momentum reversed", "methods/bfa.py", "self.p.memory_momentum * self.memory + (1 - self.p.memory_momentum) * current", "(1 - self.p.memory_momentum) * self.memory + self.p.memory_momentum * current"),
