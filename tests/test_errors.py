@@ -344,7 +344,8 @@ def _checkpoint_of(**train) -> bytes:
 
     cfg = validate_config(cfg_with(SYNTH, "train", **train)).model_dump()
     buf = io.BytesIO()
-    torch.save({"schema": 1, "student": {}, "iteration": 2, "config": cfg}, buf)
+    state = {"schema": 1, "student": {}, "iteration": 2, "config": cfg}
+    torch.save({**state, "content_hash": ckpt.content_hash(state)}, buf)  # as save_checkpoint writes it
     return buf.getvalue()
 
 

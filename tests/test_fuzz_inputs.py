@@ -194,6 +194,53 @@ def test_predict_mutated_h5(mutation, checkpoint, tmp_path, capsys):
     assert (code == 0) == (mutation == "ok")
 
 
+# --------------------------------------------------------------------------- issue 30: the six kinds
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_kind1_checkpoint_damaged_in_place_at_a_random_spot(n, checkpoint, tmp_path, capsys):
+    """Kind 1, damaged files: a few bytes of any stored tensor changed in place (zip CRCs no longer match)."""
+    import zipfile
+
+    rng = random.Random(SEED * 100 + n)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(checkpoint.read_bytes())
+    with zipfile.ZipFile(damaged) as z:
+        info = rng.choice([i for i in z.infolist() if "/data/" in i.filename])
+    with open(damaged, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        lengths = f.read(4)
+        start = info.header_offset + 30 + int.from_bytes(lengths[:2], "little") + int.from_bytes(lengths[2:], "little")
+        at = start + rng.randrange(info.file_size)
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ rng.randrange(1, 256)]))
+    src = tmp_path / "in"
+    src.mkdir()
+    _h5(src / "case1.h5", image=IMAGE, label=LABEL)
+    out = tmp_path / "out"
+    assert run_checked(["predict", "--checkpoint", str(damaged), "--input", str(src), "--output", str(out),
+                        "--no-progress", "--device", "cpu"], out, capsys) == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128", "rgb"])
+def test_kind1_nifti_image_that_is_not_real_numbers(dtype, checkpoint, tmp_path, capsys):
+    import nibabel as nib
+
+    src = tmp_path / "in"
+    src.mkdir()
+    if dtype == "rgb":
+        arr = np.zeros((32, 32, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    else:
+        arr = (IMAGE.transpose(1, 2, 0) * (1 + 1j)).astype(dtype)
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(src / "x_0000.nii.gz"))
+    out = tmp_path / "out"
+    assert run_checked(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out),
+                        "--no-progress", "--device", "cpu"], out, capsys) == 2
+
+
 @pytest.mark.parametrize("output", ["file", "file_parent"])
 @pytest.mark.parametrize("command", ["predict", "report", "experiment", "train"])
 def test_bad_output_is_one_line_before_any_work(command, output, checkpoint, tmp_path, capsys):

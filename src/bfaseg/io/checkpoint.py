@@ -4,10 +4,19 @@ A checkpoint holds only tensors and plain Python values (dict, list, tuple, str,
 int, float, bool, None), so it loads with ``torch.load(weights_only=True)``: a
 file crafted to run code on unpickling is refused instead of executed. No type
 beyond PyTorch's default allow-list is needed; numpy RNG state is stored as lists.
+
+Every checkpoint carries ``content_hash``, a BLAKE2b digest of everything else in it
+(each tensor's dtype, shape and bytes, every plain value, keys in sorted order) computed
+at save time and checked at load time: a file whose stored weights were changed in place
+(torch.load does not check the zip CRCs) is refused as damaged instead of predicting
+other masks. Checkpoints written before the hash existed still load; their zip CRCs are
+checked instead, and one line says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import pickle
 import random
 import zipfile
@@ -22,6 +31,10 @@ from bfaseg.errors import BfasegError
 from bfaseg.io.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
+HASH_KEY = "content_hash"
+_HASH_ALGORITHM = "blake2b"
+log = logging.getLogger(__name__)
+_said_unhashed: set[str] = set()
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,8 +57,37 @@ def _to_tuple(x):
     return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
 
 
+def content_hash(state: dict[str, Any]) -> str:
+    """``"blake2b:<hex>"`` over every value of ``state`` but its own ``content_hash``: tensors by dtype,
+    shape and bytes, plain values by type and repr, dict keys in sorted order. Deterministic, one pass."""
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, {k: v for k, v in state.items() if k != HASH_KEY})
+    return f"{_HASH_ALGORITHM}:{h.hexdigest()}"
+
+
+def _feed(h, value: Any) -> None:
+    if torch.is_tensor(value):
+        t = value.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            _feed(h, key)
+            _feed(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}".encode())
+        for item in value:
+            _feed(h, item)
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    state = {"schema": SCHEMA_VERSION, "bfaseg_version": __version__, **state}
+    state = {"schema": SCHEMA_VERSION, "bfaseg_version": __version__,
+             **{k: v for k, v in state.items() if k != HASH_KEY}}
+    state[HASH_KEY] = content_hash(state)
     atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
 
 
@@ -77,7 +119,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise BfasegError(f"{path}: not a bfaseg checkpoint (no 'student' weights)")
     if state.get("schema", 0) > SCHEMA_VERSION:
         raise BfasegError(f"{path}: checkpoint schema {state['schema']} is newer than this bfaseg supports")
+    _check_content(path, state)
     return state
+
+
+def _check_content(path: Path, state: dict[str, Any]) -> None:
+    """The stored content hash against the loaded values; without one (older files), the zip CRCs."""
+    stored = state.get(HASH_KEY)
+    if stored is None:
+        if zipfile.is_zipfile(path):
+            try:
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                bad = f"({exc})"
+            if bad is not None:
+                raise BfasegError(f"{path}: damaged: the stored bytes of {bad} no longer match their zip checksum; "
+                                  "use another checkpoint")
+        key = str(path.resolve())
+        if key not in _said_unhashed:
+            _said_unhashed.add(key)
+            log.warning(f"{path}: written by an older bfaseg without a content hash; "
+                        "its zip checksums were checked instead (re-save it to add one)")
+        return
+    if not isinstance(stored, str) or content_hash(state) != stored:
+        raise BfasegError(f"{path}: damaged: its tensors or values no longer match the content hash written "
+                          "when it was saved (changed in place or corrupted on disk); use another checkpoint")
 
 
 def _check_container(path: Path) -> None:

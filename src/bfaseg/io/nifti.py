@@ -23,6 +23,7 @@ CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 __all__ = [
     "NIFTI_SUFFIXES",
     "case_id_from_path",
+    "check_real_dtype",
     "find_nifti",
     "is_nifti",
     "load_nifti",
@@ -88,11 +89,22 @@ def load_nifti(path: Path):
                           "(multi-channel images are not supported; use one file per case)")
     if len(shape) != 3:
         raise BfasegError(f"{path}: expected a 3-D volume, got a {len(shape)}-D array of shape {shape}")
+    if 0 in shape:
+        raise BfasegError(f"{path}: the volume is empty (shape {shape})")
+    check_real_dtype(img.get_data_dtype(), path)
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise BfasegError(f"{path}: the affine is singular or not finite (voxel size 0 or axes collinear); "
                           "fix the header (qform/sform)")
     return img
+
+
+def check_real_dtype(dtype, path) -> None:
+    """Voxels must be real numbers: a complex (or RGB, structured) volume would lose its imaginary part
+    (or channels) when read as float, with only a numpy warning."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise BfasegError(f"{path}: voxels must be real numbers, got dtype {dtype}")
 
 
 def read_nifti_array(img, path: Path, *, as_label: bool) -> np.ndarray:
