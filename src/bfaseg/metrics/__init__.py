@@ -4,8 +4,9 @@ Public API::
 
     compute(pred, gt, spacing=None, classes=None, policy="strict") -> dict
     compute_case(pred, gt, spacing=None, classes=None, policy="strict") -> dict  # + status
+    compute_overlap(pred, gt, classes=None, policy="strict") -> dict  # Dice, Jaccard, status only (fast)
     binary_metrics(pred_bool, gt_bool, spacing=None, policy="strict") -> dict
-    aggregate(list_of_results) -> dict   # mean/std per metric (and class), n_failed
+    aggregate(list_of_results, metrics=METRICS) -> dict   # mean/std per metric (and class), n_failed
     surface_distances(pred_bool, gt_bool, spacing=None) -> (pred_to_gt, gt_to_pred)
 
 Empty-mask policies: ``"strict"`` (default), ``"worst"``, ``"paper"``; see
@@ -23,6 +24,7 @@ from bfaseg.metrics.core import (
     binary_metrics,
     compute,
     compute_case,
+    compute_overlap,
     image_diagonal,
 )
 from bfaseg.metrics.surface import distance_metrics, mask_surface, surface_distances
@@ -37,6 +39,7 @@ __all__ = [
     "binary_metrics",
     "compute",
     "compute_case",
+    "compute_overlap",
     "distance_metrics",
     "image_diagonal",
     "mask_surface",

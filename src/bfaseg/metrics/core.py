@@ -97,33 +97,46 @@ def binary_metrics(pred, gt, spacing=None, policy: str = "strict", method: str =
     pred = pred.astype(bool, copy=False)
     gt = gt.astype(bool, copy=False)
     spacing = as_spacing(spacing, max(pred.ndim, 1))
+    n_pred, n_gt, inter, status = _mask_counts(pred, gt)
+    out = _overlap(n_pred, n_gt, inter, status, policy, empty_class)
+    if status == OK:
+        out.update(distance_metrics(*surface_distances(pred, gt, spacing, method=method)))
+    elif status == BOTH_EMPTY and empty_class == "nan":
+        out.update({k: math.nan for k in DISTANCES})
+    elif policy == "paper" and not n_pred:
+        # The reference code: ``if pred.sum() > 0: ... else: return 0, 0, 0, 0``.
+        out.update({k: 0.0 for k in DISTANCES})
+    elif status == BOTH_EMPTY:
+        out.update({k: 0.0 for k in DISTANCES})
+    else:
+        worst = image_diagonal(pred.shape, spacing) if policy == "worst" else math.nan
+        out.update({k: worst for k in DISTANCES})
+    out["status"] = status
+    return out
+
+
+def _mask_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, str]:
+    """``(|P|, |G|, |P & G|, status)`` of two boolean masks."""
     n_pred = int(np.count_nonzero(pred))
     n_gt = int(np.count_nonzero(gt))
-
     if n_pred and n_gt:
-        inter = int(np.count_nonzero(pred & gt))
-        out = {
-            "dice": 2.0 * inter / float(n_pred + n_gt),
-            "jaccard": inter / float(n_pred + n_gt - inter),
-        }
-        out.update(distance_metrics(*surface_distances(pred, gt, spacing, method=method)))
-        out["status"] = OK
-        return out
-
+        return n_pred, n_gt, int(np.count_nonzero(pred & gt)), OK
     if not n_pred and not n_gt:
-        status = BOTH_EMPTY
-    else:
-        status = PRED_EMPTY if not n_pred else GT_EMPTY
+        return 0, 0, 0, BOTH_EMPTY
+    return n_pred, n_gt, 0, PRED_EMPTY if not n_pred else GT_EMPTY
 
+
+def _overlap(n_pred: int, n_gt: int, inter: int, status: str, policy: str, empty_class: str) -> dict:
+    """``{"dice", "jaccard"}`` from the counts under the two policies: the one place they are scored."""
+    if status == OK:
+        return {"dice": 2.0 * inter / float(n_pred + n_gt), "jaccard": inter / float(n_pred + n_gt - inter)}
     if status == BOTH_EMPTY and empty_class == "nan":
-        return {**{k: math.nan for k in METRICS}, "status": status}
+        return {"dice": math.nan, "jaccard": math.nan}
     if policy == "paper" and not n_pred:
-        # The reference code: ``if pred.sum() > 0: ... else: return 0, 0, 0, 0``.
-        return {**{k: 0.0 for k in METRICS}, "status": status}
+        return {"dice": 0.0, "jaccard": 0.0}
     if status == BOTH_EMPTY:
-        return {"dice": 1.0, "jaccard": 1.0, **{k: 0.0 for k in DISTANCES}, "status": status}
-    worst = image_diagonal(pred.shape, spacing) if policy == "worst" else math.nan
-    return {"dice": 0.0, "jaccard": 0.0, **{k: worst for k in DISTANCES}, "status": status}
+        return {"dice": 1.0, "jaccard": 1.0}
+    return {"dice": 0.0, "jaccard": 0.0}
 
 
 def _label_classes(pred: np.ndarray, gt: np.ndarray, classes) -> list[int] | None:
@@ -151,6 +164,16 @@ def _label_classes(pred: np.ndarray, gt: np.ndarray, classes) -> list[int] | Non
     return None if top <= 1 else list(range(1, top + 1))
 
 
+def _per_label(pred: np.ndarray, gt: np.ndarray, classes, score) -> dict:
+    """``score(pred, gt)`` of binary maps, else ``{key: {class: value}}`` of ``score`` per class."""
+    label_list = _label_classes(pred, gt, classes)
+    if label_list is None:
+        return score(pred, gt)
+    per_class = {c: score(pred == c, gt == c) for c in label_list}
+    keys = per_class[label_list[0]]
+    return {k: {c: r[k] for c, r in per_class.items()} for k in keys}
+
+
 def compute_case(pred, gt, spacing=None, classes=None, policy: str = "strict", method: str = "fast",
                  empty_class: str = "nan") -> dict:
     """:func:`compute` plus bookkeeping: ``status``, ``policy``, ``units``, ``spacing``.
@@ -163,18 +186,30 @@ def compute_case(pred, gt, spacing=None, classes=None, policy: str = "strict", m
     if pred.size == 0:
         raise ValueError("empty arrays (size 0)")
     spacing = as_spacing(spacing, pred.ndim)
-    label_list = _label_classes(pred, gt, classes)
-    if label_list is None:
-        out = binary_metrics(pred, gt, spacing, policy, method, empty_class)
-    else:
-        per_class = {c: binary_metrics(pred == c, gt == c, spacing, policy, method, empty_class)
-                     for c in label_list}
-        out = {k: {c: r[k] for c, r in per_class.items()} for k in (*METRICS, "status")}
+    out = _per_label(pred, gt, classes, lambda p, g: binary_metrics(p, g, spacing, policy, method, empty_class))
     out["policy"] = policy
     out["empty_class"] = empty_class
     out["units"] = "voxel" if spacing is None else "mm"
     out["spacing"] = None if spacing is None else [float(s) for s in spacing]
     return out
+
+
+def compute_overlap(pred, gt, classes=None, policy: str = "strict", empty_class: str = "nan") -> dict:
+    """Dice and Jaccard only, without surface distances: ``{"dice", "jaccard", "status", "policy",
+    "empty_class"}``, each value exactly as :func:`compute_case` gives it (same
+    arguments, same policies: a class empty in both maps is NaN by default). For callers that need
+    Dice fast, such as validation during training; aggregate a list of these with
+    ``aggregate(results, metrics=("dice", "jaccard"))``.
+    """
+    pred, gt = _checked_inputs(pred, gt, policy, empty_class)
+    if pred.size == 0:
+        raise ValueError("empty arrays (size 0)")
+
+    def score(p, g):
+        n_pred, n_gt, inter, status = _mask_counts(p.astype(bool, copy=False), g.astype(bool, copy=False))
+        return {**_overlap(n_pred, n_gt, inter, status, policy, empty_class), "status": status}
+
+    return {**_per_label(pred, gt, classes, score), "policy": policy, "empty_class": empty_class}
 
 
 def compute(pred, gt, spacing=None, classes=None, policy: str = "strict", empty_class: str = "nan") -> dict:
@@ -219,8 +254,9 @@ def _status_of(result: dict, cls=None) -> str:
     return GT_EMPTY if any(isinstance(v, float) and math.isnan(v) for v in values) else OK
 
 
-def aggregate(results: Iterable[dict]) -> dict:
-    """Mean and std over cases of results of :func:`compute` or :func:`compute_case`.
+def aggregate(results: Iterable[dict], metrics: Sequence[str] = METRICS) -> dict:
+    """Mean and std over cases of results of :func:`compute` or :func:`compute_case`
+    (or of :func:`compute_overlap` with ``metrics=("dice", "jaccard")``: the metrics to aggregate).
 
     NaN values (failed cases under ``"strict"``) are left out of the means; ``n``
     says how many values each mean has. Returns::
@@ -245,7 +281,7 @@ def aggregate(results: Iterable[dict]) -> dict:
 
     out: dict = {}
     if not per_class:
-        for k in METRICS:
+        for k in metrics:
             out[k] = _stats([r[k] for r in results])
         statuses = [_status_of(r) for r in results]
         out["n_cases"] = len(results)
@@ -254,7 +290,7 @@ def aggregate(results: Iterable[dict]) -> dict:
         return out
 
     classes = sorted({c for r in results for c in r["dice"]})
-    for k in METRICS:
+    for k in metrics:
         cls_stats = {c: _stats([r[k].get(c, math.nan) for r in results]) for c in classes}
         case_means = []
         for r in results:
