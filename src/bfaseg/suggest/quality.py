@@ -53,10 +53,11 @@ def case_record(scorer: Scorer, case_id: str, view: np.ndarray, labels: np.ndarr
         agree.pop("_teacher_labels")
         rec.update(agree)
     rec["quality_score"] = rec["teacher_dice"] if "teacher_dice" in rec else 1.0 - rec["mean_entropy"]
-    if truth is not None:
-        from bfaseg.metrics import binary_metrics
+    if truth is not None:  # the metrics' policy: a class absent from both is left out; NaN (null) if all are
+        from bfaseg.metrics import compute_overlap
 
-        rec["true_dice"] = float(np.mean([binary_metrics(s.labels == c, truth == c)["dice"] for c in range(1, k)]))
+        dice = [d for d in compute_overlap(s.labels, truth, classes=k - 1)["dice"].values() if not math.isnan(d)]
+        rec["true_dice"] = float(np.mean(dice)) if dice else math.nan
     return rec
 
 

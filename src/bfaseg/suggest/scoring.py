@@ -12,8 +12,9 @@ Strategies (``STRATEGIES``):
     mean mutual information between prediction and weights over ``T`` passes with the dropout
     layers sampling and BatchNorm in eval mode: ``H(mean p) - mean H(p)``, divided by ``log K``.
 ``disagreement``
-    ``1 - Dice`` between the student's and the teacher's label maps (mean over foreground
-    classes); the average symmetric surface distance between the two (voxels) is a component.
+    ``1 - Dice`` between the student's and the teacher's label maps (mean over the foreground
+    classes either predicts, 0 when neither predicts any: :func:`label_agreement`); the average
+    symmetric surface distance between the two (voxels) is a component.
 ``boundary``
     binary entropy (divided by ``log 2``) of the BFA boundary head's probability, averaged in a
     band of ``BAND`` voxels around the predicted contours.
@@ -203,16 +204,26 @@ class Scorer:
         return self.cfg.model_copy(update={"model": self.cfg.model.model_copy(update={"num_classes": 2})})
 
     def agreement(self, labels: np.ndarray, image: np.ndarray) -> dict[str, Any]:
-        """Teacher-student Dice (mean over foreground classes; both empty = 1) and ASSD (voxels; NaN when
-        one of them is empty), plus the teacher's labels under ``_teacher_labels``."""
-        from bfaseg.metrics import binary_metrics
-
+        """Teacher-student Dice and ASSD (:func:`label_agreement`), plus the teacher's labels under
+        ``_teacher_labels``."""
         t_labels, _ = self._predict(image, self.teacher_forward)
-        dice, assd = [], []
-        for c in range(1, self.num_classes):
-            m = binary_metrics(labels == c, t_labels == c)
+        dice, assd = label_agreement(labels, t_labels, self.num_classes)
+        return {"teacher_dice": dice, "teacher_assd": assd, "_teacher_labels": t_labels}
+
+
+def label_agreement(a: np.ndarray, b: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """``(Dice, ASSD)`` of two label maps over classes 1..K-1: the ASSD (voxels) over the classes both
+    hold (NaN when there is none), the Dice by :mod:`bfaseg.metrics` per class under its empty-class policy:
+    a class neither map holds is left out of the mean (a free 1 would dilute a disagreement on the others).
+    When neither holds any foreground the two agree completely: 1, not the metrics' NaN, because this
+    number ranks cases and sets the ``low_agreement`` percentile, where a NaN would sort anywhere."""
+    from bfaseg.metrics import binary_metrics
+
+    dice, assd = [], []
+    for c in range(1, num_classes):
+        m = binary_metrics(a == c, b == c)
+        if m["status"] != "both_empty":
             dice.append(m["dice"])
-            if m["status"] == "ok":
-                assd.append(m["assd"])
-        return {"teacher_dice": float(np.mean(dice)), "teacher_assd": float(np.mean(assd)) if assd else math.nan,
-                "_teacher_labels": t_labels}
+        if m["status"] == "ok":
+            assd.append(m["assd"])
+    return (float(np.mean(dice)) if dice else 1.0), (float(np.mean(assd)) if assd else math.nan)

@@ -26,7 +26,7 @@ from bfaseg.data.batches import TwoStreamBatches, make_loader
 from bfaseg.data.build import DataBundle, build_data
 from bfaseg.errors import BfasegError, Interrupted, TrainingDiverged
 from bfaseg.io import checkpoint as ckpt
-from bfaseg.io.files import atomic_write_bytes
+from bfaseg.io.files import atomic_write_bytes, jsonable
 from bfaseg.methods import build_method
 from bfaseg.models import build_model
 from bfaseg.precision import resolve_device, resolve_training_precision
@@ -34,12 +34,10 @@ from bfaseg.training.distributed import (
     DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed,
 )
 from bfaseg.training.ema import ema_decay, ema_update
+from bfaseg.training.run_record import config_diff, recorded_config, write_run_config
 from bfaseg.training.validation import validate
 
-# keys that may differ between the original run and a resume (everything else must match)
 log = logging.getLogger(__name__)
-
-RESUMABLE_CHANGES = {("train", "iterations"), ("train", "num_workers"), ("data", "num_workers"), ("train", "threads")}
 
 
 def lr_factor(cfg, iteration: int) -> float:
@@ -55,19 +53,6 @@ def set_deterministic(enabled: bool) -> None:
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.deterministic = enabled
         torch.backends.cudnn.benchmark = not enabled
-
-
-def _config_diff(old: dict, new: dict) -> list[str]:
-    diffs = []
-    for section in set(old) | set(new):
-        a, b = old.get(section), new.get(section)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in set(a) | set(b):
-                if a.get(key) != b.get(key) and (section, key) not in RESUMABLE_CHANGES:
-                    diffs.append(f"{section}.{key}")
-        elif a != b and section != "output":
-            diffs.append(section)
-    return sorted(diffs)
 
 
 class Trainer:
@@ -174,6 +159,13 @@ class Trainer:
             return
         last = self.ckpt_dir / "last.pt"
         if last.exists() and not resume:
+            try:
+                diffs = config_diff(recorded_config(self.output_dir) or {}, self.cfg.model_dump())
+            except BfasegError:  # an unreadable record: the run is there all the same
+                diffs = []
+            if diffs:
+                raise BfasegError(f"{self.output_dir}: a run with another config already exists here (it differs in "
+                                  f"{', '.join(diffs)}); choose another --output")
             raise BfasegError(
                 f"{self.output_dir}: a run already exists here; pass --resume to continue it or choose another --output"
             )
@@ -205,7 +197,7 @@ class Trainer:
         if not path.exists():
             raise BfasegError(f"--resume: no checkpoint to resume at {path}")
         state = ckpt.load_checkpoint(path, map_location=self.device)
-        diffs = _config_diff(state.get("config", {}), self.cfg.model_dump())
+        diffs = config_diff(state.get("config", {}), self.cfg.model_dump())
         if diffs:
             raise BfasegError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
         try:
@@ -315,7 +307,7 @@ class Trainer:
             return
         self.history.append(record)
         with open(self.output_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(jsonable(record), allow_nan=False) + "\n")  # strict JSON: a NaN Dice is null
         if self.tb is not None:
             it = record["iteration"]
             for key, value in record.items():
@@ -345,6 +337,8 @@ class Trainer:
         record = {"iteration": iteration, "val_dice": result["dice"]}
         for k, d in enumerate(result["dice_per_class"], start=1):
             record[f"val_dice_class{k}"] = d
+        # a NaN Dice (every class absent from both prediction and label: validation.summarize) is logged
+        # (null in log.jsonl) but never compares greater, so it never becomes the best checkpoint
         if result["dice"] > self.best["dice"]:
             self.best = {"dice": result["dice"], "iteration": iteration}
             self.save("best", iteration)
@@ -406,6 +400,8 @@ class Trainer:
         if self.start_iteration == 0 and self.dist.is_main:
             # a fresh run: a log left by an earlier run that never reached a checkpoint describes nothing kept
             (self.output_dir / "log.jsonl").unlink(missing_ok=True)
+        if self.dist.is_main:  # what this folder was made with (run_record): reuse with another config is refused
+            write_run_config(self.output_dir, self.cfg.model_dump())
         self._open_tensorboard()
         if self.dist.is_main and self.start_iteration == 0 and "wrong" in self.precision_reason:
             # auto fell back (or bf16 was forced) because bf16 gradients are wrong here: say so once
