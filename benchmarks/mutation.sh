@@ -11,4 +11,4 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src" MPLBACKEND=Agg OMP_NUM_THREADS=1 BFASEG_MUTATION_WARMUP=1  # see tests/conftest.py
 command -v mutmut >/dev/null || { echo "benchmarks/mutation.sh: mutmut not found (pip install -e '.[dev]')" >&2; exit 1; }
 mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@" >/dev/null || true
-mutmut results --all true | python3 benchmarks/mutation_score.py benchmarks/mutation_equivalent.txt "$@"
+mutmut results --all true | "${PYTHON:-python3}" benchmarks/mutation_score.py benchmarks/mutation_equivalent.txt "$@"

@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_protocol.py"
@@ -39,11 +42,41 @@ def test_gpu_protocol_plans_iterations_from_throughput():
     assert plan == {"acdc": 420, "la": 80}
 
 
+def _stub_interpreters(tmp_path: Path) -> dict:
+    """An environment whose ``python`` and ``python3`` on PATH are stubs that fail (no torch, no anything)."""
+    bin_dir = tmp_path / "stub_bin"
+    bin_dir.mkdir()
+    for name in ("python", "python3"):
+        stub = bin_dir / name
+        stub.write_text("#!/bin/sh\necho 'stub interpreter' >&2\nexit 97\n")
+        stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def test_gpu_protocol_without_gpu_says_so(tmp_path):
     import torch
 
     if torch.cuda.is_available():
         return
+    env = {**_stub_interpreters(tmp_path), "PYTHON": sys.executable}  # the interpreter running the tests
     res = subprocess.run(["bash", str(SCRIPT.with_suffix(".sh")), "--output", str(tmp_path / "x")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "no CUDA device" in res.stderr
+
+
+def test_gpu_protocol_script_runs_python_or_python3(tmp_path):
+    """Without ``PYTHON`` the script runs ``python3`` from PATH (here a stub), never a bare ``python``."""
+    res = subprocess.run(["bash", str(SCRIPT.with_suffix(".sh")), "--help"], capture_output=True, text=True,
+                         env=_stub_interpreters(tmp_path))
+    assert res.returncode == 97 and "stub interpreter" in res.stderr
+
+
+def test_no_script_calls_a_bare_python():
+    """Every shell script names its interpreter as ``"${PYTHON:-python3}"`` (the tests set ``PYTHON``)."""
+    bare = re.compile(r"(^|[\s;|&(`])(python3?)(\s|$)")
+    for script in sorted((SCRIPT.parents[1]).glob("*/*.sh")):
+        for n, line in enumerate(script.read_text().splitlines(), start=1):
+            code = line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
+            assert not bare.search(code), f"{script.name}:{n}: {line.strip()}"
