@@ -364,7 +364,7 @@ def test_alignment_memory_mode_update_and_resume(tmp_path):
     resumed = Trainer(t.cfg, t.output_dir, resume=True, progress=False)
     assert torch.equal(resumed.method.memory, m.memory) and resumed.start_iteration == 3
     fresh = _trainer(tmp_path / "fresh", "bfa", align_target="memory")
-    assert fresh.method.memory is None and fresh.method.state_dict() == {"memory": None}
+    assert fresh.method.memory is None and fresh.method.state_dict() == {"memory": None, "anchor_memory": None}
 
 
 # ------------------------------------------------------------ teacher's life

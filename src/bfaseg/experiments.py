@@ -58,6 +58,12 @@ VARIANTS: dict[str, dict] = {
     "bfa_confident": {"method": {"name": "bfa", "confidence": 0.9}},
     # both pseudo-label filters together
     "bfa_lcc_confident": {"method": {"name": "bfa", "component_filter": 1.0, "confidence": 0.9}},
+    # alignment forms that cannot be met by two batch means agreeing (issue: alignment that carries a signal):
+    # every pseudo-origin boundary voxel pulled to its class's ground-truth boundary prototype (cosine)
+    "bfa_align_voxel": {"method": {"name": "bfa", "align_form": "voxel", "lambda_align": 0.5}},
+    # the same voxels classified among EMA-memory anchors (InfoNCE): own boundary prototype against other
+    # classes' boundary prototypes and every class's interior prototype
+    "bfa_align_contrast": {"method": {"name": "bfa", "align_form": "contrast", "align_target": "memory"}},
     # BFA with BCP's teacher (EMA 0.99): the default before the slow teacher was chosen on val (docs/RESULTS.md)
     "bfa_fast_teacher": {"method": {"name": "bfa", "teacher_ema_decay": 0.99}},
 }

@@ -9,10 +9,18 @@ teacher (BCP) it extends:
 - ``boundary_mixing``: boundary targets of ground truth AND of teacher pseudo-labels,
   each extracted BEFORE copy-paste mixing (the paste seam is no boundary), are mixed
   like the images; off = the head learns from ground-truth regions only.
-- ``alignment``: decoder features at boundary voxels give per-class prototypes of
-  ground-truth-origin and pseudo-label-origin boundaries; a cosine loss pulls the
-  pseudo-origin prototypes to the ground-truth ones (or both to an EMA memory),
-  so labeled and unlabeled images share one boundary representation.
+- ``alignment``: decoder features at boundary voxels of ground-truth origin and of
+  pseudo-label origin are brought together, so labeled and unlabeled images share one
+  boundary representation. ``align_form`` picks how:
+  ``prototype`` (the first form): one cosine between the two per-class mean features (or both
+  to an EMA memory); two means of one network's features in one batch agree from the start
+  (1 - cos ~0.02), so this form has little left to align (docs/METHOD.md);
+  ``voxel``: every pseudo-origin boundary voxel pulled (cosine) to its class's ground-truth
+  boundary prototype, so the spread of the pseudo side counts, not only its mean;
+  ``contrast``: the same voxels classified (InfoNCE, temperature ``align_temperature``) among
+  ground-truth anchors: their own class's boundary prototype against the other classes' boundary
+  prototypes and every class's interior prototype, so a boundary feature must also differ
+  from the features it is not. Anchors are detached: only the pseudo side moves.
 
 - ``lambda_distance`` (optional): a boundary-distance loss on the segmentation output, with
   signed distance maps of the same (mixed) targets, so far-away false positives cost most.
@@ -59,6 +67,9 @@ class BFAParams(BCPParams):
     align_rampup: float = 0.3
     align_stage: int | None = None  # default: the boundary stage
     align_target: Literal["gt", "memory"] = "gt"
+    align_form: Literal["prototype", "voxel", "contrast"] = "prototype"
+    align_temperature: float = Field(default=0.1, gt=0)  # InfoNCE temperature of align_form=contrast
+    align_max_voxels: int = Field(default=4096, ge=1)  # pseudo-origin voxels per step (random subset above it)
     memory_momentum: float = 0.9
     min_boundary_voxels: int = 4
     # boundary-distance loss on the segmentation (GT and pseudo-label targets alike): penalises
@@ -76,6 +87,9 @@ class BFA(BCP):
     def __init__(self, params, trainer):
         super().__init__(params, trainer)
         self.memory: torch.Tensor | None = None  # (K-1, C) prototype memory for align_target=memory
+        # (2K-1, C) anchor memory of the voxel/contrast forms: K-1 boundary then K interior prototypes,
+        # NaN rows until a class was first seen
+        self.anchor_memory: torch.Tensor | None = None
 
     def configure_model(self, model):
         if self.p.boundary_head:
@@ -97,10 +111,11 @@ class BFA(BCP):
         return configured if self.p.teacher_ema_decay is None else self.p.teacher_ema_decay
 
     def state_dict(self):
-        return {"memory": self.memory}
+        return {"memory": self.memory, "anchor_memory": self.anchor_memory}
 
     def load_state_dict(self, state):
         self.memory = state.get("memory")
+        self.anchor_memory = state.get("anchor_memory")
 
     # -------------------------------------------------------------- pieces
     def boundaries(self, label: torch.Tensor) -> torch.Tensor:
@@ -122,13 +137,36 @@ class BFA(BCP):
         counts = m.sum((0, 2))
         return sums / counts.clamp_min(1.0).unsqueeze(1), counts
 
-    def alignment_loss(self, features, boundary, gt_origin, keep) -> torch.Tensor:
+    def alignment_loss(self, features, boundary, gt_origin, keep, label=None) -> torch.Tensor:
+        """The alignment term of ``align_form`` on one decoder stage's ``features`` (N, C, *s).
+
+        ``boundary`` (N, K-1, *S), ``gt_origin`` and ``keep`` (N, *S) at the input resolution; ``label``
+        (N, *S), the (mixed) segmentation targets, is needed by the contrast form's interior anchors.
+        """
         size = tuple(features.shape[2:])
         b = downsample_boundaries(boundary, size)
         origin = downsample_weights(gt_origin, size).unsqueeze(1)
         kept = downsample_weights(keep, size).unsqueeze(1)
-        proto_gt, n_gt = self.prototypes(features, b * (origin > 0.5))
-        proto_ps, n_ps = self.prototypes(features, b * (origin <= 0.5) * (kept > 0.5))
+        gt_side = b * (origin > 0.5)
+        pseudo_side = b * (origin <= 0.5) * (kept > 0.5)
+        if self.p.align_form == "prototype":
+            return self.prototype_alignment(features, gt_side, pseudo_side)
+        anchors, anchor_counts = self.prototypes(features, gt_side)
+        if self.p.align_form == "contrast":
+            if label is None:
+                raise ValueError("align_form=contrast needs the segmentation targets (label)")
+            interior = self.interior_masks(label, size, b) * (origin > 0.5)
+            inner, inner_counts = self.prototypes(features, interior)
+            anchors, anchor_counts = torch.cat([anchors, inner]), torch.cat([anchor_counts, inner_counts])
+        anchors = self.anchor_targets(anchors.detach(), anchor_counts)
+        if self.p.align_form == "voxel":
+            return self.voxel_alignment(features, pseudo_side, anchors)
+        return self.contrastive_alignment(features, pseudo_side, anchors)
+
+    def prototype_alignment(self, features, gt_side, pseudo_side) -> torch.Tensor:
+        """1 - cos between the pseudo-origin and the ground-truth boundary prototype of each class."""
+        proto_gt, n_gt = self.prototypes(features, gt_side)
+        proto_ps, n_ps = self.prototypes(features, pseudo_side)
         valid = (n_gt >= self.p.min_boundary_voxels) & (n_ps >= self.p.min_boundary_voxels)
         if self.p.align_target == "memory":
             with torch.no_grad():
@@ -147,8 +185,89 @@ class BFA(BCP):
             return features.float().sum() * 0.0  # keeps the graph (and DDP) consistent when nothing is aligned
         return (loss_k * valid).sum() / valid.sum()
 
+    def interior_masks(self, label: torch.Tensor, size: tuple[int, ...], boundary: torch.Tensor) -> torch.Tensor:
+        """(N, K, *s) 0/1: feature voxels whose whole input cell is class k and on no class's boundary."""
+        onehot = F.one_hot(label.long(), self.t.num_classes).movedim(-1, 1).float()
+        pool = F.adaptive_avg_pool3d if onehot.ndim == 5 else F.adaptive_avg_pool2d
+        share = onehot if tuple(onehot.shape[2:]) == size else pool(onehot, size)
+        return (share > 0.999).float() * (boundary.sum(1, keepdim=True) == 0).float()
+
+    @torch.no_grad()
+    def anchor_targets(self, current: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The anchors the pseudo side is aligned to: this batch's ground-truth prototypes (``gt``) or their
+        EMA memory (``memory``); rows seen with fewer than ``min_boundary_voxels`` voxels are NaN (unusable)."""
+        seen = (counts >= self.p.min_boundary_voxels).unsqueeze(1)
+        current = torch.where(seen, current.float(), torch.full_like(current.float(), float("nan")))
+        if self.p.align_target == "gt":
+            return current
+        if self.anchor_memory is None:
+            self.anchor_memory = current.clone()
+        else:
+            m = self.p.memory_momentum
+            mem = self.anchor_memory
+            mixed = torch.where(torch.isnan(mem), current, m * mem + (1 - m) * current)
+            self.anchor_memory = torch.where(seen, mixed, mem)
+        return self.anchor_memory
+
+    def pseudo_queries(self, features, pseudo_side) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-length features (M, C) of pseudo-origin boundary voxels and their class bands (M, K-1),
+        at most ``align_max_voxels`` of them (a random subset)."""
+        f = features.float().movedim(1, -1).reshape(-1, features.shape[1])
+        bands = pseudo_side.movedim(1, -1).reshape(-1, pseudo_side.shape[1]) > 0.5
+        idx = bands.any(1).nonzero().squeeze(1)
+        if idx.numel() > self.p.align_max_voxels:
+            idx = idx[torch.randperm(idx.numel(), device=idx.device)[: self.p.align_max_voxels]]
+        return F.normalize(f[idx], dim=1), bands[idx]
+
+    def _per_class_mean(self, per_voxel: torch.Tensor, bands: torch.Tensor, usable: torch.Tensor, features):
+        """Mean over each class's voxels, then over the classes with enough voxels and a usable anchor."""
+        counts = bands.sum(0)
+        valid = usable & (counts >= self.p.min_boundary_voxels)
+        if not bool(valid.any()):
+            return features.float().sum() * 0.0  # keeps the graph (and DDP) consistent when nothing is aligned
+        per_voxel = torch.where(bands, per_voxel, torch.zeros_like(per_voxel))
+        per_class = per_voxel.sum(0) / counts.clamp_min(1)
+        return torch.where(valid, per_class, torch.zeros_like(per_class)).sum() / valid.sum()
+
+    def voxel_alignment(self, features, pseudo_side, anchors) -> torch.Tensor:
+        """Mean over pseudo-origin boundary voxels of 1 - cos(voxel feature, its class's GT boundary prototype)."""
+        k = pseudo_side.shape[1]
+        with torch.autocast(features.device.type, enabled=False):
+            q, bands = self.pseudo_queries(features, pseudo_side)
+            target = F.normalize(torch.nan_to_num(anchors[:k]), dim=1)
+            per_voxel = 1 - q @ target.T  # (M, K-1)
+            usable = ~torch.isnan(anchors[:k]).any(1)
+            return self._per_class_mean(per_voxel, bands, usable, features)
+
+    def contrastive_alignment(self, features, pseudo_side, anchors) -> torch.Tensor:
+        """InfoNCE of pseudo-origin boundary voxels among the ground-truth anchors: positive = own class's
+        boundary prototype; negatives = the other classes' boundary prototypes (except those whose band the
+        voxel also lies on) and every class's interior prototype."""
+        k = pseudo_side.shape[1]
+        with torch.autocast(features.device.type, enabled=False):
+            q, bands = self.pseudo_queries(features, pseudo_side)
+            usable_anchor = ~torch.isnan(anchors).any(1)  # (A,)
+            logits = q @ F.normalize(torch.nan_to_num(anchors), dim=1).T / self.p.align_temperature  # (M, A)
+            eye = torch.eye(k, dtype=torch.bool, device=q.device)
+            # allowed[m, c, a]: anchor a takes part when voxel m's positive is class c
+            other_band = bands.unsqueeze(1) & ~eye.unsqueeze(0)  # (M, K-1 positive, K-1 boundary anchors)
+            allowed = torch.cat([~other_band, torch.ones(*other_band.shape[:2], anchors.shape[0] - k,
+                                                         dtype=torch.bool, device=q.device)], 2)
+            allowed = allowed & usable_anchor
+            # a large finite value, not -inf: a row with no usable anchor must not give NaN gradients
+            masked = logits.unsqueeze(1).masked_fill(~allowed, -1e4)  # (M, K-1, A)
+            log_p = torch.log_softmax(masked, 2)
+            per_voxel = -torch.diagonal(log_p[:, :, :k], dim1=1, dim2=2)  # (M, K-1): the positive's log-prob
+            return self._per_class_mean(per_voxel, bands, usable_anchor[:k], features)
+
     # ----------------------------------------------------------------- step
     def training_step(self, batch, iteration):
+        terms, logs, _ = self.loss_terms(batch, iteration)
+        return sum(terms.values()), logs
+
+    def loss_terms(self, batch, iteration):
+        """Each term of the loss with its weight and ramp applied (their sum is the loss), the logged raw
+        terms, and the student's outputs (``features`` for the gradient-share diagnostic)."""
         p = self.p
         mix = self.mixed_batch(batch, iteration)
         extra = p.supervised_weight > 0
@@ -158,22 +277,22 @@ class BFA(BCP):
         logits = out["logits"] if want_extras else out
         n_mix = mix["image"].shape[0]
         seg = self.mixed_loss(logits[:n_mix], mix)
-        loss, logs = seg, {"seg": seg.detach()}
+        terms, logs = {"seg": seg}, {"seg": seg.detach()}
         if extra:
             sup = dice_ce_loss(logits[n_mix:], batch["label_l"])
-            loss = loss + p.supervised_weight * sup
+            terms["sup"] = p.supervised_weight * sup
             logs["sup"] = sup.detach()
+        targets = torch.cat([mix["target"], batch["label_l"]]) if extra else mix["target"]
         if p.lambda_distance > 0:
-            targets = torch.cat([mix["target"], batch["label_l"]]) if extra else mix["target"]
             ones = torch.ones(batch["label_l"].shape, dtype=mix["weight"].dtype, device=mix["weight"].device)
             weights = torch.cat([mix["weight"], ones]) if extra else mix["weight"]
             phi = signed_distance_maps(targets, self.t.num_classes, p.distance_scale)
             dist = distance_loss(logits, phi, weights)
             ramp_d = p.lambda_distance * sigmoid_rampup(iteration, self.fraction_to_iterations(p.distance_rampup))
-            loss = loss + ramp_d * dist
+            terms["distance"] = ramp_d * dist
             logs["distance"] = dist.detach()
         if not want_extras:
-            return loss, logs
+            return terms, logs, {"logits": logits}
 
         boundary = self.mixed_boundaries(mix)
         gt_origin = mix["gt_origin"]
@@ -194,20 +313,23 @@ class BFA(BCP):
             kept = downsample_weights(keep, size)
             ramp_b = p.lambda_boundary * sigmoid_rampup(iteration, self.fraction_to_iterations(p.boundary_rampup))
             b_gt = boundary_loss(b_logits, b_target, (origin > 0.5).float())
-            loss = loss + ramp_b * b_gt
+            terms["boundary_gt"] = ramp_b * b_gt
             logs["boundary_gt"] = b_gt.detach()
             if p.boundary_mixing and not self.in_pretrain(iteration):
                 b_ps = boundary_loss(b_logits, b_target, ((origin <= 0.5) & (kept > 0.5)).float())
-                loss = loss + ramp_b * self.pseudo_weight(iteration) * b_ps
+                terms["boundary_pseudo"] = ramp_b * self.pseudo_weight(iteration) * b_ps
                 logs["boundary_pseudo"] = b_ps.detach()
 
         if p.alignment and not self.in_pretrain(iteration):
             stage = p.boundary_stage if p.align_stage is None else p.align_stage
             feats = out["features"][stage]
-            align = self.alignment_loss(feats, boundary, gt_origin, keep)
+            if p.align_form == "contrast":
+                align = self.alignment_loss(feats, boundary, gt_origin, keep, targets)
+            else:
+                align = self.alignment_loss(feats, boundary, gt_origin, keep)
             ramp_a = p.lambda_align * sigmoid_rampup(
                 iteration - self.pretrain_iterations, self.fraction_to_iterations(p.align_rampup)
             )
-            loss = loss + ramp_a * align
+            terms["align"] = ramp_a * align
             logs["align"] = align.detach()
-        return loss, logs
+        return terms, logs, out

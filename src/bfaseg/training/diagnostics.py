@@ -1,0 +1,93 @@
+"""What each loss term contributes to the gradient: the diagnostic behind "is this term doing anything?".
+
+For a method that exposes ``loss_terms(batch, iteration)`` (each term weighted and ramped as in training,
+their sum the loss, plus the student's outputs), the gradient of every term is taken separately, on the
+shared decoder features that the boundary head and the alignment read (``features[stage]``) and on all of
+the student's parameters, and set against the gradient of the whole loss. A term whose share stays near 0
+moves nothing, however large its value looks in the log.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from bfaseg.config import RunConfig
+from bfaseg.data.batches import TwoStreamBatches
+from bfaseg.errors import BfasegError
+
+
+def term_gradient_norms(method, batch: dict[str, torch.Tensor], iteration: int, stage: int) -> dict[str, dict[str, float]]:
+    """Per term (and ``total``): gradient norm on ``features[stage]`` and on the student's parameters."""
+    if not hasattr(method, "loss_terms"):
+        raise BfasegError(f"method {method.name!r} does not expose its loss terms (loss_terms)")
+    with method.t.autocast():
+        terms, _, out = method.loss_terms(batch, iteration)
+    if "features" not in out:
+        raise BfasegError(f"method {method.name!r}: no decoder features in this configuration (boundary head and alignment off)")
+    feats = out["features"][stage]
+    params = [p for p in method.t.student.parameters() if p.requires_grad]
+    result = {}
+    for name, term in {**terms, "total": sum(terms.values())}.items():
+        grads = torch.autograd.grad(term.float(), [feats, *params], retain_graph=True, allow_unused=True)
+        norm = lambda gs: math.sqrt(sum(float(g.float().pow(2).sum()) for g in gs if g is not None))  # noqa: E731
+        result[name] = {"value": float(term.detach()), "features": norm(grads[:1]), "network": norm(grads[1:])}
+    return result
+
+
+def gradient_shares(trainer, iterations: list[int], stage: int | None = None) -> dict:
+    """Mean gradient norms of each term over the training batches of ``iterations`` (as the run drew them),
+    and each term's share: its norm over the total loss's norm (shares need not sum to 1: terms can
+    point in different directions)."""
+    method, cfg = trainer.method, trainer.cfg
+    p = method.p
+    if stage is None:
+        stage = getattr(p, "align_stage", None)
+        stage = getattr(p, "boundary_stage", 1) if stage is None else stage
+    batches = TwoStreamBatches(
+        trainer.data.labeled, trainer.data.unlabeled if method.uses_unlabeled else [],
+        batch_labeled=cfg.train.batch_labeled, batch_unlabeled=cfg.train.batch_unlabeled,
+        patch_size=trainer.patch_size, seed=cfg.train.seed, total_iterations=trainer.total_iterations,
+        rotation=cfg.data.rotation,
+    )
+    trainer.student.train()
+    sums: dict[str, dict[str, float]] = {}
+    for it in iterations:
+        torch.manual_seed((cfg.train.seed * 1_000_003 + it * 131) % 2**63)  # the run's per-iteration randomness
+        batch = {k: trainer.to_device(v) for k, v in batches[it].items()}
+        for name, rec in term_gradient_norms(method, batch, it, stage).items():
+            acc = sums.setdefault(name, {"value": 0.0, "features": 0.0, "network": 0.0})
+            for k, v in rec.items():
+                acc[k] += v / len(iterations)
+    total = sums["total"]
+    rows = {
+        name: {**rec, "share_features": rec["features"] / max(total["features"], 1e-12),
+               "share_network": rec["network"] / max(total["network"], 1e-12)}
+        for name, rec in sums.items()
+    }
+    return {"iterations": list(iterations), "stage": stage, "terms": rows}
+
+
+def trainer_from_checkpoint(path: str | Path, output_dir: str | Path, overrides: dict | None = None,
+                            data_root: str | None = None):
+    """A Trainer holding a checkpoint's student, teacher and method state (not its optimizer), for
+    diagnostics; ``overrides`` (method params) evaluate another loss on the same weights."""
+    from bfaseg.io.checkpoint import load_checkpoint
+    from bfaseg.training.trainer import Trainer
+
+    state = load_checkpoint(path)
+    raw = dict(state.get("config") or {})
+    if not raw:
+        raise BfasegError(f"{path}: the checkpoint has no run config")
+    raw["method"] = {**raw["method"], **(overrides or {})}
+    if data_root:
+        raw["data"] = {**raw["data"], "root": data_root}
+    cfg = RunConfig.model_validate(raw)
+    trainer = Trainer(cfg, output_dir, progress=False)
+    trainer.student.load_state_dict(state["student"])
+    if trainer.teacher is not None and state.get("teacher") is not None:
+        trainer.teacher.load_state_dict(state["teacher"])
+    trainer.method.load_state_dict(state.get("method") or {})
+    return trainer, int(state["iteration"])

@@ -1,0 +1,176 @@
+"""BFA's alignment forms by hand: the voxel-to-prototype cosine and the contrastive (InfoNCE) form,
+their anchors (batch or EMA memory), and the gradient-share diagnostic that tells whether a term moves
+anything."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bfaseg.config import validate_config
+from bfaseg.training.diagnostics import gradient_shares
+from bfaseg.training.trainer import Trainer
+
+from conftest import tiny_config
+
+K = 3
+
+
+def _trainer(tmp_path, **params):
+    raw = tiny_config("bfa", iterations=10, precision="fp32")
+    raw["model"].update(base_channels=4)
+    raw["method"].update(params)
+    return Trainer(validate_config(raw), tmp_path / "bfa", progress=False)
+
+
+def _voxel_inputs():
+    """GT side (cols 0-3): class-1 boundary voxels of feature g1. Pseudo side (cols 4-7): class-1 boundary
+    voxels whose MEAN is g1's direction but whose voxels are 45 degrees off it."""
+    feats = torch.zeros(1, 3, 8, 8)
+    boundary = torch.zeros(1, 2, 8, 8)
+    origin = torch.zeros(1, 8, 8)
+    origin[:, :, :4] = 1.0
+    boundary[0, 0, 0, :] = 1
+    feats[0, :, 0, 0:4] = torch.tensor([1.0, 0.0, 0.0])[:, None]
+    feats[0, :, 0, 4:6] = torch.tensor([1.0, 1.0, 0.0])[:, None]
+    feats[0, :, 0, 6:8] = torch.tensor([1.0, -1.0, 0.0])[:, None]
+    return feats, boundary, origin, torch.ones(1, 8, 8)
+
+
+def test_voxel_form_sees_the_spread_that_the_prototype_form_misses(tmp_path):
+    feats, boundary, origin, keep = _voxel_inputs()
+    proto = _trainer(tmp_path / "p", min_boundary_voxels=2).method
+    assert proto.alignment_loss(feats, boundary, origin, keep).item() == pytest.approx(0.0, abs=1e-6)
+    voxel = _trainer(tmp_path / "v", align_form="voxel", min_boundary_voxels=2).method
+    feats.requires_grad_(True)
+    loss = voxel.alignment_loss(feats, boundary, origin, keep)
+    assert loss.item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)  # each voxel is 45 degrees off
+    loss.backward()
+    g = feats.grad.abs().sum(1)[0]
+    assert g[0, :4].sum() == 0 and (g[0, 4:] > 0).all()  # the GT prototype is the (detached) target
+    assert g[1:].sum() == 0
+
+
+def test_voxel_form_leaves_out_unconfident_voxels_and_thin_classes(tmp_path):
+    feats, boundary, origin, keep = _voxel_inputs()
+    keep[0, 0, 6:8] = 0  # the two voxels at -45 degrees are unconfident
+    m = _trainer(tmp_path, align_form="voxel", min_boundary_voxels=2).method
+    assert m.alignment_loss(feats, boundary, origin, keep).item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
+    m.p.min_boundary_voxels = 3  # the pseudo side of class 1 has 2 voxels left: nothing valid
+    feats.requires_grad_(True)
+    zero = m.alignment_loss(feats, boundary, origin, keep)
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def _contrast_inputs():
+    """One 8x8 sample, GT on cols 0-3, pseudo on cols 4-7; every anchor a distinct direction."""
+    feats = torch.zeros(1, 3, 8, 8)
+    boundary = torch.zeros(1, 2, 8, 8)
+    origin = torch.zeros(1, 8, 8)
+    origin[:, :, :4] = 1.0
+    label = torch.zeros(1, 8, 8, dtype=torch.long)
+    a1, a2 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    i0, i1, i2 = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0])
+    boundary[0, 0, 0, 0:4], feats[0, :, 0, 0:4] = 1, a1[:, None]  # GT boundary of class 1
+    boundary[0, 1, 1, 0:4], feats[0, :, 1, 0:4] = 1, a2[:, None]  # GT boundary of class 2
+    label[0, 2:4], feats[0, :, 2:4, 0:4] = 0, i0[:, None, None]  # GT interiors (off every band)
+    label[0, 4:6], feats[0, :, 4:6, 0:4] = 1, i1[:, None, None]
+    label[0, 6:8], feats[0, :, 6:8, 0:4] = 2, i2[:, None, None]
+    q, r = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, 0.5])
+    boundary[0, 0, 0, 4:8], feats[0, :, 0, 4:8] = 1, q[:, None]  # pseudo class-1 boundary voxels
+    boundary[0, :, 1, 4], feats[0, :, 1, 4] = 1, r  # one pseudo voxel on the bands of classes 1 AND 2
+    return feats, boundary, origin, torch.ones(1, 8, 8), label, (a1, a2, i0, i1, i2, q, r)
+
+
+def _nll(x, anchors, positive, tau):
+    logits = torch.stack([F.cosine_similarity(x, a, dim=0) for a in anchors]) / tau
+    return -(logits[positive] - torch.logsumexp(logits, 0)).item()
+
+
+def test_contrast_form_by_hand(tmp_path):
+    feats, boundary, origin, keep, label, (a1, a2, i0, i1, i2, q, r) = _contrast_inputs()
+    m = _trainer(tmp_path, align_form="contrast", align_temperature=0.5, min_boundary_voxels=1).method
+    feats.requires_grad_(True)
+    loss = m.alignment_loss(feats, boundary, origin, keep, label)
+    tau = 0.5
+    # class 1: four q voxels against all five anchors; r against all but class 2's boundary (it lies on it)
+    class1 = (4 * _nll(q, [a1, a2, i0, i1, i2], 0, tau) + _nll(r, [a1, i0, i1, i2], 0, tau)) / 5
+    class2 = _nll(r, [a2, i0, i1, i2], 0, tau)  # r as a class-2 voxel: class 1's boundary is no negative
+    assert loss.item() == pytest.approx((class1 + class2) / 2, rel=1e-5)
+    loss.backward()
+    g = feats.grad.abs().sum(1)[0]
+    assert g[:, :4].sum() == 0  # anchors are detached: the ground-truth side does not move
+    assert (g[0, 4:] > 0).all() and g[1, 4] > 0 and g[1, 5:].sum() == 0
+
+
+def test_contrast_form_needs_the_targets_and_skips_unseen_anchors(tmp_path):
+    feats, boundary, origin, keep, label, (a1, a2, i0, i1, i2, q, r) = _contrast_inputs()
+    m = _trainer(tmp_path, align_form="contrast", align_temperature=0.5, min_boundary_voxels=1).method
+    with pytest.raises(ValueError, match="targets"):
+        m.alignment_loss(feats, boundary, origin, keep)
+    label[0, 6:8] = 1  # no class-2 interior left: that anchor is unseen and no negative
+    loss = m.alignment_loss(feats, boundary, origin, keep, label)
+    # rows 4-7 are class 1 now; their features are i1 (rows 4-5) and i2 (rows 6-7): the anchor is the mean
+    i1_mean = (2 * i1 + 2 * i2) / 4
+    class1 = (4 * _nll(q, [a1, a2, i0, i1_mean], 0, 0.5) + _nll(r, [a1, i0, i1_mean], 0, 0.5)) / 5
+    class2 = _nll(r, [a2, i0, i1_mean], 0, 0.5)
+    assert loss.item() == pytest.approx((class1 + class2) / 2, rel=1e-5)
+
+
+def test_anchor_memory_starts_unseen_then_follows_the_momentum_and_resumes(tmp_path):
+    feats, boundary, origin, keep, label, (a1, a2, i0, i1, i2, q, r) = _contrast_inputs()
+    t = _trainer(tmp_path, align_form="contrast", align_target="memory", memory_momentum=0.75, min_boundary_voxels=1)
+    m = t.method
+    boundary2, feats2 = boundary.clone(), feats.clone()
+    boundary2[0, 1, 1, 0:4] = 0  # class 2's GT boundary unseen in the first batch
+    m.alignment_loss(feats2, boundary2, origin, keep, label)
+    assert torch.isnan(m.anchor_memory[1]).all() and torch.allclose(m.anchor_memory[0], a1)
+    feats3 = feats.clone()
+    feats3[0, :, 0, 0:4] = a2[:, None]  # class 1's GT boundary now looks like a2
+    m.alignment_loss(feats3, boundary, origin, keep, label)
+    assert torch.allclose(m.anchor_memory[0], 0.75 * a1 + 0.25 * a2)  # momentum
+    assert torch.allclose(m.anchor_memory[1], a2)  # first sighting: taken as it is
+    # background interior: the first batch also counted row 1 (off every band then, features a2)
+    assert torch.allclose(m.anchor_memory[2], 0.75 * (4 * a2 + 8 * i0) / 12 + 0.25 * i0)
+    assert torch.allclose(m.anchor_memory[3:], torch.stack([i1, i2]))
+    assert torch.equal(m.state_dict()["anchor_memory"], m.anchor_memory)
+    fresh = _trainer(tmp_path / "fresh", align_form="contrast", align_target="memory").method
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.anchor_memory, m.anchor_memory)
+
+
+def test_at_most_align_max_voxels_queries(tmp_path):
+    feats, boundary, origin, keep = _voxel_inputs()
+    m = _trainer(tmp_path, align_form="voxel", align_max_voxels=3, min_boundary_voxels=1).method
+    q, bands = m.pseudo_queries(feats, boundary * (origin <= 0.5).unsqueeze(1))
+    assert q.shape == (3, 3) and bands.shape == (3, 2) and bands[:, 0].all()
+    assert torch.allclose(q.norm(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("form", ["prototype", "voxel", "contrast"])
+def test_training_step_trains_every_form(tmp_path, form):
+    t = _trainer(tmp_path, pretrain=0.0, align_form=form, min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    from bfaseg.data.batches import TwoStreamBatches
+
+    b = TwoStreamBatches(t.data.labeled, t.data.unlabeled, batch_labeled=2, batch_unlabeled=2,
+                         patch_size=t.patch_size, seed=0, total_iterations=10)[3]
+    loss, logs = t.method.training_step(b, 3)
+    assert "align" in logs and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in t.student.parameters() if p.grad is not None)
+
+
+def test_gradient_shares_name_every_term_and_a_switched_off_term_moves_nothing(tmp_path):
+    t = _trainer(tmp_path, pretrain=0.2, align_form="voxel", min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    out = gradient_shares(t, [4, 5])
+    terms = out["terms"]
+    assert set(terms) == {"seg", "sup", "boundary_gt", "boundary_pseudo", "align", "total"}
+    assert terms["total"]["share_network"] == pytest.approx(1.0) and terms["total"]["share_features"] == pytest.approx(1.0)
+    assert all(terms[k]["network"] > 0 for k in ("seg", "sup", "boundary_gt"))
+    t2 = _trainer(tmp_path / "off", pretrain=0.2, align_form="voxel", lambda_align=0.0, min_boundary_voxels=1)
+    t2.copy_student_to_teacher()
+    off = gradient_shares(t2, [4])["terms"]["align"]
+    assert off["network"] == 0.0 and off["features"] == 0.0
