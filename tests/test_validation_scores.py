@@ -186,3 +186,12 @@ def _same(a, b) -> bool:
     if isinstance(a, float) and math.isnan(a):
         return isinstance(b, float) and math.isnan(b)
     return a == b
+
+
+def test_mean_over_classes_leaves_nan_out():
+    from bfaseg.metrics import mean_over_classes
+
+    assert mean_over_classes({1: 0.5, 2: math.nan, 3: 1.0}) == 0.75
+    assert mean_over_classes([0.0, math.nan]) == 0.0  # a 0 counts; only NaN is left out
+    assert math.isnan(mean_over_classes({1: math.nan}))
+    assert mean_over_classes([], empty=1.0) == 1.0 and mean_over_classes([math.nan], empty=0.25) == 0.25

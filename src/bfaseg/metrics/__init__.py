@@ -7,6 +7,7 @@ Public API::
     compute_overlap(pred, gt, classes=None, policy="strict") -> dict  # Dice, Jaccard, status only (fast)
     binary_metrics(pred_bool, gt_bool, spacing=None, policy="strict") -> dict
     aggregate(list_of_results, metrics=METRICS) -> dict   # mean/std per metric (and class), n_failed
+    mean_over_classes({class: value}, empty=nan) -> float  # the mean over classes, NaN left out
     surface_distances(pred_bool, gt_bool, spacing=None) -> (pred_to_gt, gt_to_pred)
 
 Empty-mask policies: ``"strict"`` (default), ``"worst"``, ``"paper"``; see
@@ -26,6 +27,7 @@ from bfaseg.metrics.core import (
     compute_case,
     compute_overlap,
     image_diagonal,
+    mean_over_classes,
 )
 from bfaseg.metrics.surface import distance_metrics, mask_surface, surface_distances
 
@@ -43,5 +45,6 @@ __all__ = [
     "distance_metrics",
     "image_diagonal",
     "mask_surface",
+    "mean_over_classes",
     "surface_distances",
 ]

@@ -242,6 +242,14 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
 
 
+def mean_over_classes(values, empty: float = math.nan) -> float:
+    """Mean of per-class values (a ``{class: value}`` dict or a sequence) leaving NaN out: a class empty in
+    both maps (``empty_class="nan"``) does not count. ``empty`` when no value is left (NaN by default)."""
+    arr = np.asarray(list(values.values()) if isinstance(values, dict) else list(values), dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else float(empty)
+
+
 def _status_of(result: dict, cls=None) -> str:
     """Status of one result (or one class of it); inferred from NaN when absent."""
     status = result.get("status")
@@ -292,13 +300,9 @@ def aggregate(results: Iterable[dict], metrics: Sequence[str] = METRICS) -> dict
     classes = sorted({c for r in results for c in r["dice"]})
     for k in metrics:
         cls_stats = {c: _stats([r[k].get(c, math.nan) for r in results]) for c in classes}
-        case_means = []
-        for r in results:
-            vals = np.array([r[k].get(c, math.nan) for c in classes], dtype=np.float64)
-            case_means.append(float(np.nanmean(vals)) if np.any(~np.isnan(vals)) else math.nan)
-        means = [s["mean"] for s in cls_stats.values() if not math.isnan(s["mean"])]
+        case_means = [mean_over_classes(r[k].get(c, math.nan) for c in classes) for r in results]
         out[k] = {
-            "mean": float(np.mean(means)) if means else math.nan,
+            "mean": mean_over_classes(s["mean"] for s in cls_stats.values()),
             "std": _stats(case_means)["std"],
             "per_class": cls_stats,
         }

@@ -54,10 +54,9 @@ def case_record(scorer: Scorer, case_id: str, view: np.ndarray, labels: np.ndarr
         rec.update(agree)
     rec["quality_score"] = rec["teacher_dice"] if "teacher_dice" in rec else 1.0 - rec["mean_entropy"]
     if truth is not None:  # the metrics' policy: a class absent from both is left out; NaN (null) if all are
-        from bfaseg.metrics import compute_overlap
+        from bfaseg.metrics import compute_overlap, mean_over_classes
 
-        dice = [d for d in compute_overlap(s.labels, truth, classes=k - 1)["dice"].values() if not math.isnan(d)]
-        rec["true_dice"] = float(np.mean(dice)) if dice else math.nan
+        rec["true_dice"] = mean_over_classes(compute_overlap(s.labels, truth, classes=k - 1)["dice"])
     return rec
 
 

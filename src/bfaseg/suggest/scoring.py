@@ -217,13 +217,7 @@ def label_agreement(a: np.ndarray, b: np.ndarray, num_classes: int) -> tuple[flo
     a class neither map holds is left out of the mean (a free 1 would dilute a disagreement on the others).
     When neither holds any foreground the two agree completely: 1, not the metrics' NaN, because this
     number ranks cases and sets the ``low_agreement`` percentile, where a NaN would sort anywhere."""
-    from bfaseg.metrics import binary_metrics
+    from bfaseg.metrics import binary_metrics, mean_over_classes
 
-    dice, assd = [], []
-    for c in range(1, num_classes):
-        m = binary_metrics(a == c, b == c)
-        if m["status"] != "both_empty":
-            dice.append(m["dice"])
-        if m["status"] == "ok":
-            assd.append(m["assd"])
-    return (float(np.mean(dice)) if dice else 1.0), (float(np.mean(assd)) if assd else math.nan)
+    per_class = [binary_metrics(a == c, b == c) for c in range(1, num_classes)]
+    return mean_over_classes((m["dice"] for m in per_class), empty=1.0), mean_over_classes(m["assd"] for m in per_class)
