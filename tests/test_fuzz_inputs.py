@@ -241,6 +241,39 @@ def test_kind1_nifti_image_that_is_not_real_numbers(dtype, checkpoint, tmp_path,
                         "--no-progress", "--device", "cpu"], out, capsys) == 2
 
 
+# valid changes of a config: each makes another experiment than SYNTH's
+CONFIG_CHANGES = [("data", "synthetic_cases", 8), ("data", "labeled_fraction", 0.5), ("model", "base_channels", 8),
+                  ("train", "lr", 0.02), ("train", "seed", 3), ("train", "batch_labeled", 3), ("data", "rotation", True),
+                  ("train", "iterations", 3), ("train", "optimizer", "adam"), ("train", "weight_decay", 0.0)]
+
+
+@pytest.fixture(scope="module")
+def experiment_folder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz_experiment")
+    (tmp / "c.yaml").write_text(yaml.safe_dump(SYNTH))
+    assert main(["experiment", str(tmp / "c.yaml"), "--methods", "supervised", "--seeds", "1", "--output",
+                 str(tmp / "exp"), "--no-progress"]) == 0
+    return tmp / "exp"
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_kind2_experiment_folder_reused_with_another_config(n, experiment_folder, tmp_path, capsys):
+    """Kind 2, a folder reused by another run: any config change on a finished folder is refused, naming the key."""
+    import shutil
+
+    rng = random.Random(SEED * 200 + n)
+    out = tmp_path / "exp"
+    shutil.copytree(experiment_folder, out)
+    cfg = copy.deepcopy(SYNTH)
+    changes = rng.sample(CONFIG_CHANGES, rng.choice((1, 2)))
+    for section, key, value in changes:
+        cfg[section][key] = value
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert run_checked(["experiment", str(tmp_path / "c.yaml"), "--methods", "supervised", "--seeds", "1",
+                        "--output", str(out), "--no-progress"], out, capsys) == 2
+
+
 @pytest.mark.parametrize("output", ["file", "file_parent"])
 @pytest.mark.parametrize("command", ["predict", "report", "experiment", "train"])
 def test_bad_output_is_one_line_before_any_work(command, output, checkpoint, tmp_path, capsys):

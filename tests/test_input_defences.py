@@ -119,3 +119,105 @@ def test_nifti_rgb_image_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
     with pytest.raises(BfasegError, match=rf"^{path}: voxels must be real numbers"):
         load_nifti(path)
+
+
+# --------------------------------------------------------------------------- 2. a folder reused by another run
+
+
+def _experiment(tmp_path, cfg: dict, out: Path, *extra) -> tuple[int, str]:
+    import yaml
+
+    from bfaseg.cli.main import main
+
+    path = tmp_path / f"c{abs(hash(repr(cfg))) % 10**6}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return main(["experiment", str(path), "--methods", "supervised", "--seeds", "1", "--output", str(out),
+                 "--no-progress", *extra])
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def _tiny(**data):
+    from conftest import tiny_config
+
+    cfg = tiny_config("supervised", iterations=2, val_every=2, checkpoint_every=2, log_every=1)
+    cfg["model"]["base_channels"] = 4
+    cfg["data"].update(data)
+    return cfg
+
+
+def test_config_diff_compares_as_json_and_leaves_out_what_may_change():
+    from bfaseg.training.run_record import config_diff
+
+    old = {"data": {"patch_size": (32, 32), "root": "a"}, "train": {"iterations": 4, "threads": 2, "lr": 0.01}}
+    assert config_diff(old, {"data": {"patch_size": [32, 32], "root": "a"},
+                             "train": {"iterations": 8, "threads": 1, "lr": 0.01}}) == []
+    assert config_diff(old, {"data": {"patch_size": [32, 32], "root": "b"}, "train": {"lr": 0.02}}) == \
+        ["data.root", "train.lr"]
+    assert config_diff(old, {**old, "train": {**old["train"], "iterations": 8}}, allowed=set()) == ["train.iterations"]
+
+
+def test_experiment_folder_of_another_config_is_refused_then_replaced_with_force(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert _experiment(tmp_path, _tiny(), out) == 0
+    assert (out / "supervised_s1" / "config.json").is_file()
+    capsys.readouterr()
+    before = _snapshot(out)
+    # another dataset (here: other phantoms) in the same folder: refused, naming the run and the key
+    assert _experiment(tmp_path, _tiny(synthetic_cases=12), out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --output {out}: run supervised_s1 was made with another "
+                                                   "config (it differs in data.synthetic_cases); pass --force"), err
+    assert _snapshot(out) == before
+    # a finished run asked for more iterations: its results are those of 2 iterations, refused as well
+    assert _experiment(tmp_path, _tiny(), out, "--iterations", "3") == 2
+    assert "differs in train.iterations" in capsys.readouterr().err
+    # --force starts over; the old run is moved aside, not deleted, and its row leaves the table
+    old_ckpt = (out / "supervised_s1" / "checkpoints" / "last.pt").read_bytes()
+    assert _experiment(tmp_path, _tiny(synthetic_cases=12), out, "--force") == 0
+    assert (out / "replaced" / "supervised_s1-1" / "checkpoints" / "last.pt").read_bytes() == old_ckpt
+    from bfaseg.training.run_record import recorded_config
+
+    assert recorded_config(out / "supervised_s1")["data"]["synthetic_cases"] == 12
+    assert "[replaced] supervised_s1" in capsys.readouterr().err
+    # the same config again: nothing to refuse, the run is skipped
+    assert _experiment(tmp_path, _tiny(synthetic_cases=12), out) == 0
+    assert "[skip] supervised_s1: done" in capsys.readouterr().err
+
+
+def test_experiment_checks_runs_in_the_table_that_this_command_does_not_plan(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "exp"
+    assert _experiment(tmp_path, _tiny(), out) == 0
+    capsys.readouterr()
+    # the new command plans only seed 2, but seed 1's row (another config) would share its table
+    code = _experiment(tmp_path, _tiny(synthetic_cases=12), out, "--seeds", "2")
+    err = capsys.readouterr().err
+    assert code == 2 and "run supervised_s1 was made with another config" in err, err
+    assert not (out / "supervised_s2").exists()
+    # evaluations made on another list are not presented as this command's
+    results = json.loads((out / "results.json").read_text())
+    results["supervised_s1"]["eval_list"] = "test.list"
+    (out / "results.json").write_text(json.dumps(results))
+    assert _experiment(tmp_path, _tiny(), out) == 2
+    assert "run supervised_s1 was evaluated on test.list; pass --reevaluate" in capsys.readouterr().err
+
+
+def test_train_on_a_run_of_another_config_names_the_keys(tmp_path, capsys):
+    import yaml
+
+    from bfaseg.cli.main import main
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(_tiny()))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(_tiny(synthetic_cases=12)))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "a.yaml"), "--output", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "b.yaml"), "--output", str(run), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: {run}: a run with another config already exists here "
+                                       "(it differs in data.synthetic_cases); choose another --output\n")
+    assert main(["train", str(tmp_path / "b.yaml"), "--output", str(run), "--no-progress", "--resume"]) == 2
+    assert "--resume: the config differs from the run's in data.synthetic_cases" in capsys.readouterr().err

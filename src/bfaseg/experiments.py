@@ -200,7 +200,7 @@ def train_and_evaluate(run: PlannedRun, run_dir: Path, previous: dict, eval_list
             log.info(f"[resume] {run.name} from iteration {int(load_checkpoint(last)['iteration'])}")
         Trainer(cfg, run_dir, resume=last.exists(), progress=progress).fit()
     cases, eval_split = _eval_cases(cfg, eval_list)
-    entry = dict(previous, variant=run.variant, seed=run.seed, eval_split=eval_split)
+    entry = dict(previous, variant=run.variant, seed=run.seed, eval_split=eval_split, eval_list=eval_list)
     for which in EVALUATIONS:
         path = run_dir / "checkpoints" / f"{which.split('_')[0]}.pt"
         if path.exists() and which not in entry:
@@ -232,6 +232,52 @@ def _worker(run: PlannedRun, run_dir: Path, previous: dict, eval_list: str | Non
     return entry
 
 
+REPLACED = "replaced"
+
+
+def reused_runs(out: Path, runs: list[PlannedRun], results: dict, base_raw: dict, overrides: list[str]) -> dict:
+    """run name -> the config keys in which a run already in ``out`` differs from the config this command
+    gives it (``bfaseg.training.run_record``): the planned runs and every other run in results.json, whose
+    rows the tables would show beside the new ones. A finished run must match in ``train.iterations`` too
+    (its results are those of its iterations); an unfinished one is resumed, as ``train --resume`` allows."""
+    from bfaseg.training.run_record import RESUMABLE_CHANGES, config_diff, recorded_config
+
+    planned = {r.name: r.cfg for r in runs}
+    stale = {}
+    for name in sorted(set(planned) | set(results)):
+        run_dir = out / name
+        recorded = recorded_config(run_dir) if run_dir.is_dir() else None
+        if recorded is None:
+            continue
+        cfg = planned.get(name)
+        if cfg is None:
+            entry = results[name]
+            if entry.get("variant") not in VARIANTS or not isinstance(entry.get("seed"), int):
+                continue
+            cfg = variant_config(base_raw, entry["variant"], entry["seed"], overrides)
+        finished = (run_dir / "train_summary.json").exists()
+        allowed = RESUMABLE_CHANGES - {("train", "iterations")} if finished else RESUMABLE_CHANGES
+        diffs = config_diff(recorded, cfg.model_dump(), allowed)
+        if diffs:
+            stale[name] = diffs
+    return stale
+
+
+def _replace_runs(out: Path, results_path: Path, results: dict, stale: dict) -> dict:
+    """--force: move each stale run folder to ``out/replaced/<run>-<n>`` (nothing is deleted) and drop its row."""
+    for name, diffs in stale.items():
+        n = 1
+        while (out / REPLACED / f"{name}-{n}").exists():
+            n += 1
+        target = out / REPLACED / f"{name}-{n}"
+        target.parent.mkdir(exist_ok=True)
+        os.replace(out / name, target)
+        log.info(f"[replaced] {name}: made with another config (differs in {', '.join(diffs)}); moved to {target}")
+    kept = {k: v for k, v in results.items() if k not in stale}
+    atomic_write_text(results_path, json.dumps(kept, indent=1))
+    return kept
+
+
 def _update_results(results_path: Path, updates: dict) -> dict:
     """Merge entries into results.json as it is on disk now (several experiment processes may share one
     folder) and write it atomically; returns the merged results."""
@@ -253,6 +299,7 @@ def run_experiment(
     train: bool = True,
     reevaluate: bool = False,
     jobs: int = 1,
+    force: bool = False,
 ) -> dict:
     from bfaseg.io.output import check_output_dir
 
@@ -263,9 +310,27 @@ def run_experiment(
         overrides.append("train.threads=1")  # resumable change: a run started with other threads continues
     runs = plan_runs(base_config, variants, seeds, overrides, eval_list)  # every config valid before any training
     out = check_output_dir(output)
-    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    # a folder reused by another experiment: every run in it must have been made with this command's config
+    stale = reused_runs(out, runs, results, load_yaml(base_config), overrides)
+    stale_eval = [] if reevaluate else [
+        (name, e.get("eval_list", e.get("eval_split"))) for name, e in results.items()
+        if name not in stale and any(w in e for w in EVALUATIONS)
+        and ("eval_list" in e or eval_list is not None) and e.get("eval_list", e.get("eval_split")) != eval_list]
+    if stale and not force:
+        (name, diffs), more = next(iter(stale.items())), len(stale) - 1
+        raise BfasegError(
+            f"--output {out}: run {name} was made with another config (it differs in {', '.join(diffs)})"
+            + (f", and {more} more run(s)" if more else "")
+            + f"; pass --force to start them over (the old runs are moved to {out / REPLACED}) or choose another --output")
+    if stale_eval:
+        name, was = stale_eval[0]
+        raise BfasegError(f"--eval-list {eval_list}: run {name} was evaluated on {was}; pass --reevaluate to "
+                          "evaluate every run again, or choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    if stale:
+        results = _replace_runs(out, results_path, results, stale)
     images = {r.name: r.images for r in runs}
     todo = []
     for run in runs:

@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--reevaluate", action="store_true",
                    help="evaluate finished runs again (after a change to inference or metrics) instead of "
                         "reusing the evaluations stored in results.json")
+    p.add_argument("--force", action="store_true",
+                   help="start over the runs in --output that were made with another config (they are moved to "
+                        "OUTPUT/replaced/, not deleted); without it such a folder is refused")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -61,6 +64,6 @@ def run(args) -> int:
     # empty or repeated entries: checked with every config by experiments.plan_runs
     run_experiment(args.config, variants, seeds, args.output, overrides=overrides, eval_list=args.eval_list,
                    progress=not args.no_progress and args.jobs == 1, train=not args.no_train,
-                   reevaluate=args.reevaluate, jobs=args.jobs)
+                   reevaluate=args.reevaluate, jobs=args.jobs, force=args.force)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     return 0
