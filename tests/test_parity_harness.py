@@ -1,0 +1,102 @@
+"""The reference-parity harness (benchmarks/parity.py) on a stand-in checkout with SSL4MIS's interface:
+it runs the script with only the documented run-time changes and scores both sides with one scorer."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from test_data import make_acdc
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ROOT / "benchmarks" / "parity.py"
+STANDIN = Path(__file__).resolve().parent / "parity_standin"
+
+
+def _run(*args, cwd):
+    return subprocess.run([sys.executable, str(HARNESS), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def acdc_data(tmp_path):
+    root = tmp_path / "acdc"
+    make_acdc(root, patients=2, slices=4, vol_shape=(4, 30, 26))
+    return root
+
+
+def _config(tmp_path, root, **train):
+    cfg = {"data": {"dataset": "acdc", "root": str(root), "patch_size": [32, 32], "labeled": 68},
+           "model": {"name": "unet2d", "num_classes": 4, "base_channels": 4},
+           "train": {"iterations": 2, "batch_labeled": 2, "batch_unlabeled": 2, "precision": "fp32", **train},
+           "method": {"name": "supervised"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_applies_only_the_documented_changes_and_keeps_the_last_model(tmp_path, acdc_data):
+    cfg = _config(tmp_path, acdc_data)
+    out = tmp_path / "parity"
+    r = _run("train", "--reference", str(STANDIN), "--method", "supervised", "--seed", "3", "--config", str(cfg),
+             "--data", str(acdc_data), "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    run = out / "supervised_s3"
+    seen = json.loads((run / "cwd" / "seen.json").read_text())
+    assert seen["patch_size"] == [32, 32]  # the config's input size reached the script's args
+    assert seen["num_workers"] == 0 and seen["dtypes"] == ["torch.float32"]
+    assert seen["metrics"] == [[0.0, 0.0]] * 3  # in-loop validation replaced (the stand-in's would raise)
+    argv = seen["argv"]
+    assert (argv["max_iterations"], argv["batch_size"], argv["seed"], argv["labeled_num"]) == (2, 2, 3, 3)
+    assert argv["root_path"].endswith("/ACDC")  # the link that makes the scripts pick ACDC's slice table
+    record = json.loads((run / "run.json").read_text())
+    assert record["precision"] == "fp32" and len(record["changes"]) >= 7 and record["seconds"] > 0
+    sys.path.insert(0, str(STANDIN / "code"))
+    try:
+        from networks.unet import UNet
+    finally:
+        sys.path.remove(str(STANDIN / "code"))
+    UNet(1, 4).load_state_dict(torch.load(run / "final.pth", weights_only=True))
+    again = _run("train", "--reference", str(STANDIN), "--method", "supervised", "--seed", "3", "--config", str(cfg),
+                 "--data", str(acdc_data), "--output", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and "[skip]" in again.stdout  # a finished run is kept
+
+
+def test_train_refuses_a_checkout_without_the_script_and_a_labeled_count_off_the_table(tmp_path, acdc_data):
+    r = _run("train", "--reference", str(tmp_path), "--method", "mean_teacher", "--config", str(_config(tmp_path, acdc_data)),
+             "--data", str(acdc_data), "--output", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and "train_mean_teacher_2D.py" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    cfg = yaml.safe_load(_config(tmp_path, acdc_data).read_text())
+    cfg["data"]["labeled"] = 70
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = _run("train", "--reference", str(STANDIN), "--method", "supervised", "--config", str(tmp_path / "bad.yaml"),
+             "--data", str(acdc_data), "--output", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and "data.labeled" in r.stderr
+
+
+def test_score_puts_both_sides_through_one_scorer(tmp_path, acdc_data):
+    from bfaseg.config import validate_config
+    from bfaseg.training.trainer import Trainer
+
+    cfg = _config(tmp_path, acdc_data)
+    out = tmp_path / "parity"
+    assert _run("train", "--reference", str(STANDIN), "--method", "supervised", "--seed", "1", "--config", str(cfg),
+                "--data", str(acdc_data), "--output", str(out), cwd=tmp_path).returncode == 0
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["labeled"] = 4
+    raw["train"]["val_every"] = 2
+    Trainer(validate_config(raw), tmp_path / "ours", progress=False).fit()
+    scores = tmp_path / "scores.json"
+    r = _run("score", str(out / "supervised_s1"), str(tmp_path / "ours"), "--data", str(acdc_data),
+             "--output", str(scores), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(scores.read_text())
+    ref, ours = result["supervised_s1"], result["ours"]
+    assert (ref["side"], ref["image_resize"]) == ("reference", "zoom_nearest")
+    assert (ours["side"], ours["image_resize"]) == ("bfaseg", "zoom_linear")
+    for side in (ref, ours):
+        assert [row["case"] for row in side["per_case"]] == ["patient001_frame01"]
+        assert set(side["mean"]) >= {"dice", "jaccard", "hd95", "asd", "dice_1", "dice_3"}
