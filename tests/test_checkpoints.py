@@ -170,9 +170,12 @@ def test_describe_checkpoint_provenance(bfa_ckpt, tmp_path):
 
 def test_predictor_from_checkpoint_settings_and_errors(bfa_ckpt, caplog):
     p = Predictor.from_checkpoint(bfa_ckpt, device="cpu", precision="fp32", which="teacher", mode="fast",
-                                  overlap=0.25, batch_size=3, largest_component=True)
+                                  largest_component=True)
     assert (p.ndim, p.device, p.precision, p.mode, p.overlap, p.batch_size, p.largest_component) == \
-        (2, "cpu", "fp32", "fast", 0.25, 3, True)
+        (2, "cpu", "fp32", "fast", None, None, True)
+    for option, kw in (("--overlap", {"overlap": 0.25}), ("--batch-size", {"batch_size": 3})):
+        with pytest.raises(BfasegError, match=f"^{option}: the checkpoint is a 2-D network"):  # was silently dropped
+            Predictor.from_checkpoint(bfa_ckpt, device="cpu", **kw)
     assert p.state["_loaded_weights"] == "teacher" and p.checkpoint == bfa_ckpt
     labels, _, settings = p.predict(torch.rand(2, 32, 32).numpy())
     assert labels.shape == (2, 32, 32) and settings["largest_component"] is True
@@ -185,10 +188,12 @@ def test_predictor_from_checkpoint_settings_and_errors(bfa_ckpt, caplog):
     with pytest.raises(BfasegError, match="--stride: the checkpoint is a 2-D network"):
         Predictor.from_checkpoint(bfa_ckpt, device="cpu", stride=[2, 2, 2])
     args = SimpleNamespace(checkpoint=bfa_ckpt, device="cpu", precision="bf16", model="teacher", mode="paper",
-                           stride=None, overlap=0.75, batch_size=5, largest_component=True)
+                           stride=None, overlap=None, batch_size=None, largest_component=True)
     q = Predictor.from_args(args)
     assert (q.precision, q.mode, q.overlap, q.batch_size, q.largest_component, q.state["_loaded_weights"]) == \
-        ("bf16", "paper", 0.75, 5, True, "teacher")
+        ("bf16", "paper", None, None, True, "teacher")
+    assert q.warnings == ["--mode paper: the checkpoint is a 2-D network, predicted slice by slice "
+                          "(no sliding window; for ACDC this is the reference protocol)"]  # also in summary.json
     args = SimpleNamespace(checkpoint=bfa_ckpt, device="cpu", precision="fp32", model="student", mode="fast",
                            stride=None, largest_component=False)  # predict has no --overlap / --batch-size
     q = Predictor.from_args(args)

@@ -274,6 +274,36 @@ def test_kind2_experiment_folder_reused_with_another_config(n, experiment_folder
                         "--output", str(out), "--no-progress"], out, capsys) == 2
 
 
+# options an adversarial user combines; on the 2-D checkpoint no window option applies, and the policies
+# apply only with reference labels
+OPTION_CHOICES = [["--mode", "paper"], ["--mode", "fast"], ["--stride", "8", "8", "8"], ["--policy", "worst"],
+                  ["--empty-class-policy", "one"], ["--labels", "input"], ["--h5-format", "nifti"],
+                  ["--largest-component"], ["--precision", "fp32"]]
+
+
+@pytest.mark.parametrize("n", range(9))
+def test_kind3_predict_option_combinations_are_used_or_refused(n, checkpoint, tmp_path, capsys):
+    """Kind 3, options that contradict or do not apply: never silently dropped, and warnings reach summary.json."""
+    import json
+
+    rng = random.Random(SEED * 300 + n)
+    picked = rng.sample(OPTION_CHOICES, rng.randint(1, 4))
+    src = tmp_path / "in"
+    src.mkdir()
+    _h5(src / "case1.h5", image=IMAGE, label=LABEL)
+    out = tmp_path / "out"
+    argv = [a for option in picked for a in option]
+    code = run_checked(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out),
+                        "--no-progress", "--device", "cpu", "--no-quality", *argv], out, capsys)
+    repeated = len({option[0] for option in picked}) < len(picked)  # --mode paper ... --mode fast
+    inapplicable = repeated or "--stride" in argv or ("--labels" not in argv and ("--policy" in argv or
+                                                                                  "--empty-class-policy" in argv))
+    assert code == (2 if inapplicable else 0), argv
+    if code == 0:
+        warnings = json.loads((out / "summary.json").read_text())["warnings"]
+        assert any("--mode paper" in w for w in warnings) == ("paper" in argv)
+
+
 @pytest.mark.parametrize("output", ["file", "file_parent"])
 @pytest.mark.parametrize("command", ["predict", "report", "experiment", "train"])
 def test_bad_output_is_one_line_before_any_work(command, output, checkpoint, tmp_path, capsys):

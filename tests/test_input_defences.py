@@ -124,14 +124,14 @@ def test_nifti_rgb_image_is_refused(tmp_path):
 # --------------------------------------------------------------------------- 2. a folder reused by another run
 
 
-def _experiment(tmp_path, cfg: dict, out: Path, *extra) -> tuple[int, str]:
+def _experiment(tmp_path, cfg: dict, out: Path, *extra, seeds: str = "1") -> int:
     import yaml
 
     from bfaseg.cli.main import main
 
     path = tmp_path / f"c{abs(hash(repr(cfg))) % 10**6}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return main(["experiment", str(path), "--methods", "supervised", "--seeds", "1", "--output", str(out),
+    return main(["experiment", str(path), "--methods", "supervised", "--seeds", seeds, "--output", str(out),
                  "--no-progress", *extra])
 
 
@@ -194,7 +194,7 @@ def test_experiment_checks_runs_in_the_table_that_this_command_does_not_plan(tmp
     assert _experiment(tmp_path, _tiny(), out) == 0
     capsys.readouterr()
     # the new command plans only seed 2, but seed 1's row (another config) would share its table
-    code = _experiment(tmp_path, _tiny(synthetic_cases=12), out, "--seeds", "2")
+    code = _experiment(tmp_path, _tiny(synthetic_cases=12), out, seeds="2")
     err = capsys.readouterr().err
     assert code == 2 and "run supervised_s1 was made with another config" in err, err
     assert not (out / "supervised_s2").exists()
@@ -221,3 +221,121 @@ def test_train_on_a_run_of_another_config_names_the_keys(tmp_path, capsys):
                                        "(it differs in data.synthetic_cases); choose another --output\n")
     assert main(["train", str(tmp_path / "b.yaml"), "--output", str(run), "--no-progress", "--resume"]) == 2
     assert "--resume: the config differs from the run's in data.synthetic_cases" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- 3. options that contradict or do not apply
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("mode", ["fast", "paper"])
+def test_every_window_option_combination_is_used_or_refused(ndim, mode):
+    """All 8 combinations of --stride/--overlap/--batch-size per network and mode: an option either changes the
+    prediction or is refused by name; none is dropped."""
+    import itertools
+
+    from bfaseg.inference.predictor import check_window_options
+
+    for stride, overlap, batch in itertools.product([None, [4, 4, 4]], [None, 0.5], [None, 2]):
+        given = {"--stride": stride is not None, "--overlap": overlap is not None, "--batch-size": batch is not None}
+        unused = {o for o, g in given.items() if g and (
+            ndim == 2 or (mode == "paper" and o != "--stride") or (mode == "fast" and o == "--overlap" and stride))}
+        if unused:
+            with pytest.raises(BfasegError) as err:
+                check_window_options(ndim, mode, stride, overlap, batch)
+            assert str(err.value).split(":")[0] in unused
+        else:
+            check_window_options(ndim, mode, stride, overlap, batch)
+
+
+@pytest.fixture(scope="module")
+def run3d(tmp_path_factory):
+    import yaml
+
+    from bfaseg.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("run3d")
+    cfg = _tiny()
+    cfg["data"].update(synthetic_ndim=3, synthetic_size=[24, 24, 16], patch_size=[16, 16, 16], synthetic_cases=6,
+                       synthetic_val_cases=1)
+    cfg["model"].update(name="vnet", num_classes=3)
+    (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp / "c.yaml"), "--output", str(tmp / "run"), "--no-progress"]) == 0
+    import nibabel as nib
+
+    (tmp / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(24, 24, 16)).astype(np.float32), np.eye(4)),
+             str(tmp / "in" / "x_0000.nii.gz"))
+    return tmp
+
+
+def test_summary_records_what_was_used_and_every_warning(run3d, tmp_path, capsys):
+    import json
+
+    from bfaseg.cli.main import main
+
+    argv = ["predict", "--checkpoint", str(run3d / "run/checkpoints/last.pt"), "--input", str(run3d / "in"),
+            "--device", "cpu", "--no-progress", "--no-quality"]
+    assert main([*argv, "--output", str(tmp_path / "a"), "--stride", "8", "8", "8", "--h5-format", "nifti"]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["inference"]["stride"] == [8, 8, 8] and summary["inference"]["overlap"] is None  # not used
+    assert summary["warnings"] == [err.removeprefix("warning: ").strip()]
+    assert "--h5-format nifti: applies to h5 inputs only" in err
+
+
+@pytest.mark.parametrize("command,argv,expect", [
+    ("evaluate", ["--mode", "fast", "--stride", "4", "4", "4", "--overlap", "0.9"], "--overlap: --stride sets the windows"),
+    ("evaluate", ["--mode", "paper", "--overlap", "0.9"], "--overlap: applies to --mode fast only"),
+    ("evaluate", ["--mode", "paper", "--batch-size", "2"], "--batch-size: applies to --mode fast only"),
+    ("predict", ["--policy", "worst"], "--policy: applies only with --labels"),
+    ("predict", ["--empty-class-policy", "one"], "--empty-class-policy: applies only with --labels"),
+])
+def test_evaluate_predict_options_that_would_be_dropped_are_refused(command, argv, expect, run3d, tmp_path, capsys):
+    from bfaseg.cli.main import main
+
+    out = tmp_path / "out"
+    data = ["--input", str(run3d / "in")] if command == "predict" else ["--data", str(run3d), "--split", "x.list"]
+    code = main([command, "--checkpoint", str(run3d / "run/checkpoints/last.pt"), *data,
+                 "--output", str(out), "--device", "cpu", "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {expect}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["report", "{run}", "--plateau-points", "2"], "--plateau-points: applies only with --plateau"),
+    (["report", "{run}", "--overlay-cases", "0", "--checkpoint", "last"], "--checkpoint: applies to the overlays"),
+    (["report", "{run}", "--overlay-cases", "0", "--tensorboard"], "--tensorboard: applies to the overlays"),
+    (["suggest", "--checkpoint", "{ckpt}", "--passes", "4"], "--passes: applies to --strategy mc_dropout only"),
+    (["suggest", "--checkpoint", "{ckpt}", "--strategy", "entropy", "--seed", "3"], "--seed: applies to --strategy"),
+    (["demo", "--overwrite"], "--overwrite: applies only with --output"),
+    (["experiment", "{cfg}", "--force", "--no-train"], "--force: starts runs over, which --no-train forbids"),
+    (["experiment", "{cfg}", "--iterations", "3", "--set", "train.iterations=4"],
+     "--set train.iterations=4: --iterations 3 sets train.iterations too"),
+    (["experiment", "{cfg}", "--jobs", "2", "--set", "train.threads=4"], "--set train.threads=4: --jobs 2 sets"),
+    (["train", "{cfg}", "--set", "train.lr=0.1", "--set", "train.lr=0.2"], "--set train.lr: given twice"),
+    (["train", "{cfg}", "--deterministic", "--set", "train.deterministic=false"],
+     "--set train.deterministic=false: --deterministic sets train.deterministic too"),
+])
+def test_other_commands_refuse_options_that_do_not_apply(argv, expect, run3d, tmp_path, capsys):
+    from bfaseg.cli.main import main
+
+    argv = [a.format(run=run3d / "run", ckpt=run3d / "run/checkpoints/last.pt", cfg=run3d / "c.yaml") for a in argv]
+    out = tmp_path / "out"
+    extra = [] if argv[0] == "demo" else ["--output", str(out)]  # demo: --overwrite without --output
+    if argv[0] != "report":  # report has no progress bar
+        extra.append("--no-progress")
+    code = main([*argv, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {expect}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_an_option_given_twice_is_refused_not_the_last_one_kept(capsys):
+    from bfaseg.cli.main import main, refuse_repeated_options
+
+    assert main(["metrics", "p.npy", "g.npy", "--policy", "worst", "--policy=paper"]) == 2
+    assert capsys.readouterr().err == ("error: --policy: given twice; the last one would silently replace the first, "
+                                       "give it once\n")
+    refuse_repeated_options(["train", "c.yaml", "--set", "a.b=1", "--set", "a.c=2"])  # --set collects its values
+    refuse_repeated_options(["metrics", "--", "--x", "--x"])  # after --, file names

@@ -73,6 +73,10 @@ def run(args) -> int:
 
     if args.iterations < 1:
         raise BfasegError(f"--iterations: must be >= 1, got {args.iterations}")
+    from bfaseg.cli.main import refuse_inapplicable
+
+    refuse_inapplicable(args, [("--overwrite", "overwrite", lambda a: None if a.output else
+                                "applies only with --output (without it the demo trains in a new temporary folder)")])
     tmp = None
     if args.output:
         root = prepare_demo_folder(Path(args.output), {"iterations": args.iterations, "seed": args.seed},

@@ -49,6 +49,14 @@ def run(args) -> int:
     for option, value in (("--iterations", args.iterations), ("--labeled", args.labeled)):
         if value is not None and value < 1:  # 0 must not read as "not given"
             raise BfasegError(f"{option}: must be >= 1, got {value}")
+    from bfaseg.cli.main import check_set_keys, refuse_inapplicable
+
+    refuse_inapplicable(args, [("--force", "force", lambda a: "starts runs over, which --no-train forbids; "
+                                "give one of them" if a.no_train else None)])
+    check_set_keys(args.overrides, {key: f"{option} {value}" for key, option, value in (
+        ("train.iterations", "--iterations", args.iterations), ("data.root", "--data", args.data),
+        ("data.labeled", "--labeled", args.labeled), ("train.threads", "--jobs", args.jobs if args.jobs > 1 else None))
+        if value is not None})
     overrides = list(args.overrides)
     if args.iterations is not None:
         overrides.append(f"train.iterations={args.iterations}")

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import traceback
+from typing import Callable, Iterable
 
 from bfaseg import __version__
 from bfaseg.errors import BfasegError, Interrupted
@@ -80,18 +81,86 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(sub)
+    parser.commands = sub.choices  # name -> sub-parser: the defaults that tell given options apart (main)
     return parser
+
+
+# ----------------------------------------------------------------------------- options that would change nothing
+# Options that do not apply, or that another option overrides, are refused by name, never dropped silently.
+# main() records in ``args.given`` the options given on the command line (their value differs from the
+# parser's default); each command lists its rules, ``(option, dest, why)``: ``why(args)`` returns the reason
+# the option does not apply with the other options given, or None. Window options that depend on the
+# network (a 2-D network has no windows) are checked where it is known, ``Predictor.from_checkpoint``.
+
+Rule = tuple[str, str, Callable[[object], "str | None"]]
+
+
+def given(args, dest: str) -> bool:
+    """Whether ``--dest`` was given on the command line (False for namespaces not made by ``bfaseg.cli.main``)."""
+    return dest in getattr(args, "given", ())
+
+
+def refuse_inapplicable(args, rules: Iterable[Rule]) -> None:
+    """The first rule whose option was given and does not apply: one error naming the option and why."""
+    for option, dest, why in rules:
+        if given(args, dest):
+            reason = why(args)
+            if reason:
+                raise BfasegError(f"{option}: {reason}")
+
+
+def check_set_keys(overrides: list[str], implied: dict[str, str]) -> None:
+    """``--set KEY=VALUE`` options: a key given twice (the last would silently win), or a key another
+    option sets too (``implied``: key -> that option, e.g. ``{"train.iterations": "--iterations 10"}``)."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key or "=" not in item:
+            continue  # malformed: config.apply_overrides says what is wrong with it
+        if key in seen:
+            raise BfasegError(f"--set {key}: given twice ({seen[key]!r} and {item!r}); the last would silently win")
+        seen[key] = item
+        if key in implied:
+            raise BfasegError(f"--set {item}: {implied[key]} sets {key} too; give one of them")
+
+
+REPEATABLE = {"--set"}  # options that collect every value (action="append")
+
+
+def refuse_repeated_options(argv: list[str]) -> None:
+    """An option given twice (``--mode paper ... --mode fast``): argparse keeps the last one silently."""
+    seen = set()
+    for token in argv:
+        if token == "--":
+            break
+        option = token.split("=", 1)[0]
+        if option.startswith("--") and option not in REPEATABLE:
+            if option in seen:
+                raise BfasegError(f"{option}: given twice; the last one would silently replace the first, give it once")
+            seen.add(option)
+
+
+def _given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The options of the command that were given (their value differs from the default): options that
+    do not apply are refused by name (``refuse_inapplicable``) instead of being dropped silently."""
+    command = getattr(parser, "commands", {}).get(getattr(args, "command", None))
+    if command is None:
+        return set()
+    return {dest for dest, value in vars(args).items()
+            if dest not in ("func", "command", "debug") and value != command.get_default(dest)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.given = _given_options(parser, args)
     configure_logging()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     old_term = signal.signal(signal.SIGTERM, _terminate) if _default_sigterm() else None
     try:
+        refuse_repeated_options(sys.argv[1:] if argv is None else argv)
         return int(args.func(args) or 0)
     except BfasegError as exc:
         if args.debug:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from bfaseg.cli.main import refuse_inapplicable
 from bfaseg.metrics import EMPTY_CLASS_HELP, EMPTY_CLASS_POLICIES
 
 
@@ -51,6 +52,10 @@ def run(args) -> int:
     from bfaseg.inference.predictor import Predictor
     from bfaseg.suggest import QualityMonitor  # quality.json: scores and flags per case
 
+    refuse_inapplicable(args, [
+        (option, dest, lambda a: None if a.labels else "applies only with --labels (without reference labels "
+                                                        "nothing is scored)")
+        for option, dest in (("--policy", "policy"), ("--empty-class-policy", "empty_class_policy"))])
     predictor = Predictor.from_args(args)
     quality = None if args.no_quality else QualityMonitor(args.checkpoint, device=predictor.device,
                                                           precision=predictor.precision, which=args.model)

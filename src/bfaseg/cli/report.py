@@ -94,9 +94,15 @@ def run(args) -> int:
     from bfaseg.io.files import atomic_write_bytes
 
     from bfaseg.io.output import check_output_dir
+    from bfaseg.cli.main import refuse_inapplicable
 
     if args.overlay_cases < 0:
         raise BfasegError("--overlay-cases: must be >= 0")
+    no_overlays = lambda a: None if a.overlay_cases else "applies to the overlays, which --overlay-cases 0 turns off"  # noqa: E731
+    refuse_inapplicable(args, [
+        ("--plateau-points", "plateau_points", lambda a: None if a.plateau else "applies only with --plateau"),
+        *((option, dest, no_overlays) for option, dest in (("--data", "data"), ("--checkpoint", "checkpoint"),
+                                                           ("--device", "device"), ("--tensorboard", "tensorboard")))])
     check_plateau_points(args.plateau_points)
     check_output_dir(args.output)
     runs = read_runs(args.runs)

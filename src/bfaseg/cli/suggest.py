@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 
+from bfaseg.cli.main import refuse_inapplicable
 from bfaseg.errors import BfasegError
 
 
@@ -51,6 +52,11 @@ def run(args) -> int:
 
     if args.passes < 2:
         raise BfasegError(f"--passes: must be at least 2, got {args.passes}")
+    refuse_inapplicable(args, [
+        ("--passes", "passes", lambda a: None if a.strategy == "mc_dropout" else
+         f"applies to --strategy mc_dropout only, not {a.strategy}"),
+        ("--seed", "seed", lambda a: None if a.strategy in ("mc_dropout", "random") else
+         f"applies to --strategy random and mc_dropout only, not {a.strategy}")])
     device = str(resolve_device(args.device, option="--device"))
     doc = suggest(
         args.checkpoint, args.data, strategy=args.strategy, top=args.top, output=args.output, split=args.split,

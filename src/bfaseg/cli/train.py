@@ -26,6 +26,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from bfaseg.cli.main import check_set_keys
+
+    check_set_keys(args.overrides, {"train.deterministic": "--deterministic"} if args.deterministic else {})
     overrides = list(args.overrides)
     if args.deterministic:
         overrides.append("train.deterministic=true")

@@ -119,7 +119,7 @@ def evaluate_split(
     num_classes = cfg.model.num_classes
     downsample = cfg.data.downsample if dataset in ("la", "pancreas") else 1.0
 
-    warn: list[str] = []
+    warn: list[str] = list(predictor.warnings)  # options that changed nothing, said on the console too
     train_set, train_name = training_ids(cfg, root, predictor.state.get("data"))
     overlap_ids = [i for i in ids if i in train_set]
     if overlap_ids:

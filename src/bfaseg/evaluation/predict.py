@@ -21,6 +21,7 @@ dataset of input h5 files) each case is scored and ``summary.json`` gets the met
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from bfaseg.io.nifti_write import save_nifti_mask, save_probabilities
 from bfaseg.io.output import check_output_dir, remove_stale_temporaries
 
 __all__ = ["collect_inputs", "predict_files"]
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -146,6 +149,11 @@ def predict_files(
         labels_dir = Path(reference)
         if not labels_dir.is_dir():
             raise BfasegError(f"--labels: folder not found: {labels_dir}")
+    warnings = list(predictor.warnings)  # options that changed nothing, said on the console too
+    if h5_format != "h5" and not any(kind == "h5" for _, _, kind in input_files):
+        warnings.append(f"--h5-format {h5_format}: applies to h5 inputs only; {source} holds none "
+                        "(NIfTI inputs are always written as NIfTI)")
+        log.warning(warnings[-1])
     cfg, ndim = predictor.cfg, predictor.ndim
     num_classes = cfg.model.num_classes
     downsample = cfg.data.downsample if ndim == 3 else 1.0
@@ -237,6 +245,7 @@ def predict_files(
         "outputs": written,
         **predictor.describe(settings),
         "input": str(Path(inputs)),
+        "warnings": warnings,
     }
     if results:
         units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"

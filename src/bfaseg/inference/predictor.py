@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +106,30 @@ def predict_array(
             kw.update(overlap=ov, batch_size=bs)
             if stride:
                 kw["stride"] = list(stride)
-            settings.update(overlap=ov, batch_size=bs, blend="gaussian", stride=kw.get("stride"))
+            settings.update(overlap=None if stride else ov, batch_size=bs, blend="gaussian", stride=kw.get("stride"))
         labels, probs = predict_volume(image, fwd, patch, return_probs=return_probs, **kw)
     if largest_component:
         labels = largest_connected_component(labels)
     settings["largest_component"] = bool(largest_component)
     return labels, probs, settings
+
+
+def check_window_options(ndim: int, mode: str, stride, overlap, batch_size) -> None:
+    """Window options (None: not given) that would change nothing are refused by name, never dropped:
+    a 2-D network has no windows; paper mode steps one window at a time by its stride (the reference
+    protocol), so it takes neither --overlap nor --batch-size; in fast mode --stride sets the windows
+    and would override --overlap."""
+    given = [(o, v) for o, v in (("--stride", stride), ("--overlap", overlap), ("--batch-size", batch_size))
+             if v is not None]
+    for option, _ in given:
+        if ndim == 2:
+            raise BfasegError(f"{option}: the checkpoint is a 2-D network (slice-wise inference has no windows)")
+        if mode == "paper" and option != "--stride":
+            raise BfasegError(f"{option}: applies to --mode fast only (paper mode predicts one window at a time, "
+                              "stepping by --stride, as the reference protocol)")
+    if mode == "fast" and stride is not None and overlap is not None:
+        raise BfasegError("--overlap: --stride sets the windows in fast mode and would override it; "
+                          "give --stride or --overlap, not both")
 
 
 @dataclass
@@ -132,6 +150,7 @@ class Predictor:
     largest_component: bool
     overlap: float | None = None
     batch_size: int | None = None
+    warnings: list[str] = field(default_factory=list)  # said on the console, recorded in summary.json
 
     @classmethod
     def from_checkpoint(
@@ -162,12 +181,13 @@ class Predictor:
         if device == "run":
             device = resolve_device(cfg.train.device, option="train.device")
         ndim = cfg.model.ndim
+        check_window_options(ndim, mode, stride, overlap, batch_size)
+        warnings = []
         if mode == "paper" and ndim == 2:  # said once, not only in summary.json: the option changes nothing
-            log.warning("--mode paper: the checkpoint is a 2-D network, predicted slice by slice "
-                        "(no sliding window; for ACDC this is the reference protocol)")
+            warnings.append("--mode paper: the checkpoint is a 2-D network, predicted slice by slice "
+                            "(no sliding window; for ACDC this is the reference protocol)")
+            log.warning(warnings[-1])
         if stride is not None:
-            if ndim == 2:
-                raise BfasegError("--stride: the checkpoint is a 2-D network (slice-wise inference has no windows)")
             if len(stride) == 1:
                 stride = list(stride) * 3
             if len(stride) != 3 or min(stride) < 1:
@@ -178,6 +198,7 @@ class Predictor:
             checkpoint=checkpoint, model=model, cfg=cfg, state=state, ndim=ndim, device=str(device),
             precision=resolve_precision(precision, mode, device), forward=inference_fn(model, ndim, device),
             mode=mode, stride=stride, largest_component=largest_component, overlap=overlap, batch_size=batch_size,
+            warnings=warnings,
         )
 
     @classmethod
