@@ -174,3 +174,65 @@ def test_gradient_shares_name_every_term_and_a_switched_off_term_moves_nothing(t
     t2.copy_student_to_teacher()
     off = gradient_shares(t2, [4])["terms"]["align"]
     assert off["network"] == 0.0 and off["features"] == 0.0
+
+
+# ------------------------------------------------------------- pseudo-label boundary from the teacher's head
+def test_teacher_head_boundaries_replace_the_pseudo_sources_only(tmp_path, monkeypatch):
+    from bfaseg.methods import bcp as bcp_module
+    from bfaseg.methods.boundary import class_boundaries
+
+    t = _trainer(tmp_path, pretrain=0.0, pseudo_boundary="teacher_head", min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    m = t.method
+    from bfaseg.data.batches import TwoStreamBatches
+
+    batch = TwoStreamBatches(t.data.labeled, t.data.unlabeled, batch_labeled=4, batch_unlabeled=4,
+                             patch_size=t.patch_size, seed=0, total_iterations=10)[3]
+    box = torch.zeros(2, *t.patch_size)
+    box[:, 4:20, 2:18] = 1.0
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    mix = m.mixed_batch(batch, 3)
+    x_u = batch["image_u"]
+    out = t.teacher_forward(torch.cat([x_u[:2], x_u[2:4]]), return_extras=True)  # one pass: eval-mode teacher
+    want = torch.sigmoid(F.interpolate(out["boundary"], size=t.patch_size, mode="bilinear", align_corners=False))
+    assert torch.allclose(mix["teacher_boundary"], want, atol=1e-6)
+    soft, hard = m.mixed_boundaries(mix, soft=True), m.mixed_boundaries(mix)
+    b = box[:, None]
+    y_l = batch["label_l"]
+    # direction 1: labeled outside (hard GT boundaries), pseudo inside (teacher head); direction 2: the reverse
+    assert torch.allclose(soft[:2], class_boundaries(y_l[:2], K) * (1 - b) + want[:2] * b)
+    assert torch.allclose(soft[2:], want[2:] * (1 - b) + class_boundaries(y_l[2:4], K) * b)
+    assert torch.equal(soft[:2] * (1 - b), hard[:2] * (1 - b))  # the GT parts are the same hard maps
+    assert not torch.equal(soft, hard) and ((soft > 0) & (soft < 1)).any()
+    labels, keep = m.labels_from_logits(out["logits"])
+    pl_in_mix = mix["target"][:2] * box.long()
+    assert torch.equal(pl_in_mix, labels[:2] * box.long())  # pseudo-labels are BCP's from the same pass
+
+
+def test_teacher_head_targets_feed_the_pseudo_term_only(tmp_path, monkeypatch):
+    from bfaseg.losses import boundary_loss
+    from bfaseg.methods import bfa as bfa_module
+
+    t = _trainer(tmp_path, pretrain=0.0, pseudo_boundary="teacher_head", min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    from bfaseg.data.batches import TwoStreamBatches
+
+    batch = TwoStreamBatches(t.data.labeled, t.data.unlabeled, batch_labeled=2, batch_unlabeled=2,
+                             patch_size=t.patch_size, seed=0, total_iterations=10)[3]
+    calls, aligned = [], []
+    monkeypatch.setattr(bfa_module, "boundary_loss", lambda *a: calls.append(a) or boundary_loss(*a))
+    orig = t.method.alignment_loss
+    monkeypatch.setattr(t.method, "alignment_loss", lambda *a: aligned.append(a) or orig(*a))
+    loss, logs = t.method.training_step(batch, 3)
+    (_, gt_target, _), (_, ps_target, _) = calls
+    assert set(gt_target.unique().tolist()) <= {0.0, 1.0}  # the GT term keeps hard boundaries
+    assert ((ps_target > 0) & (ps_target < 1)).any()  # the pseudo term learns the teacher's soft maps
+    assert set(aligned[0][1].unique().tolist()) <= {0.0, 1.0}  # alignment masks stay hard
+    assert torch.isfinite(loss) and "boundary_pseudo" in logs
+
+
+def test_teacher_head_needs_the_head(tmp_path):
+    from bfaseg.errors import BfasegError
+
+    with pytest.raises(BfasegError, match=r"^config: method: pseudo_boundary: teacher_head needs boundary_head: true$"):
+        _trainer(tmp_path, pseudo_boundary="teacher_head", boundary_head=False)

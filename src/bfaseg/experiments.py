@@ -64,6 +64,9 @@ VARIANTS: dict[str, dict] = {
     # the same voxels classified among EMA-memory anchors (InfoNCE): own boundary prototype against other
     # classes' boundary prototypes and every class's interior prototype
     "bfa_align_contrast": {"method": {"name": "bfa", "align_form": "contrast", "align_target": "memory"}},
+    # a boundary-mixing form that carries information the pseudo-label does not: in pseudo-label regions the
+    # head learns the teacher's boundary-head probabilities (a head trained on ground-truth boundaries)
+    "bfa_teacher_boundary": {"method": {"name": "bfa", "pseudo_boundary": "teacher_head"}},
     # BFA with BCP's teacher (EMA 0.99): the default before the slow teacher was chosen on val (docs/RESULTS.md)
     "bfa_fast_teacher": {"method": {"name": "bfa", "teacher_ema_decay": 0.99}},
 }

@@ -35,8 +35,8 @@ def check_method_params(cfg: RunConfig, source: str = "config"):
         return cls.Params.model_validate(cfg.method_params())
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = "method." + ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        key = ".".join(["method", *(str(p) for p in err["loc"])])  # no loc: a check across keys
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise BfasegError(f"{source}: {key}: {msg}") from None
 
 

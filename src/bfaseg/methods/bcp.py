@@ -88,7 +88,11 @@ class BCP(Method):
     @torch.no_grad()
     def pseudo_labels(self, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher argmax (filtered to its large components) and a 0/1 confidence mask."""
-        probs = torch.softmax(self.t.teacher_forward(x_u), 1)
+        return self.labels_from_logits(self.t.teacher_forward(x_u))
+
+    @torch.no_grad()
+    def labels_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(logits, 1)
         conf, label = probs.max(1)
         if self.p.component_filter > 0:
             label = remove_small_components(label, self.t.num_classes, self.p.component_filter)

@@ -22,6 +22,11 @@ teacher (BCP) it extends:
   prototypes and every class's interior prototype, so a boundary feature must also differ
   from the features it is not. Anchors are detached: only the pseudo side moves.
 
+- ``pseudo_boundary``: the boundary target of pseudo-label regions: ``label`` (the boundaries of the
+  teacher's argmax pseudo-label: information the segmentation target already holds) or
+  ``teacher_head`` (the teacher's own boundary-head probabilities, soft: a head trained on
+  ground-truth boundaries carries that representation onto the unlabeled images).
+
 - ``lambda_distance`` (optional): a boundary-distance loss on the segmentation output, with
   signed distance maps of the same (mixed) targets, so far-away false positives cost most.
 
@@ -36,7 +41,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bfaseg.methods.base import paste, sigmoid_rampup
 from bfaseg.methods.bcp import BCP, BCPParams
@@ -70,6 +75,7 @@ class BFAParams(BCPParams):
     align_form: Literal["prototype", "voxel", "contrast"] = "prototype"
     align_temperature: float = Field(default=0.1, gt=0)  # InfoNCE temperature of align_form=contrast
     align_max_voxels: int = Field(default=4096, ge=1)  # pseudo-origin voxels per step (random subset above it)
+    pseudo_boundary: Literal["label", "teacher_head"] = "label"  # the head's target in pseudo-label regions
     memory_momentum: float = 0.9
     min_boundary_voxels: int = 4
     # boundary-distance loss on the segmentation (GT and pseudo-label targets alike): penalises
@@ -77,6 +83,12 @@ class BFAParams(BCPParams):
     lambda_distance: float = 0.0
     distance_scale: float = 10.0  # voxels per unit of the signed distance
     distance_rampup: float = 0.3
+
+    @model_validator(mode="after")
+    def _teacher_head_needs_a_head(self):
+        if self.pseudo_boundary == "teacher_head" and not self.boundary_head:
+            raise ValueError("pseudo_boundary: teacher_head needs boundary_head: true")
+        return self
 
 
 class BFA(BCP):
@@ -86,6 +98,7 @@ class BFA(BCP):
 
     def __init__(self, params, trainer):
         super().__init__(params, trainer)
+        self._teacher_boundary: list[torch.Tensor] = []  # teacher boundary probabilities of this step's pseudo sources
         self.memory: torch.Tensor | None = None  # (K-1, C) prototype memory for align_target=memory
         # (2K-1, C) anchor memory of the voxel/contrast forms: K-1 boundary then K interior prototypes,
         # NaN rows until a class was first seen
@@ -121,12 +134,43 @@ class BFA(BCP):
     def boundaries(self, label: torch.Tensor) -> torch.Tensor:
         return class_boundaries(label, self.t.num_classes, self.p.boundary_thickness)
 
-    def mixed_boundaries(self, mix) -> torch.Tensor:
-        """Boundary targets extracted from each source label BEFORE pasting, then pasted like the images."""
-        out = []
+    def mixed_boundaries(self, mix, soft: bool = False) -> torch.Tensor:
+        """Boundary targets extracted from each source label BEFORE pasting, then pasted like the images.
+
+        ``soft``: pseudo-label sources give the teacher's boundary-head probabilities instead (``mix``
+        must hold ``teacher_boundary``, rows in the order of the pseudo sources)."""
+        out, pseudo = [], 0
         for outer, inner in mix["sources"]:
-            out.append(paste(self.boundaries(outer[1]), self.boundaries(inner[1]), mix["box"]))
+            maps = []
+            for source in (outer, inner):
+                if soft and not source[3]:
+                    n = source[1].shape[0]
+                    maps.append(mix["teacher_boundary"][pseudo:pseudo + n])
+                    pseudo += n
+                else:
+                    maps.append(self.boundaries(source[1]))
+            out.append(paste(maps[0], maps[1], mix["box"]))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def pseudo_labels(self, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As BCP's; with ``pseudo_boundary: teacher_head`` the same teacher pass also keeps the teacher's
+        boundary probabilities (upsampled to the image) for ``mixed_batch``."""
+        if self.p.pseudo_boundary != "teacher_head":
+            return super().pseudo_labels(x_u)
+        out = self.t.teacher_forward(x_u, return_extras=True)
+        mode = "trilinear" if x_u.ndim == 5 else "bilinear"
+        probs = torch.sigmoid(F.interpolate(out["boundary"], size=tuple(x_u.shape[2:]), mode=mode, align_corners=False))
+        self._teacher_boundary.append(probs)
+        return self.labels_from_logits(out["logits"])
+
+    def mixed_batch(self, batch, iteration):
+        self._teacher_boundary = []
+        mix = super().mixed_batch(batch, iteration)
+        if self._teacher_boundary:  # rows: the pseudo sources in order (first half a, then half b)
+            mix["teacher_boundary"] = torch.cat(self._teacher_boundary)
+        self._teacher_boundary = []
+        return mix
 
     def prototypes(self, features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked mean feature per class: features (N, C, *s), masks (N, K-1, *s) -> (K-1, C), counts (K-1,)."""
@@ -305,7 +349,12 @@ class BFA(BCP):
         if p.boundary_head:
             b_logits = out["boundary"]
             size = tuple(b_logits.shape[2:])
-            b_target = downsample_boundaries(boundary, size)
+            b_target = ps_target = downsample_boundaries(boundary, size)
+            if "teacher_boundary" in mix:  # pseudo_boundary: teacher_head, after pre-training
+                soft = self.mixed_boundaries(mix, soft=True)
+                if extra:
+                    soft = torch.cat([soft, self.boundaries(batch["label_l"])])
+                ps_target = downsample_boundaries(soft, size)
             # 0/1 region masks and scalar weights: boundary_loss normalises by its mask's counts, so a
             # per-voxel weight would cancel; the pseudo-label term is scaled by the same pseudo_weight x ramp
             # as the pseudo-label segmentation term, and its class balancing sees only the region
@@ -316,7 +365,7 @@ class BFA(BCP):
             terms["boundary_gt"] = ramp_b * b_gt
             logs["boundary_gt"] = b_gt.detach()
             if p.boundary_mixing and not self.in_pretrain(iteration):
-                b_ps = boundary_loss(b_logits, b_target, ((origin <= 0.5) & (kept > 0.5)).float())
+                b_ps = boundary_loss(b_logits, ps_target, ((origin <= 0.5) & (kept > 0.5)).float())
                 terms["boundary_pseudo"] = ramp_b * self.pseudo_weight(iteration) * b_ps
                 logs["boundary_pseudo"] = b_ps.detach()
 
