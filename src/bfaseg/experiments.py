@@ -17,8 +17,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from bfaseg.config import apply_overrides, load_yaml, validate_config
 from bfaseg.errors import BfasegError, Interrupted
 from bfaseg.io.files import atomic_write_text
@@ -412,12 +410,10 @@ def _run_parallel(todo, out: Path, eval_list, jobs: int, finished) -> None:
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    vals = [v * scale for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+    """Mean ± sample standard deviation (ddof=1) over seeds: the one aggregation of docs/RESULTS.md."""
+    from bfaseg.reporting import format_mean_sd
+
+    return format_mean_sd(values, scale, digits)
 
 
 def _images(entry: dict, role: str) -> str:
@@ -443,7 +439,8 @@ def _ordered_runs(results: dict) -> list[tuple[str, dict]]:
 
 
 def write_tables(results: dict, out: Path) -> None:
-    """results.md: mean ± std over seeds of the LAST and the BEST (validation-selected) checkpoints."""
+    """results.md: mean ± sample sd (ddof=1) over seeds of the LAST and the BEST (validation-selected)
+    checkpoints, and each run on its own."""
     variants = _ordered_variants(results)
     lines = []
     titles = {

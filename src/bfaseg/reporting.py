@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,15 @@ __all__ = [
     "overlay_figure",
     "save_figure",
     "pick_slice",
+    "mean_sd",
+    "format_mean_sd",
+    "load_results",
+    "seed_groups",
+    "seed_table",
+    "run_table",
+    "benchmark_table",
+    "render_table",
+    "refresh_tables",
 ]
 
 
@@ -239,7 +249,7 @@ def plateau(val: Sequence[dict], fraction: float = PLATEAU_FRACTION, points: flo
     quarter minus the best value up to ``(1 - fraction)`` of the final iteration).
 
     The best value, not the last one: single validation points of a CPU-budget run fluctuate by
-    1-3 Dice points between neighbours (measured on ACDC full supervision, docs/RESULTS.md), so an
+    1-3 Dice points between neighbours (ACDC full supervision, docs/results/acdc_converged_runs.md), so an
     endpoint difference measures that noise; the running best only rises when training finds a
     better model. ``endpoint_gain`` (last value minus the last value at or before ``1 - fraction``) is
     returned too, for the record. ``val``: records with ``iteration`` and ``val_dice``
@@ -313,3 +323,274 @@ def overlay_figure(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, t
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=6, framealpha=0.6)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Seed aggregation: the tables of docs/RESULTS.md and of `bfaseg experiment`'s results.md.
+# A results file is what `bfaseg experiment` writes (results.json): run name -> entry, each entry
+# with ``variant``, ``seed`` and per evaluation (``last``, ``best``, ``last_lcc``) a ``mean`` dict of
+# metrics (Dice/Jaccard as fractions, distances in voxels). Optional entry fields that the tables
+# show: ``images_per_step``, ``cpu``, ``plateau`` (``plateau()``'s dict), ``wall_minutes``, ``note``;
+# per evaluation, ``missed`` ((case, class) pairs with an empty mask) where ``per_case`` is absent.
+# ----------------------------------------------------------------------------------------------
+
+
+def mean_sd(values: Sequence) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation with ddof=1, count) of the finite values: a spread over seeds
+    estimates the run-to-run spread of a new seed, hence ddof=1. sd is None below two values, mean too
+    for none."""
+    vals = [float(v) for v in values if _finite(v)]
+    if not vals:
+        return None, None, 0
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None), len(vals)
+
+
+def format_mean_sd(values: Sequence, scale: float = 1.0, digits: int = 2) -> str:
+    """``"72.64 ± 1.24"`` (mean ± sample sd), ``"73.52"`` for one value, ``"n/a"`` for none."""
+    mean, sd, n = mean_sd([v * scale if _finite(v) else None for v in values])
+    if n == 0:
+        return "n/a"
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def load_results(path: str | Path) -> dict:
+    """A results file (``bfaseg experiment``'s results.json, or one committed under docs/results/):
+    run name -> entry; every entry must name its ``variant`` and integer ``seed``."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BfasegError(f"{path}: not a readable results file ({exc})") from None
+    if not isinstance(results, dict):
+        raise BfasegError(f"{path}: expected an object run name -> entry")
+    for name, entry in results.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("variant"), str) \
+                or not isinstance(entry.get("seed"), int) or isinstance(entry.get("seed"), bool):
+            raise BfasegError(f"{path}: run {name!r} has no variant and integer seed")
+    return results
+
+
+def seed_groups(results: dict, variants: Sequence[str] | None = None,
+                evaluation: str = "last") -> list[tuple[str, list[dict]]]:
+    """(variant, its entries by seed) for each variant with an ``evaluation``, in the order of
+    ``variants`` (default: first appearance); a variant asked for but absent is an error."""
+    present: dict[str, list[dict]] = {}
+    for entry in results.values():
+        if evaluation in entry:
+            present.setdefault(entry["variant"], []).append(entry)
+    order = list(variants) if variants is not None else list(present)
+    missing = [v for v in order if v not in present]
+    if missing:
+        raise BfasegError(f"no run with a {evaluation!r} evaluation for {', '.join(missing)}")
+    groups = []
+    for v in order:
+        entries = sorted(present[v], key=lambda e: e["seed"])
+        seeds = [e["seed"] for e in entries]
+        if len(set(seeds)) != len(seeds):
+            raise BfasegError(f"variant {v}: seed given twice ({seeds})")
+        groups.append((v, entries))
+    return groups
+
+
+def _values(entries: list[dict], evaluation: str, metric: str) -> list:
+    return [(e.get(evaluation) or {}).get("mean", {}).get(metric) for e in entries]
+
+
+def _missed(entry: dict, evaluation: str) -> int | None:
+    """(case, class) pairs with an empty prediction or reference: no distance, left out of the means."""
+    ev = entry.get(evaluation) or {}
+    if "per_case" in ev:
+        return sum(1 for row in ev["per_case"] for k, v in row.items() if k.startswith("hd95_") and v is None)
+    return ev.get("missed")
+
+
+def _cpu_short(cpu: str | None) -> str:
+    """``"AMD EPYC, AVX512-BF16, 2 cores"`` -> ``"EPYC"``."""
+    return cpu.split(",")[0].split()[-1] if cpu else "?"
+
+
+def _images_cell(entries: list[dict]) -> str:
+    """``"16 / 8 (12 / 0 in pre-training)"``: student / teacher forward images of one step."""
+    counts = [e.get("images_per_step") for e in entries]
+    if not counts[0] or any(c != counts[0] for c in counts):
+        return "?"
+    c = counts[0]
+    main = f"{c['student']} / {c['teacher']}"
+    pre = (c.get("student_pretrain"), c.get("teacher_pretrain"))
+    if pre[0] is None or pre == (c["student"], c["teacher"]):
+        return main
+    return f"{main} ({pre[0]} / {pre[1]} in pre-training)"
+
+
+def _plateau_text(p: dict | None) -> str:
+    if not p:
+        return "n/a"
+    verdict = ", plateau" if p["plateau"] else ""
+    return f"{p['gain'] * 100:+.2f} points ({p['from_iteration']}→{p['to_iteration']}{verdict})"
+
+
+def _metric_column(header: str, evaluation: str, metric: str, scale: float = 1.0):
+    return header, lambda entries, ev: format_mean_sd(_values(entries, evaluation or ev, metric), scale)
+
+
+def _per_class_cell(entries: list[dict], ev: str) -> str:
+    keys = sorted({k for e in entries for k in (e.get(ev) or {}).get("mean", {}) if k.startswith("dice_")},
+                  key=lambda k: int(k.split("_")[1]) if k.split("_")[1].isdigit() else k)
+    return " / ".join(format_mean_sd(_values(entries, ev, k), 100, 1) for k in keys) or "n/a"
+
+
+def _cpu_cell(entries: list[dict], ev: str) -> str:
+    cpus = [_cpu_short(e.get("cpu")) for e in entries]
+    if len(set(cpus)) == 1:
+        return cpus[0]
+    return ", ".join(f"s{e['seed']} {c}" for e, c in zip(entries, cpus))
+
+
+def _missed_cell(entries: list[dict], ev: str) -> str:
+    counts = [_missed(e, ev) for e in entries]
+    return "?" if any(c is None for c in counts) else str(sum(counts))
+
+
+# column key -> (header, cell(entries of one row, evaluation) -> text); a row is one variant's seeds
+# (seed_table) or one run (run_table)
+TABLE_COLUMNS = {
+    "seeds": ("seeds", lambda entries, ev: str(len(entries))),
+    "seed": ("seed", lambda entries, ev: ", ".join(str(e["seed"]) for e in entries)),
+    "cpu": ("CPU", _cpu_cell),
+    "cpu_full": ("CPU", lambda entries, ev: "; ".join(sorted({e.get("cpu") or "?" for e in entries}))),
+    "images": ("images/step, student / teacher", lambda entries, ev: _images_cell(entries)),
+    "dice": _metric_column("Dice %", "", "dice", 100),
+    "jaccard": _metric_column("Jaccard %", "", "jaccard", 100),
+    "hd95": _metric_column("95HD (vox)", "", "hd95"),
+    "asd": _metric_column("ASD (vox)", "", "asd"),
+    "per_class": ("per-class Dice %", _per_class_cell),
+    "missed": ("missed", _missed_cell),
+    "lcc_dice": _metric_column("+ LCC: Dice %", "last_lcc", "dice", 100),
+    "lcc_hd95": _metric_column("+ LCC: 95HD", "last_lcc", "hd95"),
+    "lcc_asd": _metric_column("+ LCC: ASD", "last_lcc", "asd"),
+    "plateau": ("val Dice gained over the last quarter",
+                lambda entries, ev: "; ".join(_plateau_text(e.get("plateau")) for e in entries)),
+    "minutes": ("minutes", lambda entries, ev: ", ".join(
+        str(e["wall_minutes"]) if _finite(e.get("wall_minutes")) else "?" for e in entries)),
+    "note": ("how it was run", lambda entries, ev: "; ".join(e.get("note") or "" for e in entries)),
+}
+
+
+def _check_columns(columns: Sequence[str]) -> None:
+    unknown = [c for c in columns if c not in TABLE_COLUMNS]
+    if unknown:
+        raise BfasegError(f"unknown table column(s) {', '.join(unknown)} (choose from {', '.join(TABLE_COLUMNS)})")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def seed_table(results: dict, variants: Sequence[str] | None = None,
+               columns: Sequence[str] = ("seeds", "dice", "jaccard", "hd95", "asd"),
+               evaluation: str = "last", labels: dict[str, str] | None = None) -> str:
+    """Markdown table, one row per variant: each column's mean ± sample sd over the variant's seeds
+    (the ``seeds`` column counts them)."""
+    _check_columns(columns)
+    labels = labels or {}
+    rows = [[labels.get(v, v)] + [TABLE_COLUMNS[c][1](entries, evaluation) for c in columns]
+            for v, entries in seed_groups(results, variants, evaluation)]
+    return _markdown(["method"] + [TABLE_COLUMNS[c][0] for c in columns], rows)
+
+
+def run_table(results: dict, variants: Sequence[str] | None = None,
+              columns: Sequence[str] = ("cpu_full", "dice", "jaccard", "hd95", "asd"),
+              evaluation: str = "last") -> str:
+    """Markdown table, one row per run (by variant in the order of ``variants``, then seed)."""
+    _check_columns(columns)
+    names = {id(e): n for n, e in results.items()}
+    rows = [[names[id(e)]] + [TABLE_COLUMNS[c][1]([e], evaluation) for c in columns]
+            for _, entries in seed_groups(results, variants, evaluation) for e in entries]
+    return _markdown(["run"] + [TABLE_COLUMNS[c][0] for c in columns], rows)
+
+
+def benchmark_table(sources: Sequence[tuple[str, dict]], variants: Sequence[str], metric: str = "dice",
+                    corner: str = "", labels: dict[str, str] | None = None,
+                    extra: Sequence[tuple[str, str]] = (), evaluation: str = "last") -> str:
+    """Markdown table, one row per variant and one column per results file: ``metric``'s mean ± sample
+    sd over seeds and the seed count; ``extra`` rows (label, text) repeat one text in every column."""
+    labels = labels or {}
+    header, cell = TABLE_COLUMNS[metric]
+    groups = [dict(seed_groups(results, variants, evaluation)) for _, results in sources]
+    rows = []
+    for v in variants:
+        rows.append([labels.get(v, v)] + [
+            f"{cell(g[v], evaluation)} ({len(g[v])} seed{'s' if len(g[v]) > 1 else ''})" for g in groups])
+    rows += [[label] + [text] * len(sources) for label, text in extra]
+    return _markdown([corner] + [f"{name} {header}" for name, _ in sources], rows)
+
+
+TABLE_MARK = re.compile(r"^<!-- table (?P<spec>.*?) -->\n(?P<body>.*?)^<!-- /table -->$", re.M | re.S)
+
+
+def _parse_spec(spec: str) -> dict[str, str]:
+    import shlex
+
+    out = {}
+    for item in shlex.split(spec):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BfasegError(f"table marker: {item!r} is not key=value")
+        if key in out:
+            raise BfasegError(f"table marker: {key} given twice")
+        out[key] = value
+    return out
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """``"a:b,c:d"`` -> [("a", "b"), ("c", "d")]."""
+    return [tuple(item.split(":", 1)) for item in text.split(",") if item] if text else []
+
+
+def render_table(spec: dict[str, str], base: Path) -> str:
+    """The table a marker describes (``refresh_tables``); result files are relative to ``base``."""
+    known = {"kind", "source", "rows", "seeds", "columns", "evaluation", "labels", "metric", "corner", "extra"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise BfasegError(f"table marker: unknown key(s) {', '.join(unknown)}")
+    kind = spec.get("kind", "seeds")
+    rows = spec["rows"].split(",") if spec.get("rows") else None
+    evaluation = spec.get("evaluation", "last")
+    labels = dict(_pairs(spec.get("labels", "")))
+    if kind == "benchmarks":
+        sources = [(name, load_results(base / path)) for name, path in _pairs(spec["source"])]
+        extra = [tuple(item.split("|", 1)) for item in spec.get("extra", "").split(";") if item]
+        return benchmark_table(sources, rows, spec.get("metric", "dice"), spec.get("corner", ""), labels, extra,
+                               evaluation)
+    results = load_results(base / spec["source"])
+    if spec.get("seeds"):
+        seeds = {int(x) for x in spec["seeds"].split(",")}
+        results = {name: e for name, e in results.items() if e["seed"] in seeds}
+    columns = spec["columns"].split(",") if spec.get("columns") else None
+    if kind == "seeds":
+        return seed_table(results, rows, columns or ("seeds", "dice", "jaccard", "hd95", "asd"), evaluation, labels)
+    if kind == "runs":
+        return run_table(results, rows, columns or ("cpu_full", "dice", "jaccard", "hd95", "asd"), evaluation)
+    raise BfasegError(f"table marker: unknown kind {kind!r} (seeds, runs, benchmarks)")
+
+
+def refresh_tables(text: str, base: str | Path) -> str:
+    """``text`` with every marked table rewritten from its results files::
+
+        <!-- table source=results/acdc.json rows=supervised,bfa columns=seeds,dice,hd95 -->
+        (the table, rewritten)
+        <!-- /table -->
+
+    Marker keys: ``kind`` (``seeds``: one row per variant, mean ± sample sd over seeds, the default;
+    ``runs``: one row per run; ``benchmarks``: one column per results file, ``source=NAME:PATH,...``),
+    ``source`` (a results file relative to ``base``), ``rows`` (variants, in order), ``seeds`` (only
+    these seeds, e.g. ``1``), ``columns``
+    (keys of ``TABLE_COLUMNS``), ``evaluation`` (``last``, ``best``, ``last_lcc``), ``labels``
+    (``variant:label,...``); for ``benchmarks`` also ``metric``, ``corner`` (the first header cell) and
+    ``extra`` (``label|text;...``: rows with one text in every column). Values with spaces in quotes."""
+    base = Path(base)
+    return TABLE_MARK.sub(lambda m: f"<!-- table {m['spec']} -->\n{render_table(_parse_spec(m['spec']), base)}"
+                                    "<!-- /table -->", text)
