@@ -304,6 +304,53 @@ def test_kind3_predict_option_combinations_are_used_or_refused(n, checkpoint, tm
         assert any("--mode paper" in w for w in warnings) == ("paper" in argv)
 
 
+@pytest.mark.parametrize("n", range(4))
+def test_kind4_nifti_masks_in_another_space(n, tmp_path, capsys):
+    """Kind 4, data that disagrees with what it declares: two masks whose affines differ are not scored voxel
+    by voxel (the same array, flipped, permuted, shifted or rescaled in space), unless resampled by flag."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(SEED * 400 + n)
+    pred, gt = _masks(rng)
+    affine = np.eye(4)
+    while np.allclose(affine, np.eye(4), atol=1e-3):
+        affine = np.eye(4)
+        affine[:3, :3] = np.diag(rng.choice([-1.0, 1.0], 3) * rng.choice([1.0, 1.0, 2.0, 0.5], 3))[rng.permutation(3)]
+        affine[:3, 3] = rng.choice([0.0, 0.0, 5.0, -100.0], 3)
+    nib.save(nib.Nifti1Image(pred, affine), str(tmp_path / "pred.nii.gz"))
+    nib.save(nib.Nifti1Image(gt, np.eye(4)), str(tmp_path / "gt.nii.gz"))
+    argv = ["metrics", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz")]
+    assert run_checked(argv, tmp_path / "none", capsys) == 2
+    assert run_checked([*argv, "--resample"], tmp_path / "none", capsys) == 0
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_kind4_images_declared_ct_that_are_not_hounsfield_units(n, tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    rng = np.random.default_rng(SEED * 500 + n)
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    low, span = rng.uniform(300, 3000), rng.uniform(50, 3000)  # MR-like, or CT without its rescale
+    for i in range(3):
+        lab = np.zeros((16, 16, 16), np.uint8)
+        lab[4:12, 4:12, 4:12] = 1
+        img = (low + rng.random(lab.shape) * span).astype(rng.choice(["float32", "int16", "uint16"]))
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(root / "imagesTr" / f"c{i}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+    key = rng.choice(["channel_names", "modality"])
+    (root / "dataset.json").write_text(json.dumps({key: {"0": "CT"}}))
+    cfg = {"data": {"dataset": "nifti", "root": str(root), "patch_size": [16, 16, 16], "labeled": 1, "val_cases": 1},
+           "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
+           "train": {**SYNTH["train"], "iterations": 1}, "method": {"name": "supervised"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert run_checked(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"], out, capsys) == 2
+
+
 @pytest.mark.parametrize("output", ["file", "file_parent"])
 @pytest.mark.parametrize("command", ["predict", "report", "experiment", "train"])
 def test_bad_output_is_one_line_before_any_work(command, output, checkpoint, tmp_path, capsys):

@@ -339,3 +339,137 @@ def test_an_option_given_twice_is_refused_not_the_last_one_kept(capsys):
                                        "give it once\n")
     refuse_repeated_options(["train", "c.yaml", "--set", "a.b=1", "--set", "a.c=2"])  # --set collects its values
     refuse_repeated_options(["metrics", "--", "--x", "--x"])  # after --, file names
+
+
+# --------------------------------------------------------------------------- 4. data that disagrees with what it declares
+
+
+def _ct_like(rng, shape=(24, 24, 16)):
+    """Hounsfield units: air around the body, fat, soft tissue, some bone."""
+    img = np.full(shape, -1000.0) + rng.normal(0, 20, shape)
+    body = np.zeros(shape, bool)
+    body[4:20, 4:20, :] = True
+    img[body] = rng.normal(40, 30, body.sum())
+    img[4:20, 4:6, :] = rng.normal(-100, 20, (16, 2, shape[2]))  # fat
+    img[10:12, 10:12, :] = 700  # bone
+    return img.astype(np.float32)
+
+
+@pytest.mark.parametrize("name,make,outcome", [
+    ("ct", _ct_like, "ok"),
+    ("ct_crop_no_air", lambda rng: _ct_like(rng)[5:19, 5:19], "ok"),
+    ("ct_mostly_air", lambda rng: rng.normal(-900, 30, (24, 24, 16)).astype(np.float32), "ok"),  # below the window
+    ("mr_195_1056", lambda rng: (195 + rng.random((24, 24, 16)) * 861).astype(np.float32), "refused"),
+    ("mr_0_1", lambda rng: rng.random((24, 24, 16)).astype(np.float32) * 0.2 + 300, "refused"),
+    # raw scanner values (0..4095, rescale not applied): air lands inside the window, so only a warning
+    ("ct_not_rescaled", lambda rng: np.clip(_ct_like(rng) + 1024, 0, None), "warned"),
+    ("ct_not_rescaled_small_body", lambda rng: np.clip(_ct_like(rng) + 1024, 0, None)[2:22, 2:22], "refused"),
+    ("mr_zscored", lambda rng: rng.normal(0, 1, (24, 24, 16)).astype(np.float32), "ok"),  # inside the window
+    ("positive_mostly_inside", lambda rng: (rng.random((24, 24, 16)) * 300).astype(np.float32), "warned"),
+])
+def test_declared_ct_is_checked_against_the_voxels(name, make, outcome, tmp_path, caplog):
+    from bfaseg.data import nifti
+
+    nifti._warned.clear()
+    data = make(np.random.default_rng(0))
+    with caplog.at_level(logging.WARNING, logger="bfaseg"):
+        if outcome == "refused":
+            with pytest.raises(BfasegError, match=r"x\.nii\.gz: declared CT by d\.json, but .* lie outside the CT "
+                                                  r"window \[-125, 275\] HU"):
+                nifti.check_declared_modality(data, "CT", nifti.DEFAULT_CT_WINDOW, tmp_path / "x.nii.gz", "d.json")
+            return
+        nifti.check_declared_modality(data, "CT", nifti.DEFAULT_CT_WINDOW, tmp_path / "x.nii.gz", "d.json")
+    assert ("no voxel is below 0 HU" in caplog.text) == (outcome == "warned"), caplog.text
+
+
+def test_declared_mr_with_air_in_hounsfield_units_warns(tmp_path, caplog):
+    from bfaseg.data import nifti
+
+    nifti._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="bfaseg"):
+        for i in range(2):  # once per folder
+            nifti.check_declared_modality(_ct_like(np.random.default_rng(i)), "MR", nifti.DEFAULT_CT_WINDOW,
+                                          tmp_path / f"x{i}.nii.gz", "data.modality")
+    assert caplog.text.count("declared MR by data.modality, but values go down to") == 1
+
+
+def test_training_on_mr_images_declared_ct_is_refused_naming_file_and_declaration(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+    import yaml
+
+    from bfaseg.cli.main import main
+
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        lab = np.zeros((24, 24, 16), np.uint8)
+        lab[6:18, 6:18, 4:12] = 1
+        img = (195 + rng.random(lab.shape) * 400 + lab * 450.0).astype(np.float32)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(root / "imagesTr" / f"c{i}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1}}))
+    cfg = {"data": {"dataset": "nifti", "root": str(root), "patch_size": [16, 16, 16], "labeled": 1, "val_cases": 1},
+           "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
+           "train": {"iterations": 2, "threads": 1, "precision": "fp32"}, "method": {"name": "supervised"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert main(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {root}/imagesTr/c0_0000.nii.gz: declared CT by {root}/dataset.json, but ")
+    assert err.count("\n") == 1 and not out.exists()
+    # the same images declared MR (data.modality overrides dataset.json) train
+    cfg["data"]["modality"] = "MR"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"]) == 0
+
+
+def _mask_pair(tmp_path, affine_b, shape=(20, 20, 10)):
+    import nibabel as nib
+
+    m = np.zeros(shape, np.uint8)
+    m[3:9, 4:12, 2:6] = 1
+    nib.save(nib.Nifti1Image(m, np.eye(4)), str(tmp_path / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(m, affine_b), str(tmp_path / "b.nii.gz"))
+    return str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")
+
+
+def _affine(flip=False, shift=0.0, zoom=1.0):
+    a = np.diag([zoom, zoom, zoom, 1.0])
+    if flip:
+        a[0, 0] = -zoom
+    a[0, 3] = shift
+    return a
+
+
+@pytest.mark.parametrize("affine", [_affine(flip=True, shift=100), _affine(shift=100), _affine(zoom=2),
+                                    _affine(flip=True, shift=19)])
+def test_metrics_refuses_masks_in_different_spaces(affine, tmp_path, capsys):
+    from bfaseg.cli.main import main
+
+    a, b = _mask_pair(tmp_path, affine)
+    assert main(["metrics", a, b]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: PRED {a} and GT {b} differ in affine") and "--resample" in err, err
+
+
+def test_metrics_resample_compares_in_world_space(tmp_path, capsys):
+    import json
+
+    from bfaseg.cli.main import main
+
+    # mirrored along x with the origin at x = 19: every voxel lands on the same place as its mirror image;
+    # the mask (x 3..8) maps to x 11..16, so it does not overlap itself
+    a, b = _mask_pair(tmp_path, _affine(flip=True, shift=19))
+    assert main(["metrics", a, b, "--resample", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dice"] == 0.0
+    # the same mask on a shifted grid, placed at the same world position: identical
+    import nibabel as nib
+
+    m = np.asanyarray(nib.load(a).dataobj)
+    nib.save(nib.Nifti1Image(np.roll(m, 2, axis=0), _affine(shift=-2)), str(tmp_path / "c.nii.gz"))
+    assert main(["metrics", str(tmp_path / "c.nii.gz"), a, "--resample", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dice"] == 1.0

@@ -124,8 +124,10 @@ def test_mr_normalisation_and_non_canonical(tmp_path):
     assert abs(float(case.image.mean())) < 1e-4 and abs(float(case.image.std()) - 1) < 1e-4
     lab = (case.image > 0).astype(np.uint8)
     np.testing.assert_array_equal(restore_geometry(lab, case.geometry), lab)
-    ct = load_nifti_image(ip, modality="CT", ct_window=(10, 100))
+    ct = load_nifti_image(ip, modality="CT", ct_window=(10, 400))
     assert ct.image.min() == 0.0 and ct.image.max() == 1.0
+    with pytest.raises(BfasegError, match=r"mr\.nii\.gz: declared CT by data\.modality, but 8\d\.\d% of its voxels"):
+        load_nifti_image(ip, modality="CT", ct_window=(10, 100))  # MR declared CT: most voxels clipped away
     with pytest.raises(BfasegError, match="modality"):
         load_nifti_image(ip, modality="PET")
 

@@ -42,11 +42,14 @@ def register(subparsers) -> None:
                         help="score classes 1..N (default: binary if only 0/1, else 1..max label); "
                         "a mask value above N is an error")
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    parser.add_argument("--resample", action="store_true",
+                        help="two NIfTI files whose affines differ: resample PRED onto GT's grid (nearest neighbour) "
+                        "instead of refusing to compare them")
     parser.set_defaults(func=run)
 
 
-def _load(path_str: str) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Read a label array and, for NIfTI, the header zooms (mm)."""
+def _load(path_str: str) -> tuple[np.ndarray, tuple[float, ...] | None, object]:
+    """Read a label array and, for NIfTI, the header zooms (mm) and the nibabel image (its geometry)."""
     path = Path(path_str)
     if not path.exists():
         raise BfasegError(f"{path}: file not found")
@@ -60,17 +63,38 @@ def _load(path_str: str) -> tuple[np.ndarray, tuple[float, ...] | None]:
             img = nib.load(str(path))
             data = np.asanyarray(img.dataobj)
             zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
-            return data, zooms
+            return data, zooms, img
         if name.endswith(H5_SUFFIXES):
-            return read_h5(path, ("label",), required=("label",))[0]["label"], None
+            return read_h5(path, ("label",), required=("label",))[0]["label"], None, None
         if name.endswith(".npy"):
-            return np.load(path, allow_pickle=False), None
+            return np.load(path, allow_pickle=False), None, None
     except BfasegError:
         raise
     except Exception as exc:  # corrupt or unreadable file: one line naming it
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BfasegError(f"{path}: cannot read ({reason})") from exc
     raise BfasegError(f"{path}: unsupported file type; use .nii, .nii.gz, .h5 or .npy")
+
+
+def _same_grid(pred: np.ndarray, a, b, args) -> np.ndarray:
+    """Two NIfTI files are compared voxel by voxel only in the same space: affines that differ (mirrored,
+    shifted, another voxel size) are refused, or with --resample PRED is resampled onto GT's grid
+    (nearest neighbour, nibabel.processing); outside PRED's grid is background."""
+    if a is None or b is None or np.allclose(a.affine, b.affine, atol=1e-4, rtol=0):
+        return pred  # .npy / .h5 (no geometry), or the same space: shapes are compared next
+    import nibabel as nib
+
+    if not args.resample:
+        diff = float(np.abs(np.asarray(a.affine) - np.asarray(b.affine)).max())
+        raise BfasegError(
+            f"PRED {args.pred} and GT {args.gt} differ in affine (max difference {diff:.4g}; PRED axes "
+            f"{''.join(nib.aff2axcodes(a.affine))}, GT axes {''.join(nib.aff2axcodes(b.affine))}): voxel-wise "
+            "scores would compare other places; pass --resample to resample PRED onto GT's grid")
+    from nibabel.processing import resample_from_to
+
+    moved = resample_from_to(nib.Nifti1Image(pred.astype(np.int32), a.affine), (b.shape[:3], b.affine), order=0,
+                             mode="constant", cval=0)
+    return np.asarray(moved.dataobj).astype(pred.dtype)
 
 
 def _check_labels(arr: np.ndarray, path: str) -> np.ndarray:
@@ -102,10 +126,11 @@ def _fmt(value: float, key: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    pred, pred_zooms = _load(args.pred)
-    gt, gt_zooms = _load(args.gt)
+    pred, pred_zooms, pred_img = _load(args.pred)
+    gt, gt_zooms, gt_img = _load(args.gt)
     pred = _check_labels(pred, args.pred)
     gt = _check_labels(gt, args.gt)
+    pred = _same_grid(pred, pred_img, gt_img, args)
     if pred.shape != gt.shape:
         raise BfasegError(f"shape mismatch: PRED {args.pred} has shape {pred.shape}, GT {args.gt} has {gt.shape}")
 

@@ -17,6 +17,7 @@ writes the result with the original affine and voxel sizes.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +30,7 @@ from bfaseg.io.geometry import Geometry
 from bfaseg.io.nifti import case_id_from_path, load_nifti, read_nifti_array, read_source_label
 
 DEFAULT_CT_WINDOW = (-125.0, 275.0)
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CT_WINDOW", "load_nifti_image", "load_nifti_label", "parse_modality"]
 
@@ -62,6 +64,49 @@ def parse_modality(modality: str) -> str:
     raise BfasegError(f"modality must be 'auto', 'CT' or 'MR', got {modality!r}")
 
 
+# a declared modality is checked against the voxels (issue 30): MR intensities declared CT are clipped away
+# almost entirely by the CT window, and the network trains on a blank image without a word
+# refused: half the voxels above the window (denser than bone: MR intensities, or CT without its rescale), or
+# half outside it in a volume without any value below 0 HU (no fat, no air). Mostly below the window is air
+# (a small field of view, lungs): plausible Hounsfield units, not refused.
+CT_CLIPPED_REFUSED = 0.5
+HU_AIR = -500.0  # below: air in Hounsfield units (the "auto" rule's threshold too)
+_warned: set[tuple[str, str]] = set()
+
+
+def check_declared_modality(data: np.ndarray, modality: str, window: tuple[float, float], path: Path,
+                            declared_by: str | None) -> None:
+    """Refuse a CT image whose voxels mostly lie outside the CT window (half of them above it, or half outside
+    it with no value below 0: MR, or CT not in Hounsfield units); warn (once per folder) for other CT without
+    any value below 0 and for MR with air-like values below -500 HU."""
+    if declared_by is None or data.size == 0:
+        return
+    lo, hi = float(window[0]), float(window[1])
+    vmin, vmax = float(data.min()), float(data.max())
+    fix = f"set data.modality to what the images are, or fix {declared_by}"
+    if modality == "CT":
+        above = float(np.count_nonzero(data > hi)) / data.size
+        outside = above + float(np.count_nonzero(data < lo)) / data.size
+        if above >= CT_CLIPPED_REFUSED or (vmin >= 0 and outside >= CT_CLIPPED_REFUSED):
+            raise BfasegError(
+                f"{path}: declared CT by {declared_by}, but {outside:.1%} of its voxels lie outside the CT window "
+                f"[{lo:g}, {hi:g}] HU (values {vmin:g}..{vmax:g}), so clipping would flatten most of the image; "
+                f"is it MR, or CT not in Hounsfield units? {fix}")
+        if vmin >= 0:
+            _warn_once(path, "ct", f"{path}: declared CT by {declared_by}, but no voxel is below 0 HU (values "
+                                   f"{vmin:g}..{vmax:g}; real CT has fat and air below 0): are these Hounsfield units? {fix}")
+    elif modality == "MR" and vmin < HU_AIR:
+        _warn_once(path, "mr", f"{path}: declared MR by {declared_by}, but values go down to {vmin:g} (air in "
+                               f"Hounsfield units): is it CT? it is z-scored as MR; {fix}")
+
+
+def _warn_once(path: Path, kind: str, message: str) -> None:
+    key = (str(Path(path).parent), kind)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message + " (said once per folder)")
+
+
 def _normalise(data: np.ndarray, modality: str, window: tuple[float, float]) -> tuple[np.ndarray, dict]:
     if modality == "CT":
         lo, hi = float(window[0]), float(window[1])
@@ -84,13 +129,16 @@ def load_nifti_image(
     *,
     ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
     case_id: str | None = None,
+    declared_by: str | None = None,
 ) -> Case:
     """Read one NIfTI image into a :class:`Case` (image only, ``label`` None).
 
     ``modality``: "CT" (clip to ``ct_window``, scale to [0, 1]), "MR" (z-score) or "auto"
     (CT when the raw minimum is below -500, i.e. air in Hounsfield units; MR otherwise).
     The array axis order is the canonical (x, y, z) one when ``canonical`` is true, else the
-    file's own. ``case.spacing`` is the spacing of the returned array (mm).
+    file's own. ``case.spacing`` is the spacing of the returned array (mm). A CT or MR ``modality`` is
+    checked against the voxels (:func:`check_declared_modality`); ``declared_by`` names where it was declared
+    (default ``data.modality``).
     """
     path = Path(path)
     spacing_req = _parse_spacing(target_spacing)
@@ -105,7 +153,9 @@ def load_nifti_image(
     spacing = spacing_req or geometry.canonical_spacing
 
     if mod == "auto":
-        mod = "CT" if float(data.min()) < -500.0 else "MR"
+        mod = "CT" if float(data.min()) < HU_AIR else "MR"
+    else:
+        check_declared_modality(data, mod, (lo, hi), path, declared_by or "data.modality")
     image, norm = _normalise(data, mod, (lo, hi))
 
     meta: dict[str, Any] = {"source": str(path), "format": "nifti", "modality": mod, "normalization": norm}

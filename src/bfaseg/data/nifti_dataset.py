@@ -144,7 +144,12 @@ def _dataset_modality(root: Path, modality: str) -> tuple[str, dict | None]:
     mod = parse_modality(modality)
     if mod == "auto" and info and info["modality"]:
         mod = info["modality"]
+        info["modality_declared_by"] = info["path"]  # checked against the voxels by load_nifti_image
     return mod, info
+
+
+def _declared_by(info: dict | None, modality: str) -> str:
+    return (info or {}).get("modality_declared_by") or ("data.modality" if parse_modality(modality) != "auto" else "")
 
 
 def _iter_progress(items, desc: str, progress: bool):
@@ -199,7 +204,8 @@ def load_nifti_dataset(root: str | os.PathLike, target_spacing: float | Sequence
     labeled: list[Case] = []
     unlabeled: list[Case] = []
     for case, img_path, lab_path in _iter_progress(jobs, "nifti", progress):
-        c = load_nifti_image(img_path, target_spacing, mod, case_id=case, **image_options)
+        c = load_nifti_image(img_path, target_spacing, mod, case_id=case,
+                             declared_by=_declared_by(info, modality) or None, **image_options)
         if lab_path is None:
             c.meta["labeled"] = False
             unlabeled.append(c)
@@ -220,8 +226,9 @@ def load_nifti_test(root: str | os.PathLike, target_spacing: float | Sequence[fl
     ts = root / "imagesTs"
     if not ts.is_dir():
         return []
-    mod, _ = _dataset_modality(root, modality)
+    mod, info = _dataset_modality(root, modality)
     return [
-        load_nifti_image(p, target_spacing, mod, case_id=case, **image_options)
+        load_nifti_image(p, target_spacing, mod, case_id=case, declared_by=_declared_by(info, modality) or None,
+                         **image_options)
         for case, p in group_images(ts).items()
     ]
