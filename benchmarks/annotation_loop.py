@@ -1,6 +1,6 @@
 """Simulated annotation loop: does labeling the suggested scans help more than labeling random ones?
 
-    # the study in docs/RESULTS.md (ACDC at the CPU budget of configs/acdc/cpu.yaml: BFA, 64x64, 600 iterations)
+    # the study in docs/results/annotation_loop.md (ACDC at the CPU budget of configs/acdc/cpu.yaml: BFA, 64x64, 600 iterations)
     python benchmarks/annotation_loop.py --config configs/acdc/cpu.yaml --set train.threads=1 \
         --strategies random,entropy,disagreement,boundary --seeds 1,2 --rounds 2 --add 3 \
         --output runs/annotation_loop_acdc

@@ -38,7 +38,7 @@ BASE = {
     },
 }
 
-# the CPU budget shared by every method in docs/RESULTS.md. fp32: the project machine is an AVX2-only
+# the CPU budget shared by every method in the archived tables (docs/results/archive_0_1.md). fp32: the project machine is an AVX2-only
 # CPU without bf16 hardware, where bf16 autocast is ~10x SLOWER than fp32 (benchmarks/train_step.py)
 CPU = {
     "acdc": {

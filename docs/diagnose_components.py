@@ -5,7 +5,7 @@
 For each volume and each class (1 RV, 2 Myo, 3 LV): the ground-truth centroid (z, y, x) and voxel
 count, and the largest predicted connected components (3-D) with their voxel counts and centroids.
 A large component far from the ground-truth centroid is a misplaced structure (e.g. an RV on the
-wrong side of the LV), which is what drives 95HD and ASD up in docs/RESULTS.md.
+wrong side of the LV), which is what drives 95HD and ASD up in the archived tables (docs/results/archive_0_1.md).
 """
 
 from __future__ import annotations
