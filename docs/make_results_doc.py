@@ -1,8 +1,11 @@
-"""Assemble the archived bfaseg 0.1 results page (docs/RESULTS_0.1.md; its text is the archive section of
-docs/RESULTS.md, whose headline is written by hand around copied tables) from docs/RESULTS.md.in and the results.md files that
-`bfaseg experiment` wrote (tables are copied, never typed):
+"""Assemble the archived bfaseg 0.1 results page, docs/results/archive_0_1.md, from
+docs/results/archive_0_1.md.in, docs/results/archive_0_1_findings.md and the results.md files that
+`bfaseg experiment` wrote for those runs (tables are copied, never typed):
 
     python docs/make_results_doc.py runs/acdc10 runs/acdc10_rotate runs/acdc5 runs/la10 runs/acdc_precision_fp32 runs/acdc_precision_bf16
+
+Today's results page, docs/RESULTS.md, is not written by this script: its tables come from the results
+files under docs/results/ (docs/make_results_tables.py).
 """
 
 import sys
@@ -14,11 +17,12 @@ TITLES = {"acdc10": "ACDC, 10 % labels (136 slices of 7 patients), incl. BFA abl
           "la10": "LA, 10 % labels (8 of 40 cases), half resolution",
           "acdc_precision_fp32": "bf16 against fp32: supervised ACDC 10 %, 300 iterations, fp32",
           "acdc_precision_bf16": "bf16 against fp32: supervised ACDC 10 %, 300 iterations, bf16 (training and inference)"}
+HERE = Path("docs/results")
 
 
 def main() -> None:
-    doc = Path("docs/RESULTS.md.in").read_text()
-    findings = Path("docs/RESULTS_findings.md").read_text() if Path("docs/RESULTS_findings.md").exists() else ""
+    doc = (HERE / "archive_0_1.md.in").read_text()
+    findings = (HERE / "archive_0_1_findings.md").read_text()
     parts = [doc, findings]
     for folder in sys.argv[1:]:
         name = Path(folder).name
@@ -29,9 +33,9 @@ def main() -> None:
         name = Path(folder).name
         for kind, title in (("curves", "validation Dice during training"), ("predictions", "predictions on validation slices")):
             if Path(f"docs/figures/{name}_{kind}.png").exists():
-                parts.append(f"{TITLES.get(name, name)}: {title}\n\n![{name} {title}](figures/{name}_{kind}.png)\n")
-    Path("docs/RESULTS_0.1.md").write_text("\n".join(parts))  # never over the current page
-    print("wrote docs/RESULTS_0.1.md")
+                parts.append(f"{TITLES.get(name, name)}: {title}\n\n![{name} {title}](../figures/{name}_{kind}.png)\n")
+    (HERE / "archive_0_1.md").write_text("\n".join(parts))
+    print(f"wrote {HERE / 'archive_0_1.md'}")
 
 
 if __name__ == "__main__":
