@@ -351,6 +351,37 @@ def test_kind4_images_declared_ct_that_are_not_hounsfield_units(n, tmp_path, cap
     assert run_checked(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"], out, capsys) == 2
 
 
+@pytest.mark.parametrize("n", range(6))
+def test_kind5_sizes_that_cannot_fit_are_refused_before_allocating(n, tmp_path, capsys):
+    """Kind 5, sizes that cannot work: a patch, a phantom or a resampled volume beyond any machine's memory
+    (terabytes) is one line naming the key, before anything is allocated."""
+    import nibabel as nib
+
+    rng = random.Random(SEED * 600 + n)
+    cfg = copy.deepcopy(SYNTH)
+    what = rng.choice(["patch_size", "synthetic_size", "target_spacing"])
+    if what == "target_spacing":
+        root = tmp_path / "ds"
+        for folder in ("imagesTr", "labelsTr"):
+            (root / folder).mkdir(parents=True)
+        for i in range(3):
+            lab = np.zeros((16, 16, 16), np.uint8)
+            lab[4:12, 4:12, 4:12] = 1
+            nib.save(nib.Nifti1Image((lab * 1000.0 - 900).astype(np.float32), np.eye(4)),
+                     str(root / "imagesTr" / f"c{i}_0000.nii.gz"))
+            nib.save(nib.Nifti1Image(lab, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+        cfg["data"] = {"dataset": "nifti", "root": str(root), "patch_size": [16, 16, 16], "labeled": 1,
+                       "val_cases": 1, "target_spacing": [10 ** -rng.uniform(3, 6)] * 3}
+        cfg["model"].update(name="vnet", num_classes=2)
+    else:
+        side = 2 ** rng.randint(18, 22)  # terabytes for one batch of patches or one phantom
+        cfg["data"][what] = [side, side]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert run_checked(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"], out, capsys) == 2
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("output", ["file", "file_parent"])
 @pytest.mark.parametrize("command", ["predict", "report", "experiment", "train"])
 def test_bad_output_is_one_line_before_any_work(command, output, checkpoint, tmp_path, capsys):

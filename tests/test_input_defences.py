@@ -473,3 +473,72 @@ def test_metrics_resample_compares_in_world_space(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.roll(m, 2, axis=0), _affine(shift=-2)), str(tmp_path / "c.nii.gz"))
     assert main(["metrics", str(tmp_path / "c.nii.gz"), a, "--resample", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dice"] == 1.0
+
+
+# --------------------------------------------------------------------------- 5. sizes that cannot work
+
+
+def _nifti(path: Path, shape=(24, 24, 16), affine=None) -> Path:
+    import nibabel as nib
+
+    data = np.random.default_rng(0).normal(-900, 30, shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_a_target_spacing_that_cannot_fit_is_refused_before_resampling(tmp_path):
+    from bfaseg.data.nifti import load_nifti_image
+
+    path = _nifti(tmp_path / "x.nii.gz")
+    with pytest.raises(BfasegError, match=rf"^data\.target_spacing \[0\.001, 0\.001, 0\.001\]: resampling {path} from "
+                                          r"\(24, 24, 16\) to \(24000, 24000, 16000\) voxels needs 67\.1 TiB, more than"):
+        load_nifti_image(path, target_spacing=0.001)
+    assert load_nifti_image(path, target_spacing=0.5).image.shape == (48, 48, 32)  # finer, but it fits
+
+
+def test_every_size_is_checked_against_memory_before_allocating(tmp_path, monkeypatch):
+    """With a machine of 1 MiB, each allocation that depends on an input size is refused, naming the key or file."""
+    import h5py
+
+    from bfaseg import precision
+    from bfaseg.config import validate_config
+    from bfaseg.data.build import build_data
+    from bfaseg.data.nifti import load_nifti_image
+    from bfaseg.io.h5 import read_h5_image
+    from bfaseg.training.trainer import Trainer
+
+    path = _nifti(tmp_path / "x.nii.gz", shape=(80, 80, 80))  # 2 MiB of float32
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("image", data=np.zeros((80, 80, 80), np.float32), compression="gzip")  # tiny on disk
+    monkeypatch.setattr(precision, "memory_bytes", lambda device="cpu": 2**20)
+    with pytest.raises(BfasegError, match=rf"^{path}: reading its \(80, 80, 80\) voxels needs 1\.95 MiB, more than "
+                                          r"the 1 MiB of memory of this machine; crop or downsample"):
+        load_nifti_image(path)
+    with pytest.raises(BfasegError, match=rf"^{tmp_path}/x\.h5: 'image' of shape \(80, 80, 80\) needs 1\.95 MiB"):
+        read_h5_image(tmp_path / "x.h5")
+    raw = _tiny()
+    raw["data"].update(synthetic_size=[256, 256], patch_size=[256, 256])
+    cfg = validate_config(raw)
+    with pytest.raises(BfasegError, match=r"^data\.synthetic_size \[256, 256\] x data\.synthetic_cases 10 needs"):
+        build_data(cfg.data, cfg.model.num_classes)
+    with pytest.raises(BfasegError, match=r"^data\.patch_size \[256, 256\]: the first feature map of a batch"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_nifti_with_an_empty_axis_or_an_unreadable_orientation_names_the_file(tmp_path):
+    from bfaseg.io.geometry import Geometry
+    from bfaseg.io.nifti import load_nifti
+
+    path = _nifti(tmp_path / "e.nii.gz", shape=(24, 0, 16))
+    with pytest.raises(BfasegError, match=rf"^{path}: the volume is empty \(shape \(24, 0, 16\)\)"):
+        load_nifti(path)
+
+    class Img:  # an affine nibabel cannot orient
+        affine = np.full((4, 4), np.nan)
+        shape = (4, 4, 4)
+        header = {"qform_code": 1}
+
+    Img.header = type("H", (dict,), {"get_zooms": lambda self: (1.0, 1.0, 1.0)})(qform_code=1)
+    with pytest.raises(BfasegError, match=r"^src\.nii: cannot tell the axis orientation from its affine"):
+        Geometry.of_nifti(Img(), "src.nii")

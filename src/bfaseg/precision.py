@@ -176,3 +176,39 @@ def resolve_training_precision(
             stacklevel=3,
         )
     return "bf16", "requested"
+
+
+# --------------------------------------------------------------------------- memory: sizes checked before allocating
+
+
+def memory_bytes(device: str | torch.device = "cpu") -> int | None:
+    """The memory of ``device`` in bytes: the GPU's total memory, or the machine's physical memory; None
+    where the system does not say."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
+
+
+def check_fits_in_memory(nbytes: int, what: str, fix: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, before allocating, an array (or working set) larger than the memory of ``device``: one line
+    naming ``what`` (the key or file and the shape), the bytes, the memory, and ``fix``, instead of numpy's
+    MemoryError (or the kernel's OOM killer) half-way through."""
+    total = memory_bytes(device)
+    if total is not None and nbytes > total:
+        where = "this GPU" if torch.device(device).type == "cuda" else "this machine"
+        raise BfasegError(f"{what} needs {format_bytes(nbytes)}, more than the {format_bytes(total)} of memory "
+                          f"of {where}; {fix}")

@@ -166,6 +166,11 @@ def _build_synthetic(cfg: DataConfig, num_classes: int) -> DataBundle:
         raise BfasegError(
             f"data.synthetic_classes ({cfg.synthetic_classes}) must equal model.num_classes ({num_classes})"
         )
+    from bfaseg.precision import check_fits_in_memory
+
+    check_fits_in_memory(cfg.synthetic_cases * math.prod(size) * 5,  # float32 image + uint8 label per case
+                         f"data.synthetic_size {list(size)} x data.synthetic_cases {cfg.synthetic_cases}",
+                         "choose fewer or smaller phantoms")
     cases = make_synthetic_cases(cfg.synthetic_cases, size, num_classes, seed=1)
     val = make_synthetic_cases(cfg.synthetic_val_cases, size, num_classes, seed=2, prefix="synth_val")
     labeled_ids, _ = _split_ids(cfg, [c.case_id for c in cases])

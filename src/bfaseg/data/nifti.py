@@ -28,6 +28,7 @@ from bfaseg.data.cases import Case
 from bfaseg.errors import BfasegError
 from bfaseg.io.geometry import Geometry
 from bfaseg.io.nifti import case_id_from_path, load_nifti, read_nifti_array, read_source_label
+from bfaseg.precision import check_fits_in_memory
 
 DEFAULT_CT_WINDOW = (-125.0, 275.0)
 log = logging.getLogger(__name__)
@@ -149,6 +150,14 @@ def load_nifti_image(
 
     img = load_nifti(path)
     geometry = Geometry.of_nifti(img, path, canonical=canonical).resampled_to(spacing_req)
+    # float32 voxels: the source as read, then the resampled array and its normalised copy (checked before reading)
+    check_fits_in_memory(int(np.prod(geometry.shape)) * 4, f"{path}: reading its {tuple(geometry.shape)} voxels",
+                         "crop or downsample the image first")
+    if spacing_req is not None:
+        check_fits_in_memory(
+            int(np.prod(geometry.array_shape)) * 4 * 2,
+            f"data.target_spacing {list(spacing_req)}: resampling {path} from {tuple(geometry.canonical_shape)} "
+            f"to {tuple(geometry.array_shape)} voxels", "choose a coarser target spacing")
     data = geometry.to_array_grid(read_nifti_array(img, path, as_label=False), order=1)
     spacing = spacing_req or geometry.canonical_spacing
 

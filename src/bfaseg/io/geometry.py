@@ -74,10 +74,14 @@ class Geometry:
                 return 0
 
         affine = np.asarray(img.affine, dtype=np.float64)
+        try:  # a reader error names the file (nibabel's OrientationError does not)
+            orientation = _orientations().io_orientation(affine) if canonical else IDENTITY.copy()
+        except Exception as exc:
+            raise BfasegError(f"{source}: cannot tell the axis orientation from its affine ({exc})") from None
         return cls(
             source=str(source), affine=affine, shape=tuple(int(s) for s in img.shape[:3]),
             spacing=tuple(float(z) for z in img.header.get_zooms()[:3]),
-            orientation=_orientations().io_orientation(affine) if canonical else IDENTITY.copy(),
+            orientation=orientation,
             qform_code=code("qform_code"), sform_code=code("sform_code"), xyzt_units=code("xyzt_units"),
         )
 

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from bfaseg.errors import BfasegError
+from bfaseg.precision import check_fits_in_memory
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -64,6 +65,9 @@ def read_h5(
         for key in keys:
             if key in f and not isinstance(f[key], h5py.Dataset):
                 raise BfasegError(f"{path}: {key!r} is a group, not a dataset")
+            if key in f and f[key].dtype.kind in "biufc":  # its size, before reading it (compressed files grow)
+                check_fits_in_memory(int(np.prod(f[key].shape)) * f[key].dtype.itemsize,
+                                     f"{path}: {key!r} of shape {tuple(f[key].shape)}", "crop or split the file")
         arrays = {key: (np.asarray(f[key][()]) if key in f else None) for key in keys}
         return arrays, spacing_attr(f)
 

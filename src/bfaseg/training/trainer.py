@@ -29,7 +29,7 @@ from bfaseg.io import checkpoint as ckpt
 from bfaseg.io.files import atomic_write_bytes, jsonable
 from bfaseg.methods import build_method
 from bfaseg.models import build_model
-from bfaseg.precision import resolve_device, resolve_training_precision
+from bfaseg.precision import check_fits_in_memory, resolve_device, resolve_training_precision
 from bfaseg.training.distributed import (
     DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed,
 )
@@ -96,6 +96,13 @@ class Trainer:
         tc = cfg.train
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed % 2**32)
+        # a lower bound of one training step: the labeled patches' first feature map, refused before any data
+        # is read when even that exceeds the device's memory (instead of an allocator error in the first step)
+        check_fits_in_memory(
+            tc.batch_labeled * cfg.model.base_channels * int(np.prod(cfg.data.patch_size)) * 4,
+            f"data.patch_size {list(cfg.data.patch_size)}: the first feature map of a batch (train.batch_labeled "
+            f"{tc.batch_labeled} x model.base_channels {cfg.model.base_channels} channels)",
+            "choose a smaller data.patch_size, train.batch_labeled or model.base_channels", self.device)
 
         self.data = data if data is not None else build_data(cfg.data, cfg.model.num_classes, progress=self.progress)
         self.num_classes = cfg.model.num_classes
