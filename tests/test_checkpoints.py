@@ -354,8 +354,8 @@ def test_load_errors_name_the_file_and_the_first_lines_of_the_reason(supervised_
     headless = _rewrite(bfa_ckpt, tmp_path / "h.pt", lambda s: s["student"].pop("boundary_head.predict.weight"))
     with pytest.raises(BfasegError, match=rf"^{re.escape(str(headless))}: cannot rebuild the bfa modules \(.+\)$"):
         load_model_from_checkpoint(headless, which="student")
-    with pytest.raises(BfasegError, match=r"^x\.pt: the checkpoint's config is not valid for this bfaseg "
-                                          r"\(1 validation error for RunConfig\)$"):
+    with pytest.raises(BfasegError, match=r"^x\.pt: the checkpoint's config is not valid for this bfaseg: "
+                                          r"model\.name: Input should be 'unet2d' or 'vnet'$"):  # the key path, issue 30
         checkpoint_config({"config": {"model": {"name": "no-such-net"}}}, "x.pt")
 
 

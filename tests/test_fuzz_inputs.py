@@ -382,6 +382,44 @@ def test_kind5_sizes_that_cannot_fit_are_refused_before_allocating(n, tmp_path, 
     assert not out.exists()
 
 
+BAD_INPUTS = {
+    "garbage": lambda path: path.write_bytes(b"\x1f\x8b not a NIfTI file" * 20),
+    "complex": lambda path: _nii(path, (IMAGE.transpose(1, 2, 0) * 1j).astype(np.complex64)),
+    "empty_axis": lambda path: _nii(path, np.zeros((32, 0, 2), np.float32)),
+    "nan": lambda path: _nii(path, np.full((32, 32, 2), np.nan, np.float32)),
+    "two_channels": lambda path: _nii(path, np.zeros((32, 32, 2, 2), np.float32)),
+    "truncated": lambda path: (_nii(path, IMAGE.transpose(1, 2, 0)), path.write_bytes(path.read_bytes()[:400])),
+}
+
+
+def _nii(path, array):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+
+
+@pytest.mark.parametrize("n", range(4))
+@pytest.mark.parametrize("existing", [False, True])
+def test_kind6_a_bad_input_anywhere_in_a_folder_leaves_no_output(n, existing, checkpoint, tmp_path, capsys):
+    """Kind 6, leftovers: a predict folder with one bad input at a random place writes nothing (all or nothing),
+    into a new or an existing --output."""
+    rng = random.Random(SEED * 700 + n + 100 * existing)
+    src = tmp_path / "in"
+    src.mkdir()
+    count = rng.randint(2, 4)
+    bad_at, bad = rng.randrange(count), rng.choice(sorted(BAD_INPUTS))
+    for i in range(count):
+        path = src / f"c{i}_0000.nii.gz"
+        BAD_INPUTS[bad](path) if i == bad_at else _nii(path, IMAGE.transpose(1, 2, 0))
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "c0.nii.gz").write_text("an earlier prediction, kept unless a run succeeds\n")
+    assert run_checked(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out),
+                        "--no-progress", "--device", "cpu"], out, capsys) == 2, (bad, bad_at)
+    assert (out / "c0.nii.gz").read_text().startswith("an earlier") if existing else not out.exists()
+
+
 @pytest.mark.parametrize("output", ["file", "file_parent"])
 @pytest.mark.parametrize("command", ["predict", "report", "experiment", "train"])
 def test_bad_output_is_one_line_before_any_work(command, output, checkpoint, tmp_path, capsys):

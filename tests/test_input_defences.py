@@ -542,3 +542,104 @@ def test_nifti_with_an_empty_axis_or_an_unreadable_orientation_names_the_file(tm
     Img.header = type("H", (dict,), {"get_zooms": lambda self: (1.0, 1.0, 1.0)})(qform_code=1)
     with pytest.raises(BfasegError, match=r"^src\.nii: cannot tell the axis orientation from its affine"):
         Geometry.of_nifti(Img(), "src.nii")
+
+
+# --------------------------------------------------------------------------- 6. messages and leftovers
+
+
+def test_ctrl_c_while_the_commands_are_importing_is_one_line(tmp_path):
+    """Ctrl-C lands during `import torch` (simulated by an import hook, so the test does not depend on timing)."""
+    import subprocess
+    import sys
+
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name.split('.')[0] == 'torch':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "from bfaseg.cli.main import main\n"
+            "sys.exit(main(['evaluate', '--help']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 130
+    assert proc.stderr == "error: interrupted by Ctrl-C; files being written were removed, finished outputs kept\n"
+    # before main() runs (importing bfaseg.cli.main itself): the package's hook, the same line, killed by SIGINT
+    proc = subprocess.run([sys.executable, "-c", "import bfaseg.cli\nraise KeyboardInterrupt"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode in (130, -2) and proc.stderr == \
+        "error: interrupted by Ctrl-C; files being written were removed, finished outputs kept\n"
+
+
+def test_a_checkpoint_with_an_invalid_config_names_the_key(run3d, tmp_path, capsys):
+    from bfaseg.cli.main import main
+
+    state = ckpt.load_checkpoint(run3d / "run/checkpoints/last.pt")
+    state["config"]["train"]["lr"] = "fast"
+    ckpt.save_checkpoint(tmp_path / "bad.pt", state)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(tmp_path / "bad.pt"), "--input", str(run3d / "in"),
+                 "--output", str(out), "--device", "cpu", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path}/bad.pt: the checkpoint's config is not valid for this "
+                                       "bfaseg: train.lr: Input should be a valid number, unable to parse string as a "
+                                       "number\n")
+    assert not out.exists()
+
+
+def _inputs(folder: Path, bad_at: int, n: int = 3) -> Path:
+    import nibabel as nib
+
+    folder.mkdir()
+    for i in range(n):
+        path = folder / f"c{i}_0000.nii.gz"
+        if i == bad_at:
+            path.write_bytes(b"not a NIfTI file" * 20)
+        else:
+            nib.save(nib.Nifti1Image(np.random.default_rng(i).normal(size=(24, 24, 16)).astype(np.float32),
+                                     np.eye(4)), str(path))
+    return folder
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_predict_writes_all_or_nothing(existing, run3d, tmp_path, capsys):
+    """A failure on the second file of a folder leaves nothing of the first: not in a new --output (not even
+    the folder), and an existing one keeps exactly what it held."""
+    from bfaseg.cli.main import main
+
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "c0.nii.gz").write_bytes(b"an earlier prediction")
+        (out / "notes.txt").write_text("mine\n")
+    before = _snapshot(out) if existing else None
+    src = _inputs(tmp_path / "in", bad_at=1)
+    argv = ["predict", "--checkpoint", str(run3d / "run/checkpoints/last.pt"), "--input", str(src), "--output",
+            str(out), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 2
+    assert f"cannot read NIfTI file {src}/c1_0000.nii.gz" in capsys.readouterr().err
+    assert (_snapshot(out) == before) if existing else not out.exists()
+    (src / "c1_0000.nii.gz").unlink()
+    assert main(argv) == 0
+    assert {p.name for p in out.iterdir()} >= {"c0.nii.gz", "c2.nii.gz", "summary.json"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_staged_outputs_keep_finished_files_on_ctrl_c_and_stale_stages_are_removed(tmp_path):
+    from bfaseg.io.files import atomic_write_text
+    from bfaseg.io.output import remove_stale_temporaries, staged_outputs
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_outputs(out) as stage:
+            atomic_write_text(stage / "a.txt", "done\n")
+            raise KeyboardInterrupt  # Ctrl-C is not a bad input: what was finished is kept, as the message says
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    with pytest.raises(BfasegError):
+        with staged_outputs(out) as stage:
+            atomic_write_text(stage / "b.txt", "done\n")
+            raise BfasegError("bad second input")
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    (out / ".staging.x1y2.tmp").mkdir()  # left by SIGKILL
+    (out / ".staging.x1y2.tmp" / "c.txt").write_text("half a run\n")
+    assert [p.name for p in remove_stale_temporaries(out)] == [".staging.x1y2.tmp"]
+    assert [p.name for p in out.iterdir()] == ["a.txt"]

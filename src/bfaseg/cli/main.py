@@ -16,6 +16,7 @@ import traceback
 from typing import Callable, Iterable
 
 from bfaseg import __version__
+from bfaseg.cli import INTERRUPTED
 from bfaseg.errors import BfasegError, Interrupted
 
 COMMANDS = [
@@ -151,7 +152,11 @@ def _given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:  # Ctrl-C while the commands (torch, ...) are still importing: the same one line as later
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     args.given = _given_options(parser, args)
     configure_logging()
@@ -169,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         # atomic writes unwind on KeyboardInterrupt: the file being written is gone, finished ones stay
-        print("error: interrupted by Ctrl-C; files being written were removed, finished outputs kept",
-              file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an input no check knew: still one line, naming what failed
         if args.debug:

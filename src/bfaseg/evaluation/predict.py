@@ -39,7 +39,7 @@ from bfaseg.io.h5 import H5_SUFFIXES, read_h5, read_h5_image, write_h5_atomic
 from bfaseg.io.labels import check_label_array
 from bfaseg.io.nifti import NIFTI_SUFFIXES, read_nifti_label_raw, read_source_label
 from bfaseg.io.nifti_write import save_nifti_mask, save_probabilities
-from bfaseg.io.output import check_output_dir, remove_stale_temporaries
+from bfaseg.io.output import check_output_dir, remove_stale_temporaries, staged_outputs
 
 __all__ = ["collect_inputs", "predict_files"]
 
@@ -174,84 +174,88 @@ def predict_files(
     rows, results, written = [], [], []
     settings: dict[str, Any] = {}
     units = None
-    for case_id, path, kind in progress_iter(input_files, "predict", progress):
-        t0 = time.perf_counter()
-        gt = gt_spacing = None
-        if kind == "nifti":
-            case = load_nifti_image(path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
-            gt, gt_spacing = reference_label(case_id, path, case.geometry)
-            if reference == "input":
-                raise BfasegError(f"--labels input: {path} is not an h5 file with a 'label' dataset")
-            labels, probs, settings = predict(case.image, xyz=True)
-            out = save_nifti_mask(labels, case.geometry, out_dir / f"{case_id}.nii.gz")
-            written.append(str(out))
-            if probs is not None:
-                written.append(str(save_probabilities(probs, case.geometry, out_dir / f"{case_id}_probs.nii.gz")))
-            if labels_dir is not None:
-                pred = restore_geometry(labels, case.geometry, order=0)
-                spacing = tuple(case.geometry.spacing)
-        else:
-            image, inline_label, spacing = _read_h5(path)
-            if reference == "input":  # checked before anything is written
-                if inline_label is None:
-                    raise BfasegError(f"--labels input: {path} has no 'label' dataset")
-                gt = check_label_array(inline_label, f"{path} 'label'", num_classes, shape=image.shape)
-            else:
-                gt, gt_spacing = reference_label(case_id, path, None)
-                if gt is not None:
-                    gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=image.shape)
-                    if gt_spacing is not None and spacing is None:
-                        spacing = gt_spacing
-            if image.ndim == 2:
-                if ndim == 3:
-                    raise BfasegError(f"{path}: a 3-D network needs 3-D images, got shape {image.shape}")
-                image = image[None]
-                squeeze = True
-            else:
-                squeeze = False
-            labels, probs, settings = predict(image, xyz=False)
-            if squeeze:
-                labels, probs = labels[0], (probs[:, 0] if probs is not None else None)
-                image = image[0]
-            if h5_format == "nifti":
-                if labels.ndim != 3:
-                    raise BfasegError(f"{path}: --h5-format nifti needs 3-D volumes")
-                geometry = array_geometry(labels.shape, spacing, path)
-                written.append(str(save_nifti_mask(labels, geometry, out_dir / f"{case_id}.nii.gz")))
-                if probs is not None:
-                    written.append(str(save_probabilities(probs, geometry, out_dir / f"{case_id}_probs.nii.gz")))
-            else:
-                out = out_dir / f"{case_id}_pred.h5"
-                write_h5_atomic(out, {"label": labels.astype(np.uint8), "probabilities": None if probs is None else probs.astype(np.float32)},
-                                {"spacing": spacing, "source": str(path)}, compression="gzip")
+    final_dir = out_dir
+    # every output goes to a staging folder first and moves into --output only when all inputs are done:
+    # a failure on the second file leaves nothing of the first (all or nothing, io.output.staged_outputs)
+    with staged_outputs(final_dir) as out_dir:
+        for case_id, path, kind in progress_iter(input_files, "predict", progress):
+            t0 = time.perf_counter()
+            gt = gt_spacing = None
+            if kind == "nifti":
+                case = load_nifti_image(path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
+                gt, gt_spacing = reference_label(case_id, path, case.geometry)
+                if reference == "input":
+                    raise BfasegError(f"--labels input: {path} is not an h5 file with a 'label' dataset")
+                labels, probs, settings = predict(case.image, xyz=True)
+                out = save_nifti_mask(labels, case.geometry, out_dir / f"{case_id}.nii.gz")
                 written.append(str(out))
-            pred = labels
-        if quality:
-            quality.add(case_id, case.image if kind == "nifti" else image, labels, xyz=kind == "nifti")
-        if reference is not None:
-            gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=pred.shape)
-            result = score_case(pred, gt.astype(np.int32), num_classes, spacing, policy, empty_class)
-            units = result["units"]
-            results.append(result)
-            row = case_row(case_id, result)
-        else:
-            row = {"case": case_id}
-        row.update(input=str(path), seconds=round(time.perf_counter() - t0, 3))
-        rows.append(row)
+                if probs is not None:
+                    written.append(str(save_probabilities(probs, case.geometry, out_dir / f"{case_id}_probs.nii.gz")))
+                if labels_dir is not None:
+                    pred = restore_geometry(labels, case.geometry, order=0)
+                    spacing = tuple(case.geometry.spacing)
+            else:
+                image, inline_label, spacing = _read_h5(path)
+                if reference == "input":  # checked before anything is written
+                    if inline_label is None:
+                        raise BfasegError(f"--labels input: {path} has no 'label' dataset")
+                    gt = check_label_array(inline_label, f"{path} 'label'", num_classes, shape=image.shape)
+                else:
+                    gt, gt_spacing = reference_label(case_id, path, None)
+                    if gt is not None:
+                        gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=image.shape)
+                        if gt_spacing is not None and spacing is None:
+                            spacing = gt_spacing
+                if image.ndim == 2:
+                    if ndim == 3:
+                        raise BfasegError(f"{path}: a 3-D network needs 3-D images, got shape {image.shape}")
+                    image = image[None]
+                    squeeze = True
+                else:
+                    squeeze = False
+                labels, probs, settings = predict(image, xyz=False)
+                if squeeze:
+                    labels, probs = labels[0], (probs[:, 0] if probs is not None else None)
+                    image = image[0]
+                if h5_format == "nifti":
+                    if labels.ndim != 3:
+                        raise BfasegError(f"{path}: --h5-format nifti needs 3-D volumes")
+                    geometry = array_geometry(labels.shape, spacing, path)
+                    written.append(str(save_nifti_mask(labels, geometry, out_dir / f"{case_id}.nii.gz")))
+                    if probs is not None:
+                        written.append(str(save_probabilities(probs, geometry, out_dir / f"{case_id}_probs.nii.gz")))
+                else:
+                    out = out_dir / f"{case_id}_pred.h5"
+                    write_h5_atomic(out, {"label": labels.astype(np.uint8), "probabilities": None if probs is None else probs.astype(np.float32)},
+                                    {"spacing": spacing, "source": str(path)}, compression="gzip")
+                    written.append(str(out))
+                pred = labels
+            if quality:
+                quality.add(case_id, case.image if kind == "nifti" else image, labels, xyz=kind == "nifti")
+            if reference is not None:
+                gt = check_label_array(gt, f"of case {case_id!r} (--labels)", num_classes, shape=pred.shape)
+                result = score_case(pred, gt.astype(np.int32), num_classes, spacing, policy, empty_class)
+                units = result["units"]
+                results.append(result)
+                row = case_row(case_id, result)
+            else:
+                row = {"case": case_id}
+            row.update(input=str(path), seconds=round(time.perf_counter() - t0, 3))
+            rows.append(row)
 
-    doc: dict[str, Any] = {
-        "n_cases": len(rows),
-        "per_case": rows,
-        "outputs": written,
-        **predictor.describe(settings),
-        "input": str(Path(inputs)),
-        "warnings": warnings,
-    }
-    if results:
-        units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"
-        doc.update(summary_metrics(results, policy, units, empty_class), units_source=units_note)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if quality:
-        written.append(str(quality.write(out_dir)))
-    write_json_atomic(out_dir / "summary.json", jsonable(doc))
+        written = [str(final_dir / Path(w).name) for w in written]  # where they are once moved in
+        doc: dict[str, Any] = {
+            "n_cases": len(rows),
+            "per_case": rows,
+            "outputs": written,
+            **predictor.describe(settings),
+            "input": str(Path(inputs)),
+            "warnings": warnings,
+        }
+        if results:
+            units_note = "mm (NIfTI header / h5 spacing)" if units == "mm" else "voxel"
+            doc.update(summary_metrics(results, policy, units, empty_class), units_source=units_note)
+        if quality:
+            written.append(str(final_dir / Path(quality.write(out_dir)).name))
+        write_json_atomic(out_dir / "summary.json", jsonable(doc))
     return doc, written

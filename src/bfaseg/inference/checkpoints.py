@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bfaseg.config import RunConfig
+from bfaseg.config import RunConfig, validate_config
 from bfaseg.errors import BfasegError
 from bfaseg.io.checkpoint import load_checkpoint
 from bfaseg.methods import get_method_class
@@ -45,11 +45,8 @@ def checkpoint_config(state: dict[str, Any], path: str | Path) -> RunConfig:
     raw = state.get("config")
     if not isinstance(raw, dict):
         raise BfasegError(f"{path}: the checkpoint has no run config; cannot rebuild the model")
-    try:
-        return RunConfig.model_validate(raw)
-    except Exception as exc:  # pydantic ValidationError: config written by an incompatible version
-        first = str(exc).splitlines()[0][:100]
-        raise BfasegError(f"{path}: the checkpoint's config is not valid for this bfaseg ({first})") from None
+    # the one config validation, whose errors name the key path (not pydantic's "1 validation error for RunConfig")
+    return validate_config(raw, source=f"{path}: the checkpoint's config is not valid for this bfaseg")
 
 
 def load_model_from_checkpoint(

@@ -9,11 +9,12 @@ an hour of predicting. The check creates nothing.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from bfaseg.errors import BfasegError
+from bfaseg.errors import BfasegError, Interrupted
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -60,8 +61,12 @@ def user_file_mode() -> int:
     return 0o666 & ~mask
 
 
+STAGING_PREFIX = ".staging."
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Remove ``.<name>.<random>.tmp`` files that an atomic write cut short by SIGKILL left in ``folder``."""
+    """Remove ``.<name>.<random>.tmp`` files that an atomic write cut short by SIGKILL left in ``folder``, and
+    ``.staging.<random>.tmp`` folders of :func:`staged_outputs` (a command killed before it finished)."""
     folder = Path(folder)
     removed = []
     if folder.is_dir():
@@ -69,7 +74,38 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             if p.is_file() and p.name.count(".") >= 3:  # .<name>.<random>.tmp, as atomic_write_bytes names them
                 p.unlink(missing_ok=True)
                 removed.append(p)
+            elif p.is_dir() and p.name.startswith(STAGING_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
     return removed
+
+
+@contextmanager
+def staged_outputs(folder: str | os.PathLike):
+    """All or nothing for a command that writes one file per input: the body writes into a hidden staging
+    folder inside ``folder`` (yielded), and the files move into ``folder`` only when the body has finished.
+    A failure on the second of ten inputs (or Ctrl-C) leaves none of the first one's outputs, and no folder
+    the command created; files already in ``folder`` are replaced only by a run that succeeded. Ctrl-C and
+    SIGTERM are not failures of the inputs: the outputs finished so far are moved in and kept, as the
+    interrupted message says (an atomic write cut short leaves no file in the staging folder)."""
+    folder = Path(folder)
+    with removed_if_failed(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=folder))
+        try:
+            yield stage
+        except (KeyboardInterrupt, Interrupted):
+            _move_into(stage, folder)
+            raise
+        else:
+            _move_into(stage, folder)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move_into(stage: Path, folder: Path) -> None:
+    for p in sorted(stage.iterdir()):
+        os.replace(p, folder / p.name)
 
 
 @contextmanager
