@@ -456,6 +456,14 @@ def test_metrics_refuses_masks_in_different_spaces(affine, tmp_path, capsys):
     assert err.startswith(f"error: PRED {a} and GT {b} differ in affine") and "--resample" in err, err
 
 
+def test_metrics_resample_applies_to_nifti_only(tmp_path, capsys):
+    from bfaseg.cli.main import main
+
+    np.save(tmp_path / "a.npy", np.zeros((4, 4, 4), np.uint8))
+    assert main(["metrics", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"), "--resample"]) == 2
+    assert capsys.readouterr().err.startswith("error: --resample: applies to two NIfTI files only")
+
+
 def test_metrics_resample_compares_in_world_space(tmp_path, capsys):
     import json
 

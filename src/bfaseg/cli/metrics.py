@@ -80,6 +80,8 @@ def _same_grid(pred: np.ndarray, a, b, args) -> np.ndarray:
     """Two NIfTI files are compared voxel by voxel only in the same space: affines that differ (mirrored,
     shifted, another voxel size) are refused, or with --resample PRED is resampled onto GT's grid
     (nearest neighbour, nibabel.processing); outside PRED's grid is background."""
+    if args.resample and (a is None or b is None):  # an option that would change nothing is refused (issue 30)
+        raise BfasegError("--resample: applies to two NIfTI files only (.npy and .h5 masks have no geometry)")
     if a is None or b is None or np.allclose(a.affine, b.affine, atol=1e-4, rtol=0):
         return pred  # .npy / .h5 (no geometry), or the same space: shapes are compared next
     import nibabel as nib

@@ -17,7 +17,6 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from bfaseg.errors import BfasegError
-from bfaseg.precision import check_fits_in_memory
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -56,6 +55,8 @@ def read_h5(
     :class:`BfasegError` naming the file.
     """
     import h5py
+
+    from bfaseg.precision import check_fits_in_memory  # imports torch: only when a file is read
 
     path = Path(path)
     with open_h5(path) as f:
