@@ -157,6 +157,15 @@ def test_config_diff_compares_as_json_and_leaves_out_what_may_change():
     assert config_diff(old, {"data": {"patch_size": [32, 32], "root": "b"}, "train": {"lr": 0.02}}) == \
         ["data.root", "train.lr"]
     assert config_diff(old, {**old, "train": {**old["train"], "iterations": 8}}, allowed=set()) == ["train.iterations"]
+    # a run recorded before a key existed used its default: no difference in that key
+    from bfaseg.config import validate_config
+
+    full = validate_config(_tiny()).model_dump()
+    older = {section: dict(values) if isinstance(values, dict) else values for section, values in full.items()}
+    del older["train"]["channels_last"], older["eval"]["largest_component"]
+    assert config_diff(older, full) == []
+    older["train"]["lr"] = 0.5
+    assert config_diff(older, full) == ["train.lr"]
 
 
 def test_experiment_folder_of_another_config_is_refused_then_replaced_with_force(tmp_path, capsys):

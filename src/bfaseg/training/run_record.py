@@ -26,8 +26,9 @@ RESUMABLE_CHANGES = {("train", "iterations"), ("train", "num_workers"), ("data",
 
 def config_diff(old: dict, new: dict, allowed: set[tuple[str, str]] = RESUMABLE_CHANGES) -> list[str]:
     """The dotted keys (``section.key``) in which two config dumps differ, ``allowed`` changes left out.
-    Both are compared as JSON would store them (a tuple equals its list, NaN is null)."""
-    old, new = _as_json(old), _as_json(new)
+    Both are compared as JSON would store them (a tuple equals its list, NaN is null), with the defaults of
+    keys that a newer bfaseg added filled in (a run recorded before a key existed used its default)."""
+    old, new = _as_json(_completed(old)), _as_json(_completed(new))
     diffs = []
     for section in set(old) | set(new):
         a, b = old.get(section), new.get(section)
@@ -38,6 +39,15 @@ def config_diff(old: dict, new: dict, allowed: set[tuple[str, str]] = RESUMABLE_
         elif a != b and section != "output":
             diffs.append(section)
     return sorted(diffs)
+
+
+def _completed(config: dict) -> dict:
+    from bfaseg.config import RunConfig
+
+    try:
+        return RunConfig.model_validate(config or {}).model_dump()
+    except ValueError:  # pydantic's ValidationError: compared as recorded, the keys that differ are named
+        return config or {}
 
 
 def _as_json(config: dict) -> dict:
