@@ -170,6 +170,8 @@ def test_gradient_shares_name_every_term_and_a_switched_off_term_moves_nothing(t
     assert set(terms) == {"seg", "sup", "boundary_gt", "boundary_pseudo", "align", "total"}
     assert terms["total"]["share_network"] == pytest.approx(1.0) and terms["total"]["share_features"] == pytest.approx(1.0)
     assert all(terms[k]["network"] > 0 for k in ("seg", "sup", "boundary_gt"))
+    # the features are the ones the head reads: its own loss reaches them, not only the segmentation's
+    assert terms["boundary_gt"]["features"] > 0 and terms["align"]["features"] > 0
     t2 = _trainer(tmp_path / "off", pretrain=0.2, align_form="voxel", lambda_align=0.0, min_boundary_voxels=1)
     t2.copy_student_to_teacher()
     off = gradient_shares(t2, [4])["terms"]["align"]

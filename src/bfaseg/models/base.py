@@ -62,17 +62,18 @@ class EncoderDecoder(nn.Module):
     def forward(self, x: torch.Tensor, return_extras: bool = False):
         skips = self.encode(x)
         h = skips[-1]
-        features, boundary = [], None
+        features, boundary, head_input = [], None, None
         head = getattr(self, "boundary_head", None)
         for i, stage in enumerate(self.decoder):
             h = stage(h, skips[-2 - i])
             if head is not None and i == self.boundary_stage:
+                head_input = h  # the decoder features the head and every later stage share
                 boundary, h = head(h)
             features.append(h)
         logits = self.head(h)
         if not return_extras:
             return logits
-        return {"logits": logits, "boundary": boundary, "features": features}
+        return {"logits": logits, "boundary": boundary, "features": features, "head_input": head_input}
 
 
 def count_parameters(model: nn.Module) -> int:

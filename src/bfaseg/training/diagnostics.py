@@ -2,7 +2,7 @@
 
 For a method that exposes ``loss_terms(batch, iteration)`` (each term weighted and ramped as in training,
 their sum the loss, plus the student's outputs), the gradient of every term is taken separately, on the
-shared decoder features that the boundary head and the alignment read (``features[stage]``) and on all of
+shared decoder features that the boundary head reads (and, through its fusion, the alignment) and on all of
 the student's parameters, and set against the gradient of the whole loss. A term whose share stays near 0
 moves nothing, however large its value looks in the log.
 """
@@ -27,7 +27,10 @@ def term_gradient_norms(method, batch: dict[str, torch.Tensor], iteration: int, 
         terms, _, out = method.loss_terms(batch, iteration)
     if "features" not in out:
         raise BfasegError(f"method {method.name!r}: no decoder features in this configuration (boundary head and alignment off)")
-    feats = out["features"][stage]
+    # the boundary stage's decoder features as the head reads them (before its fusion): the tensor that the
+    # segmentation, the boundary terms and the alignment (through the fusion) all reach; without a head,
+    # the features of ``stage``
+    feats = out["head_input"] if out.get("head_input") is not None else out["features"][stage]
     params = [p for p in method.t.student.parameters() if p.requires_grad]
     result = {}
     for name, term in {**terms, "total": sum(terms.values())}.items():
