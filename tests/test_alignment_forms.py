@@ -238,3 +238,28 @@ def test_teacher_head_needs_the_head(tmp_path):
 
     with pytest.raises(BfasegError, match=r"^config: method: pseudo_boundary: teacher_head needs boundary_head: true$"):
         _trainer(tmp_path, pseudo_boundary="teacher_head", boundary_head=False)
+
+
+def test_pseudo_boundary_errors_by_region(tmp_path, monkeypatch):
+    from bfaseg.training.diagnostics import pseudo_boundary_errors
+
+    t = _trainer(tmp_path, pretrain=0.0, min_boundary_voxels=1)
+    t.copy_student_to_teacher()
+    # a teacher that is exactly right: its pseudo-label errors are 0 everywhere
+    from bfaseg.data import batches as batches_module
+
+    truth = {}
+    orig = batches_module.TwoStreamBatches.__getitem__
+
+    def remember(self, it):
+        b = orig(self, it)
+        truth["last"] = b.get("label_u")
+        return b
+
+    monkeypatch.setattr(batches_module.TwoStreamBatches, "__getitem__", remember)
+    monkeypatch.setattr(t.method, "pseudo_labels", lambda x: (truth["last"], torch.ones(x.shape[0], *x.shape[2:])))
+    out = pseudo_boundary_errors(t, [2, 3])
+    assert out["near"]["teacher_error"] == 0 and out["far"]["teacher_error"] == 0
+    assert 0 < out["near"]["voxel_share"] < 1 and out["near"]["voxel_share"] + out["far"]["voxel_share"] == pytest.approx(1)
+    assert 0 <= out["near"]["student_error"] <= 1 and 0 <= out["near"]["head_f1"] <= 1
+    assert t.student.training  # left in training mode

@@ -94,3 +94,75 @@ def trainer_from_checkpoint(path: str | Path, output_dir: str | Path, overrides:
         trainer.teacher.load_state_dict(state["teacher"])
     trainer.method.load_state_dict(state.get("method") or {})
     return trainer, int(state["iteration"])
+
+
+@torch.no_grad()
+def pseudo_boundary_errors(trainer, iterations: list[int], band: int = 2) -> dict:
+    """Where the student and its boundary head go wrong on UNLABELED training images (their true labels,
+    which the method never sees, come from the data): near the teacher's pseudo-label boundaries (within
+    ``band`` voxels) and away from them.
+
+    Per region: the teacher's pseudo-label error rate, the student's segmentation error rate (eval mode),
+    and the boundary head's F1 against the TRUE boundaries (probability > 0.5, at the head's resolution
+    upsampled to the image). If learning pseudo-label boundaries (boundary mixing) teaches the student
+    something, its errors near those boundaries fall below the teacher's.
+    """
+    import torch.nn.functional as F
+
+    from bfaseg.methods.boundary import _max_pool, class_boundaries
+
+    from bfaseg.data.build import build_data
+
+    method, cfg = trainer.method, trainer.cfg
+    k = trainer.num_classes
+    # the unlabeled pool with its true labels: the same ids, read as if every case were labeled
+    everything = build_data(cfg.data.model_copy(update={"labeled": None, "labeled_fraction": None}), k, progress=False)
+    by_id = {c.case_id: c for c in everything.labeled}
+    missing = [c.case_id for c in trainer.data.unlabeled if c.case_id not in by_id]
+    if missing:
+        raise BfasegError(f"no true label for unlabeled case {missing[0]}")
+    pool = [by_id[c.case_id] for c in trainer.data.unlabeled]
+    batches = TwoStreamBatches(
+        trainer.data.labeled, pool, batch_labeled=cfg.train.batch_labeled,
+        batch_unlabeled=cfg.train.batch_unlabeled, patch_size=trainer.patch_size, seed=cfg.train.seed,
+        total_iterations=trainer.total_iterations, rotation=cfg.data.rotation, unlabeled_targets=True,
+    )
+    sums: dict[str, float] = {}
+
+    def add(key, value):
+        sums[key] = sums.get(key, 0.0) + float(value)
+
+    trainer.student.eval()
+    for it in iterations:
+        batch = batches[it]
+        x, truth = trainer.to_device(batch["image_u"]), batch["label_u"].to(trainer.device)
+        pseudo, _ = method.pseudo_labels(x)
+        with trainer.autocast():
+            out = trainer.student(x, return_extras=True)
+        pred = out["logits"].float().argmax(1)
+        near = _max_pool(class_boundaries(pseudo, k).amax(1, keepdim=True), band).squeeze(1) > 0
+        for name, region in (("near", near), ("far", ~near)):
+            n = region.sum()
+            add(f"{name}_voxels", n)
+            add(f"{name}_teacher_errors", ((pseudo != truth) & region).sum())
+            add(f"{name}_student_errors", ((pred != truth) & region).sum())
+        if out.get("boundary") is not None:
+            mode = "trilinear" if x.ndim == 5 else "bilinear"
+            head = F.interpolate(out["boundary"].float(), size=tuple(x.shape[2:]), mode=mode, align_corners=False) > 0
+            true_b = class_boundaries(truth, k) > 0.5
+            for name, region in (("near", near), ("far", ~near)):
+                r = region.unsqueeze(1)
+                add(f"{name}_head_tp", (head & true_b & r).sum())
+                add(f"{name}_head_fp", (head & ~true_b & r).sum())
+                add(f"{name}_head_fn", (~head & true_b & r).sum())
+    trainer.student.train()
+    result = {"iterations": list(iterations), "band": band}
+    for name in ("near", "far"):
+        n = max(sums[f"{name}_voxels"], 1.0)
+        row = {"voxel_share": sums[f"{name}_voxels"] / max(sums["near_voxels"] + sums["far_voxels"], 1.0),
+               "teacher_error": sums[f"{name}_teacher_errors"] / n, "student_error": sums[f"{name}_student_errors"] / n}
+        if f"{name}_head_tp" in sums:
+            tp, fp, fn = (sums[f"{name}_head_{x}"] for x in ("tp", "fp", "fn"))
+            row["head_f1"] = 2 * tp / max(2 * tp + fp + fn, 1.0)
+        result[name] = row
+    return result
