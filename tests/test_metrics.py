@@ -16,6 +16,7 @@ from bfaseg.metrics import (
     binary_metrics,
     compute,
     compute_case,
+    compute_overlap,
     image_diagonal,
     mask_surface,
     surface_distances,
@@ -319,3 +320,96 @@ def test_real_acdc_multiclass_matches_medpy():
         assert sorted(out["dice"]) == [1, 2, 3]
         for c in (1, 2, 3):
             _assert_same({k: out[k][c] for k in METRICS}, _medpy(pred == c, gt == c, sp))
+
+
+# ---------------------------------------------------------------- bookkeeping, messages, aggregation
+# (what the mutation pass found untested once metrics/core.py joined it, issue 32)
+
+
+def test_compute_case_bookkeeping_and_size_checks():
+    gt = np.zeros((6, 6), np.uint8)
+    gt[1:4, 1:4] = 1
+    r = compute_case(gt, gt)
+    assert (r["units"], r["spacing"], r["policy"], r["empty_class"]) == ("voxel", None, "strict", "nan")
+    r = compute_case(gt, gt, spacing=(0.5, 2), policy="worst", empty_class="one")
+    assert (r["units"], r["spacing"], r["policy"], r["empty_class"]) == ("mm", [0.5, 2.0], "worst", "one")
+    for fn in (compute_case, compute_overlap):
+        with pytest.raises(ValueError, match=r"^empty arrays \(size 0\)$"):
+            fn(np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.uint8))
+        assert fn(np.ones((1, 1), np.uint8), np.ones((1, 1), np.uint8))["dice"] == 1.0  # one voxel is not empty
+
+
+def test_input_messages_name_the_choices_and_the_array():
+    a = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match=r"^unknown empty-mask policy 'lenient'; choose from strict, worst, paper$"):
+        compute(a, a, policy="lenient")
+    with pytest.raises(ValueError, match=r"^unknown empty-class policy 'zero'; choose from nan, one$"):
+        compute(a, a, empty_class="zero")
+    with pytest.raises(ValueError, match=r"^classes must be >= 1, got 0$"):
+        compute(a, a, classes=0)
+    with pytest.raises(ValueError, match=r"^classes is empty$"):
+        compute(a, a, classes=[])
+    with pytest.raises(ValueError, match=r"^pred must hold integer labels, got dtype complex128$"):
+        compute(a.astype(complex), a)
+    with pytest.raises(ValueError, match=r"^gt must hold integer labels, got dtype <U\d+$"):
+        compute(a, a.astype(str))
+
+
+def test_a_bool_mask_against_a_label_map_is_scored_per_class():
+    labels = np.zeros((8, 8), np.uint8)
+    labels[1:3, 1:3] = 1
+    labels[5:7, 5:7] = 2
+    for pred, gt in ((labels == 1, labels), (labels, labels == 1)):
+        for fn in (compute, compute_overlap):
+            dice = fn(pred, gt)["dice"]
+            assert dice == {1: 1.0, 2: 0.0}
+
+
+def test_paper_policy_scores_a_class_empty_in_both_as_the_reference_code_under_one():
+    _, empty = _masks()
+    r = compute_case(empty, empty, policy="paper", empty_class="one")
+    assert [r[k] for k in METRICS] == [0.0] * 6 and r["status"] == "both_empty"
+    assert compute_overlap(empty, empty, policy="paper", empty_class="one")["dice"] == 0.0
+    assert compute_overlap(empty, empty, empty_class="one")["dice"] == 1.0
+
+
+def test_one_dimensional_masks_take_a_scalar_spacing():
+    a = np.zeros(10, bool)
+    a[2:5] = True
+    b = np.zeros(10, bool)
+    b[4:8] = True
+    vox, mm = binary_metrics(a, b), binary_metrics(a, b, spacing=2.0)
+    assert all(mm[k] == pytest.approx(2 * vox[k]) and vox[k] > 0 for k in ("hd95", "asd", "assd", "hd"))
+
+
+def test_binary_metrics_passes_the_surface_method_on(monkeypatch):
+    import bfaseg.metrics.core as core
+
+    seen, real = [], core.surface_distances
+    monkeypatch.setattr(core, "surface_distances", lambda *a, **kw: seen.append(kw.get("method")) or real(*a, **kw))
+    some, _ = _masks()
+    binary_metrics(some, np.roll(some, 1, axis=0), method="edt")
+    assert seen == ["edt"]
+
+
+def test_aggregate_plain_per_class_results_counts_and_std():
+    gt = np.zeros((12, 12, 6), np.uint8)
+    gt[2:6, 2:6, 1:4] = 1
+    gt[6:10, 6:10, 1:4] = 2
+    shifted = np.roll(gt, 1, axis=0)
+    missed = np.where(gt == 2, 0, gt)  # class 2 missed: failed
+    # plain compute() results (no status: inferred from NaN); class 3 is in neither map: NaN
+    results = [compute(shifted, gt, classes=3), compute(missed, gt, classes=3), compute(missed, gt, classes=3)]
+    agg = aggregate(results)
+    assert agg["n_failed"] == 2 and agg["n_failed_per_class"] == {1: 0, 2: 2, 3: 0}
+    assert agg["n_both_empty"] == 3 and agg["n_both_empty_per_class"] == {1: 0, 2: 0, 3: 3}
+    case_means = [np.mean([r["dice"][1], r["dice"][2]]) for r in results]
+    assert agg["dice"]["std"] == pytest.approx(np.std(case_means)) and agg["dice"]["std"] > 0
+    assert agg["dice"]["per_class"][3]["n"] == 0 and math.isnan(agg["dice"]["per_class"][3]["mean"])
+    assert agg["hd95"]["per_class"][2]["n"] == 1
+    with pytest.raises(ValueError, match=r"^no results to aggregate$"):
+        aggregate([])
+    with pytest.raises(ValueError, match=r"^cannot aggregate binary and per-class results together$"):
+        aggregate([results[0], compute(gt == 1, gt == 1)])
+    binary = aggregate([compute_case(gt == 3, gt == 3)])  # nothing defined at all
+    assert binary["dice"]["n"] == 0 and binary["n_both_empty"] == 1

@@ -96,7 +96,9 @@ def test_validation_with_every_class_absent_is_nan_not_an_error():
     assert math.isnan(out["dice"]) and all(math.isnan(d) for d in out["dice_per_class"])
     assert len(out["dice_per_class"]) == K - 1 and out["n_both_empty"] == K - 1
     none = summarize([], K)
-    assert math.isnan(none["dice"]) and len(none["dice_per_class"]) == K - 1 and none["n_cases"] == 0
+    assert math.isnan(none["dice"]) and len(none["dice_per_class"]) == K - 1
+    assert all(map(math.isnan, none["dice_per_class"]))
+    assert {k: none[k] for k in ("n_cases", "n_both_empty")} == {"n_cases": 0, "n_both_empty": 0} and len(none) == 4
 
 
 def test_a_nan_validation_dice_is_logged_as_null_and_never_the_best(tmp_path, monkeypatch):
