@@ -80,3 +80,15 @@ def test_no_script_calls_a_bare_python():
         for n, line in enumerate(script.read_text().splitlines(), start=1):
             code = line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
             assert not bare.search(code), f"{script.name}:{n}: {line.strip()}"
+
+
+def test_mutation_script_says_when_mutmut_could_not_run(tmp_path):
+    """A mutmut that cannot run (a failing clean test run) must not end in an empty table and exit 0."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mutmut").write_text("#!/bin/sh\necho 'Failed to run clean test'\nexit 1\n")
+    (fake / "mutmut").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(SCRIPT.parents[1] / "benchmarks" / "mutation.sh")], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 1 and "mutmut run failed" in res.stderr and "Failed to run clean test" in res.stderr
