@@ -290,20 +290,30 @@ def cmd_score(a) -> int:
             model = reference_model(Path(a.reference or info["reference"]), info["num_classes"])
             model.load_state_dict(torch.load(run / "final.pth", map_location="cpu", weights_only=True))
             side, patch, k, resize, precision = "reference", info["patch_size"], info["num_classes"], "zoom_nearest", info["precision"]
+            variant, seed, iterations = f"ssl4mis_{info['method']}", info["seed"], None
             seconds = info.get("seconds")
         elif (run / "checkpoints" / "last.pt").is_file():  # a bfaseg run
             ckpt = run / "checkpoints" / "last.pt"
             model, cfg, state = load_model_from_checkpoint(ckpt, "cpu")
             side, patch, k, resize = "bfaseg", list(cfg.data.patch_size), cfg.model.num_classes, "zoom_linear"
             precision = run_precision(ckpt, cfg, state, torch.device("cpu"))
+            seed, iterations = cfg.train.seed, cfg.train.iterations
+            variant = run.name.removesuffix(f"_s{seed}")
             seconds = None
         else:
             fail(f"{run}: neither a reference run (final.pth) nor a bfaseg run (checkpoints/last.pt)")
         model.eval()
         cases = load_cases("acdc", root, ids, kind="eval", num_classes=k)
         res = score_volumes(model, cases, patch, k, resize, precision)
-        results[run.name] = {"side": side, "run": str(run), "image_resize": resize, "precision": precision,
-                             "train_seconds": seconds, "split": a.split, **res}
+        if side == "reference":
+            iterations = int(info["argv"][info["argv"].index("--max_iterations") + 1])
+        # an entry of `bfaseg experiment`'s results.json (docs/make_results_tables.py --add takes it)
+        results[f"{variant}_s{seed}"] = {
+            "variant": variant, "seed": seed, "eval_split": a.split, "eval_list": a.split, "side": side, "run": str(run),
+            "image_resize": resize, "train_seconds": seconds,
+            "train_summary": {"iterations": iterations, "precision": precision},
+            "last": {"mean": res["mean"], "per_case": res["per_case"], "iteration": iterations},
+        }
         m = res["mean"]
         fmt = lambda v, scale=1: "-" if v is None else f"{scale * v:.2f}"  # noqa: E731 (no case had a value)
         print(f"{run.name:<40} {side:<9} Dice {fmt(m['dice'], 100)}  95HD {fmt(m['hd95'])}  ASD {fmt(m['asd'])}", flush=True)

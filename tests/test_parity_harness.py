@@ -87,16 +87,18 @@ def test_score_puts_both_sides_through_one_scorer(tmp_path, acdc_data):
                 "--data", str(acdc_data), "--output", str(out), cwd=tmp_path).returncode == 0
     raw = yaml.safe_load(cfg.read_text())
     raw["data"]["labeled"] = 4
-    raw["train"]["val_every"] = 2
+    raw["train"].update(val_every=2, seed=1)
     Trainer(validate_config(raw), tmp_path / "ours", progress=False).fit()
     scores = tmp_path / "scores.json"
     r = _run("score", str(out / "supervised_s1"), str(tmp_path / "ours"), "--data", str(acdc_data),
              "--output", str(scores), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads(scores.read_text())
-    ref, ours = result["supervised_s1"], result["ours"]
-    assert (ref["side"], ref["image_resize"]) == ("reference", "zoom_nearest")
+    ref, ours = result["ssl4mis_supervised_s1"], result["ours_s1"]  # results.json entries: <variant>_s<seed>
+    assert (ref["side"], ref["image_resize"], ref["variant"]) == ("reference", "zoom_nearest", "ssl4mis_supervised")
     assert (ours["side"], ours["image_resize"]) == ("bfaseg", "zoom_linear")
+    assert ref["train_summary"]["iterations"] == 2 and ours["train_summary"]["iterations"] == 2
     for side in (ref, ours):
-        assert [row["case"] for row in side["per_case"]] == ["patient001_frame01"]
-        assert set(side["mean"]) >= {"dice", "jaccard", "hd95", "asd", "dice_1", "dice_3"}
+        assert [row["case"] for row in side["last"]["per_case"]] == ["patient001_frame01"]
+        assert set(side["last"]["mean"]) >= {"dice", "jaccard", "hd95", "asd", "dice_1", "dice_3"}
+        assert side["eval_split"] == "val.list" and side["seed"] == 1
