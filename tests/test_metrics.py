@@ -256,12 +256,16 @@ def test_aggregate_binary_counts_failures():
     assert paper["n_failed"] == 1 and paper["hd95"]["mean"] == 0.0
 
 
-def test_aggregate_per_class():
+def _two_classes():
+    """A two-class label map, the same shifted by a voxel, and the same with class 2 missed (a failure)."""
     gt = np.zeros((12, 12, 6), np.uint8)
     gt[2:6, 2:6, 1:4] = 1
     gt[6:10, 6:10, 1:4] = 2
-    pred_a = np.roll(gt, 1, axis=0)
-    pred_b = np.where(gt == 2, 0, gt)  # class 2 missing: failed
+    return gt, np.roll(gt, 1, axis=0), np.where(gt == 2, 0, gt)
+
+
+def test_aggregate_per_class():
+    gt, pred_a, pred_b = _two_classes()
     agg = aggregate([compute_case(pred_a, gt), compute_case(pred_b, gt)])
     assert agg["n_failed"] == 1 and agg["n_failed_per_class"] == {1: 0, 2: 1}
     d = agg["dice"]
@@ -393,11 +397,7 @@ def test_binary_metrics_passes_the_surface_method_on(monkeypatch):
 
 
 def test_aggregate_plain_per_class_results_counts_and_std():
-    gt = np.zeros((12, 12, 6), np.uint8)
-    gt[2:6, 2:6, 1:4] = 1
-    gt[6:10, 6:10, 1:4] = 2
-    shifted = np.roll(gt, 1, axis=0)
-    missed = np.where(gt == 2, 0, gt)  # class 2 missed: failed
+    gt, shifted, missed = _two_classes()
     # plain compute() results (no status: inferred from NaN); class 3 is in neither map: NaN
     results = [compute(shifted, gt, classes=3), compute(missed, gt, classes=3), compute(missed, gt, classes=3)]
     agg = aggregate(results)
