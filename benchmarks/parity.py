@@ -246,31 +246,17 @@ def reference_model(reference: Path, num_classes: int):
 
 
 def score_volumes(forward, cases, patch, num_classes: int, image_resize: str, precision: str) -> dict:
-    """bfaseg's scorer for slice-wise predictions: per-case rows and their mean (voxels)."""
-    import numpy as np
-
+    """bfaseg's scorer for slice-wise predictions (the rows of ``bfaseg experiment``): per case and mean."""
+    from bfaseg.evaluation.evaluate import mean_of_rows, metric_row
     from bfaseg.evaluation.scoring import score_case
     from bfaseg.inference.slices2d import predict_slices
-    from bfaseg.metrics import METRICS
 
     rows = []
     for case in cases:
         labels, _ = predict_slices(case.image, forward, input_size=patch, precision=precision,
                                    image_resize=image_resize, num_classes=num_classes)
-        result = score_case(labels, case.label, num_classes, None, "strict")
-        row = {"case": case.case_id}
-        for m in METRICS:
-            vals = {c: v for c, v in result[m].items() if v is not None and np.isfinite(v)}
-            row[m] = float(np.mean(list(vals.values()))) if vals else None
-            for c, v in result[m].items():
-                row[f"{m}_{c}"] = vals.get(c)
-        rows.append(row)
-    mean = {}
-    for key in rows[0]:
-        if key != "case":
-            vals = [r[key] for r in rows if r[key] is not None]
-            mean[key] = float(np.mean(vals)) if vals else None
-    return {"mean": mean, "per_case": rows}
+        rows.append(metric_row(case.case_id, score_case(labels, case.label, num_classes, None, "strict")))
+    return {"mean": mean_of_rows(rows), "per_case": rows}
 
 
 def cmd_score(a) -> int:

@@ -208,6 +208,31 @@ def evaluate_split(
     return doc, output / "summary.json"
 
 
+def metric_row(case_id: str, result: dict) -> dict[str, Any]:
+    """One case's row: ``<metric>`` (mean over the classes with a value) and ``<metric>_<class>``, ``None``
+    where a metric is undefined (an empty prediction or reference)."""
+    from bfaseg.metrics import METRICS
+
+    row: dict[str, Any] = {"case": case_id}
+    for m in METRICS:
+        vals = result[m] if isinstance(result[m], dict) else {1: result[m]}
+        finite = {c: float(v) for c, v in vals.items() if v is not None and np.isfinite(v)}
+        for c in vals:
+            row[f"{m}_{c}"] = finite.get(c)
+        row[m] = float(np.mean(list(finite.values()))) if finite else None
+    return row
+
+
+def mean_of_rows(per_case: list[dict]) -> dict[str, float | None]:
+    """Each key's mean over the cases that have a value."""
+    mean = {}
+    for key in per_case[0] if per_case else []:
+        if key != "case":
+            vals = [r[key] for r in per_case if r[key] is not None]
+            mean[key] = float(np.mean(vals)) if vals else None
+    return mean
+
+
 def evaluate_cases(predictor: Predictor, cases, *, spacing=None, policy: str = "strict") -> dict[str, Any]:
     """Per-case and mean metrics of ``predictor`` on in-memory cases (already preprocessed as in
     training), classes 1..K-1; the rows of ``bfaseg experiment``'s ``results.json``.
@@ -215,26 +240,12 @@ def evaluate_cases(predictor: Predictor, cases, *, spacing=None, policy: str = "
     Row keys: ``case``, ``<metric>`` (mean over the classes with a value) and ``<metric>_<class>``;
     ``None`` where a metric is undefined (an empty prediction or reference).
     """
-    from bfaseg.metrics import METRICS
-
     k = predictor.cfg.model.num_classes
     per_case = []
     for case in cases:
         labels, _, _ = predictor.predict(case.image)
-        result = score_case(labels, case.label, k, spacing, policy)
-        row: dict[str, Any] = {"case": case.case_id}
-        for m in METRICS:
-            vals = result[m] if isinstance(result[m], dict) else {1: result[m]}
-            finite = {c: float(v) for c, v in vals.items() if v is not None and np.isfinite(v)}
-            for c in vals:
-                row[f"{m}_{c}"] = finite.get(c)
-            row[m] = float(np.mean(list(finite.values()))) if finite else None
-        per_case.append(row)
-    mean = {}
-    for key in per_case[0] if per_case else []:
-        if key != "case":
-            vals = [r[key] for r in per_case if r[key] is not None]
-            mean[key] = float(np.mean(vals)) if vals else None
+        per_case.append(metric_row(case.case_id, score_case(labels, case.label, k, spacing, policy)))
+    mean = mean_of_rows(per_case)
     n_failed = sum(1 for r in per_case if r["hd95"] is None)
     return {"iteration": predictor.state.get("iteration"), "mean": mean, "per_case": per_case, "n_failed": n_failed,
             "inference": {"device": predictor.device, "precision": predictor.precision, "mode": predictor.mode,
