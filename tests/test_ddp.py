@@ -120,17 +120,27 @@ WORKER = textwrap.dedent(
     torch.save({"x": x.detach(), "w": w, "y": y.detach(), "x_grad": x.grad, "param_grad": grads,
                 "running_mean": bn[0].running_mean, "running_var": bn[0].running_var,
                 "weight": bn[0].weight.detach(), "bias": bn[0].bias.detach()}, out / f"C_rank{rank}.pt")
+    dist.barrier()  # no rank tears the group down while the other is still in a collective
     shutdown(trainer.dist)
     '''
 )
 
 
-def _torchrun(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+# A rank of a torchrun launch has, rarely and only under load, died with SIGABRT and nothing but
+# "terminate called without an active exception" from torch's C++ runtime (gloo), never in our
+# Python code; 40 launches in a row under two busy training processes did not reproduce it. The
+# worker runs the same seeded steps on every attempt, so one fresh attempt in a new folder tests the
+# same behaviour; any other failure, or the abort twice, fails the test.
+RUNTIME_ABORT = "terminate called without an active exception"
+
+
+def _torchrun(*args: str, cwd: Path, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={WORLD}", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    if check:
+        assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 
@@ -144,12 +154,16 @@ def _write_cfg(path: Path, **sections) -> Path:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    cfg_a = _write_cfg(root / "A.yaml", model={"sync_batchnorm": True})
-    cfg_b = _write_cfg(root / "B.yaml", method={"name": "bfa"})
-    worker = root / "worker.py"
-    worker.write_text(WORKER)
-    _torchrun(str(worker), str(root), str(cfg_a), str(cfg_b), cwd=root)
+    for attempt in range(2):
+        root = tmp_path_factory.mktemp("ddp")
+        cfg_a = _write_cfg(root / "A.yaml", model={"sync_batchnorm": True})
+        cfg_b = _write_cfg(root / "B.yaml", method={"name": "bfa"})
+        worker = root / "worker.py"
+        worker.write_text(WORKER)
+        proc = _torchrun(str(worker), str(root), str(cfg_a), str(cfg_b), cwd=root, check=attempt == 1)
+        if proc.returncode == 0:
+            break
+        assert RUNTIME_ABORT in proc.stderr, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     load = lambda name: [torch.load(root / f"{name}_rank{r}.pt", weights_only=False) for r in range(WORLD)]  # noqa: E731
     return {"root": root, "cfg_a": cfg_a, "A": load("A"), "B": load("B"), "C": load("C")}
 
