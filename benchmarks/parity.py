@@ -1,40 +1,52 @@
-"""Reference parity: the public SSL4MIS 2-D scripts beside bfaseg, at one bfaseg budget, one scorer.
+"""Reference parity: public reference training scripts beside bfaseg, at one bfaseg budget, one scorer.
 
     # train the reference (reads the scripts from YOUR checkout; nothing of it is copied into bfaseg)
     python benchmarks/parity.py train --reference ../SSL4MIS --method mean_teacher --seed 1 \\
         --config configs/acdc/cpu_converged.yaml --data ../shared/data/acdc --output runs/parity
+    python benchmarks/parity.py train --reference ../BCP --method bcp --seed 1 \\
+        --config configs/acdc/cpu_converged.yaml --data ../shared/data/acdc --output runs/parity
     # score the reference's final model and bfaseg's last checkpoints with the same scorer and split
-    python benchmarks/parity.py score --reference ../SSL4MIS --data ../shared/data/acdc --split val.list \\
+    python benchmarks/parity.py score --data ../shared/data/acdc --split val.list \\
         runs/parity/mean_teacher_s1 runs/acdc10_converged/mean_teacher_s1 --output runs/parity/scores.json
 
-``train`` runs ``code/<script>`` of the reference checkout as ``__main__`` with the budget of the bfaseg
-config (iterations, labeled/unlabeled batch, learning rate, input size, labeled patients) and ONLY these
-run-time changes, none of them about the method (each is recorded in ``run.json``):
+The references (benchmarks/parity_references.py): SSL4MIS's 2-D scripts (``--method supervised``,
+``mean_teacher``, ``ua_mt``: code/train_*_2D.py) and BCP's ACDC script (``--method bcp``:
+code/ACDC_BCP_train.py, a pre-training then a self-training stage). ``train`` runs the script of the
+reference checkout as ``__main__`` with the budget of the bfaseg config (iterations, labeled/unlabeled
+batch, learning rate, input size, labeled patients; for BCP the pre-training iterations of bfaseg's
+``bcp`` variant and the rest as self-training) and ONLY these run-time changes, none of them about the
+method (each is recorded in ``run.json`` with the argument mapping, ``budget``):
 
 1. device: ``.cuda()`` of tensors and modules is a no-op (CPU);
 2. precision: each network forward under bf16 autocast where bfaseg's ``precision: auto`` picks bf16
    on this CPU (fp32 elsewhere), outputs cast back to fp32, as bfaseg trains;
-3. ``networks.net_factory`` is reduced to the reference's own ``networks.unet.UNet`` (its full factory
-   imports Swin/nnU-Net dependencies and parses the command line at import);
-4. no in-loop validation (``val_2D.test_single_volume`` returns zeros, so no "best" model is saved):
-   the last model is kept, written to ``final.pth`` when the script returns;
+3. networks: SSL4MIS's ``networks.net_factory`` is reduced to its own ``networks.unet.UNet`` (its full
+   factory imports Swin/nnU-Net dependencies and parses the command line at import); BCP's own
+   ``BCP_net`` is kept;
+4. no in-loop validation (``test_single_volume*`` of the scripts' validation module return zeros, so no
+   "best" model is saved): the last model is kept, written to ``final.pth`` when the script returns
+   (BCP: when ``self_train`` returns; ``pre_train``'s last model and optimizer are written to the file
+   that ``self_train`` starts from, where the reference writes its best-on-val pre-training model);
 5. DataLoader ``num_workers=0``: one process of ``--threads`` threads per run, as bfaseg's runs;
 6. ``--patch_size`` (argparse ``type=list`` in the scripts, so not settable from the command line)
    set to the config's ``data.patch_size``;
 7. paths: ``--root_path`` is a link named ``ACDC`` to ``--data`` in the run folder (the scripts pick
-   ACDC's labeled-slice table only when "ACDC" is in the path, else Prostate's);
+   ACDC's labeled-slice table only when "ACDC" is in the path, else Prostate's); for BCP a link named
+   ``code`` to the checkout's code (its script copies ``../code/ACDC_BCP_train.py`` into its snapshot folder);
 8. where the installed torchvision cannot load (no CPU wheel on PyPI matches torch 2.13), a stand-in
    with the one function the scripts use on this path, ``transforms.Compose``.
 
-The consistency ramp: ``--rampup published`` keeps the scripts' ``--consistency_rampup 200`` "epochs" of
-150 iterations (30000 iterations, whatever the budget); ``--rampup scaled`` sets it to the budget
-(iterations / 150), as bfaseg scales its ramps to the run.
+The consistency ramp of SSL4MIS's semi-supervised scripts: ``--rampup published`` keeps the scripts'
+``--consistency_rampup 200`` "epochs" of 150 iterations (30000 iterations, whatever the budget);
+``--rampup scaled`` sets it to the budget (iterations / 150), as bfaseg scales its ramps to the run.
+(BCP's script only logs its consistency weight: ``--rampup`` does not apply.)
 
 ``score`` predicts each volume of ``--split`` slice by slice and scores it with bfaseg's metrics (the
 scorer of ``bfaseg experiment``: medpy-compatible Dice, Jaccard, 95HD, ASD in voxels, NaN policy for empty
-classes): reference runs with their training's image resize (``zoom_nearest``: SSL4MIS's
-``RandomGenerator`` zooms images with order 0), bfaseg runs with bfaseg's (``zoom_linear``), each in the
-precision it trained in. ``smoke`` (for CI) does both on a tiny stand-in checkout.
+classes): reference runs with their own network class and their training's image resize (``zoom_nearest``:
+SSL4MIS's and BCP's ``RandomGenerator`` zoom images with order 0), bfaseg runs with bfaseg's
+(``zoom_linear``), each in the precision it trained in. tests/test_parity_harness.py runs both commands
+on tiny stand-in checkouts (tests/parity_standin/, tests/parity_standin_bcp/).
 """
 
 from __future__ import annotations
@@ -47,36 +59,7 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPTS = {
-    "supervised": "train_fully_supervised_2D.py",
-    "mean_teacher": "train_mean_teacher_2D.py",
-    "ua_mt": "train_uncertainty_aware_mean_teacher_2D.py",
-}
-# SSL4MIS's patients_to_slices for ACDC: labeled patients -> the first N slices of train_slices.list
-ACDC_PATIENTS = {68: 3, 136: 7, 256: 14, 396: 21, 512: 28, 664: 35, 1312: 140}
-ITERATIONS_PER_EPOCH = 150  # the scripts' consistency "epoch": iter_num // 150
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def reference_args(cfg, method: str, seed: int, data_root: str, rampup: str, exp: str) -> list[str]:
-    """The reference script's command line for a bfaseg config's budget."""
-    tc = cfg.train
-    slices = cfg.data.labeled
-    if slices not in ACDC_PATIENTS:
-        fail(f"data.labeled: {slices} slices is no patient count of SSL4MIS's table ({sorted(ACDC_PATIENTS)})")
-    args = ["--root_path", data_root, "--exp", exp, "--model", "unet", "--max_iterations", str(tc.iterations),
-            "--base_lr", str(tc.lr), "--seed", str(seed), "--num_classes", str(cfg.model.num_classes),
-            "--labeled_num", str(ACDC_PATIENTS[slices])]
-    if method == "supervised":
-        return args + ["--batch_size", str(tc.batch_labeled)]
-    args += ["--batch_size", str(tc.batch_labeled + tc.batch_unlabeled), "--labeled_bs", str(tc.batch_labeled)]
-    if rampup == "scaled":
-        args += ["--consistency_rampup", f"{tc.iterations / ITERATIONS_PER_EPOCH:.4f}"]
-    return args
+from parity_references import METHODS, REPOSITORIES, fail, script_args, script_for
 
 
 def git_commit(path: Path) -> str | None:
@@ -92,33 +75,43 @@ def cmd_train(a) -> int:
     from bfaseg.config import load_config
     from bfaseg.precision import bf16_is_fast
 
-    code = Path(a.reference) / "code"
-    script = code / SCRIPTS[a.method]
-    if not script.is_file():
-        fail(f"--reference {a.reference}: no {script.relative_to(a.reference)} (a checkout of SSL4MIS?)")
+    script = script_for(Path(a.reference), a.method)
+    repo_name = METHODS[a.method][0]
+    repo = REPOSITORIES[repo_name]
     data_root = Path(a.data).resolve()
     if not (data_root / "train_slices.list").is_file():
         fail(f"--data {a.data}: no train_slices.list (the ACDC layout of PROTOCOL.md)")
     cfg = load_config(a.config)
-    name = f"{a.method}_s{a.seed}" + ("_published_ramp" if a.method != "supervised" and a.rampup == "published" else "")
+    ramped = repo_name == "ssl4mis" and a.method != "supervised"  # BCP's consistency weight is only logged
+    name = f"{a.method}_s{a.seed}" + ("_published_ramp" if ramped and a.rampup == "published" else "")
     run = Path(a.output) / name
     if (run / "final.pth").is_file():
         print(f"[skip] {name}: done ({run / 'final.pth'})")
         return 0
-    (run / "cwd").mkdir(parents=True, exist_ok=True)  # the scripts write ../model/<exp> relative to their cwd
-    # paths: the scripts pick ACDC's slice table only when "ACDC" is in --root_path (else Prostate's)
-    link = run / "ACDC"
-    if not link.exists():
-        link.symlink_to(data_root, target_is_directory=True)
+    (run / "cwd").mkdir(parents=True, exist_ok=True)  # the scripts write ./model or ../model relative to their cwd
+    # paths: the scripts pick ACDC's slice table only when "ACDC" is in --root_path (else Prostate's);
+    # BCP's script copies ../code/ACDC_BCP_train.py (relative to its cwd) into its snapshot folder
+    links = {"ACDC": data_root, **({"code": script.parent.resolve()} if repo_name == "bcp" else {})}
+    for link, target in links.items():
+        if not (run / link).exists():
+            (run / link).symlink_to(target, target_is_directory=True)
     precision = "bf16" if cfg.train.precision in ("auto", "bf16") and bf16_is_fast("cpu") else "fp32"
+    exp = name if repo_name == "bcp" else f"parity/{name}"  # BCP puts --exp into a folder name: no "/"
+    args = script_args(cfg, a.method, a.seed, str(run.resolve() / "ACDC"), a.rampup, exp, a.config)
     spec = {
-        "code": str(code.resolve()), "script": script.name, "run": str(run.resolve()), "threads": a.threads,
+        "code": str(script.parent.resolve()), "script": script.name, "run": str(run.resolve()), "threads": a.threads,
         "precision": precision, "patch_size": list(cfg.data.patch_size), "num_classes": cfg.model.num_classes,
-        "argv": reference_args(cfg, a.method, a.seed, str(run.resolve() / "ACDC"), a.rampup, f"parity/{name}"),
+        "repository": repo_name, "argv": [str(x) for k, (v, _) in args.items() for x in (k, v)],
     }
+    budget = {k: {"value": v, "from": src} for k, (v, src) in args.items()}
+    budget["--patch_size"] = {"value": list(cfg.data.patch_size), "from": "data.patch_size (set after parse_args)"}
+    iterations = cfg.train.iterations  # BCP: pre-training + self-training, as bfaseg counts its bcp run
     record = {"method": a.method, "seed": a.seed, "config": str(a.config), "reference": str(Path(a.reference).resolve()),
-              "reference_commit": git_commit(Path(a.reference)), "script": f"code/{script.name}", "rampup": a.rampup,
-              **spec, "changes": CHANGES}
+              "reference_commit": git_commit(Path(a.reference)), "script": f"code/{script.name}",
+              "rampup": a.rampup if ramped else None, "variant": repo.variant.format(method=a.method),
+              "network": f"networks.unet.{repo.network}", "iterations": iterations,
+              "image_resize": "zoom_nearest",  # as training: RandomGenerator zooms images with order 0
+              **spec, "repository": repo.title, "budget": budget, "changes": list(repo.changes)}
     print(f"[run] {name}: {script.name} {' '.join(spec['argv'])}", flush=True)
     t0 = time.time()
     with open(run / "stdout.log", "w") as log:
@@ -132,32 +125,42 @@ def cmd_train(a) -> int:
     return 0
 
 
-CHANGES = [
-    "device: .cuda() of tensors and modules is a no-op",
-    "precision: network forwards under bf16 autocast where precision auto picks bf16, outputs in fp32",
-    "networks.net_factory reduced to the reference's networks.unet.UNet",
-    "no in-loop validation; the last model is written to final.pth",
-    "DataLoader num_workers=0",
-    "--patch_size set to the config's data.patch_size",
-    "paths: --root_path is a link named ACDC to the data (the scripts choose ACDC's slice table by that name)",
-    "torchvision stand-in (transforms.Compose) only where torchvision cannot load",
-]
+def run_as_main(script: str, wrap: dict) -> None:
+    """Run ``script`` as ``__main__``. ``wrap`` (function name -> wrapper) replaces module-level functions
+    between their definition and the ``if __name__ == "__main__":`` block that calls them."""
+    import ast
+    import builtins
+    import runpy
+
+    if not wrap:
+        runpy.run_path(script, run_name="__main__")
+        return
+    tree = ast.parse(Path(script).read_text(), script)
+    main = next(i for i, node in enumerate(tree.body)
+                if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))
+    scope = {"__name__": "__main__", "__file__": script, "__builtins__": builtins}
+    exec(compile(ast.Module(tree.body[:main], []), script, "exec"), scope)
+    for name, wrapper in wrap.items():
+        scope[name] = wrapper(scope[name])
+    exec(compile(ast.Module(tree.body[main:], []), script, "exec"), scope)
 
 
 def launch(spec: dict) -> None:
-    """Inside the subprocess: apply the run-time changes, run the script as __main__, keep its student."""
+    """Inside the subprocess: apply the run-time changes, run the script as __main__, keep the student of
+    its last stage."""
     import argparse as _argparse
-    import runpy
+    import importlib
     import types
 
     import torch
 
     torch.set_num_threads(spec["threads"])
     sys.path.insert(0, spec["code"])
-    # 1. device
+    repo = REPOSITORIES[spec["repository"]]
+    # device
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
-    # 7. torchvision only where it cannot load
+    # torchvision only where it cannot load
     try:
         import torchvision.transforms  # noqa: F401
     except Exception:  # a torchvision built for another torch raises RuntimeError/ImportError/OSError at import
@@ -179,15 +182,10 @@ def launch(spec: dict) -> None:
         tv.utils = types.ModuleType("torchvision.utils")
         tv.utils.make_grid = lambda *a, **k: None
         sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.utils": tv.utils})
-    # 3. + 2. the network: the reference's UNet, forwards under autocast, every model kept (the student first)
-    from networks.unet import UNet
+    # the networks: forwards under autocast, each recorded with the stage that built it
+    models, optimizers, stage = [], [], ["main"]
 
-    models = []
-
-    def net_factory(net_type="unet", in_chns=1, class_num=4):
-        if net_type != "unet":
-            raise SystemExit(f"parity harness: only --model unet is supported (got {net_type})")
-        net = UNet(in_chns=in_chns, class_num=class_num)
+    def track(net):
         if spec["precision"] == "bf16":
             forward = net.forward
 
@@ -197,19 +195,66 @@ def launch(spec: dict) -> None:
                 return out.float() if torch.is_tensor(out) else out
 
             net.forward = autocast_forward
-        models.append(net)
+        models.append((stage[0], net))
         return net
 
-    factory = types.ModuleType("networks.net_factory")
-    factory.net_factory = net_factory
-    sys.modules["networks.net_factory"] = factory
-    # 4. no in-loop validation
-    import val_2D
+    def student(of_stage: str):
+        """The first network a stage built that trains (a teacher's parameters are detached)."""
+        nets = [net for s, net in models if s == of_stage and any(p.requires_grad for p in net.parameters())]
+        if not nets:
+            raise SystemExit(f"parity harness: the script built no trained network in stage {of_stage}")
+        return nets[0]
 
+    wrap = {}
+    if spec["repository"] == "ssl4mis":  # its factory imports Swin/nnU-Net dependencies and parses argv at import
+        from networks.unet import UNet
+
+        def net_factory(net_type="unet", in_chns=1, class_num=4):
+            if net_type != "unet":
+                raise SystemExit(f"parity harness: only --model unet is supported (got {net_type})")
+            return track(UNet(in_chns=in_chns, class_num=class_num))
+
+        factory = types.ModuleType("networks.net_factory")
+        factory.net_factory = net_factory
+        sys.modules["networks.net_factory"] = factory
+    else:  # BCP: its own factory (it imports only its networks), each network it builds recorded
+        factory = importlib.import_module("networks.net_factory")
+        build = factory.BCP_net
+        factory.BCP_net = lambda *a, **k: track(build(*a, **k))
+        optimizer_init = torch.optim.Optimizer.__init__
+
+        def recorded_init(self, *args, **kwargs):
+            optimizer_init(self, *args, **kwargs)
+            optimizers.append(self)
+
+        torch.optim.Optimizer.__init__ = recorded_init
+
+        def pre_train(fn):  # hand-over: self_train starts from <model>_best_model.pth, here the LAST pre-train model
+            def run(args, snapshot_path, *rest, **kwargs):
+                stage[0] = "pre_train"
+                out = fn(args, snapshot_path, *rest, **kwargs)
+                net = student("pre_train")
+                mine = {id(p) for p in net.parameters()}
+                opt = [o for o in optimizers if any(id(p) in mine for g in o.param_groups for p in g["params"])]
+                if not opt or "save_net_opt" not in fn.__globals__:
+                    raise SystemExit("parity harness: pre_train made no optimizer, or the script has no save_net_opt")
+                fn.__globals__["save_net_opt"](net, opt[0], os.path.join(snapshot_path, f"{args.model}_best_model.pth"))
+                return out
+            return run
+
+        def self_train(fn):
+            def run(*args, **kwargs):
+                stage[0] = "self_train"
+                return fn(*args, **kwargs)
+            return run
+
+        wrap = {"pre_train": pre_train, "self_train": self_train}
+    # no in-loop validation
+    validation = importlib.import_module(repo.validation)
     zeros = [(0.0, 0.0)] * (spec["num_classes"] - 1)
-    val_2D.test_single_volume = lambda *a, **k: zeros
-    val_2D.test_single_volume_ds = lambda *a, **k: zeros
-    # 5. no worker processes
+    for name in [n for n in vars(validation) if n.startswith("test_single_volume")]:
+        setattr(validation, name, lambda *a, **k: zeros)
+    # no worker processes
     loader_init = torch.utils.data.DataLoader.__init__
 
     def single_process_init(self, *args, **kwargs):
@@ -219,7 +264,7 @@ def launch(spec: dict) -> None:
         loader_init(self, *args, **kwargs)
 
     torch.utils.data.DataLoader.__init__ = single_process_init
-    # 6. the input size
+    # the input size
     parse_args = _argparse.ArgumentParser.parse_args
 
     def parse_with_patch(self, *args, **kwargs):
@@ -231,18 +276,24 @@ def launch(spec: dict) -> None:
     _argparse.ArgumentParser.parse_args = parse_with_patch
     script = str(Path(spec["code"]) / spec["script"])
     sys.argv = [script, *spec["argv"]]
-    runpy.run_path(script, run_name="__main__")
-    if not models:
-        raise SystemExit("parity harness: the script built no network")
-    torch.save(models[0].state_dict(), Path(spec["run"]) / "final.pth")
+    run_as_main(script, wrap)
+    torch.save(student(repo.final_stage).state_dict(), Path(spec["run"]) / "final.pth")
 
 
 # ------------------------------------------------------------------------------------------------ score
-def reference_model(reference: Path, num_classes: int):
-    sys.path.insert(0, str(reference / "code"))
-    from networks.unet import UNet
+def reference_model(reference: Path, num_classes: int, network: str = "UNet"):
+    """The reference's own network class from its checkout's code/networks/unet.py (SSL4MIS's UNet, BCP's
+    UNet_2d), imported afresh: another checkout's ``networks`` may be loaded for an earlier run."""
+    import importlib
 
-    return UNet(in_chns=1, class_num=num_classes)
+    for name in [m for m in sys.modules if m == "networks" or m.startswith("networks.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(reference / "code"))
+    try:
+        unet = importlib.import_module("networks.unet")
+    finally:
+        sys.path.remove(str(reference / "code"))
+    return getattr(unet, network)(in_chns=1, class_num=num_classes)
 
 
 def score_volumes(forward, cases, patch, num_classes: int, image_resize: str, precision: str) -> dict:
@@ -273,10 +324,13 @@ def cmd_score(a) -> int:
     for run in map(Path, a.runs):
         if (run / "final.pth").is_file():  # a reference run of `train`
             info = json.loads((run / "run.json").read_text())
-            model = reference_model(Path(a.reference or info["reference"]), info["num_classes"])
+            network = info.get("network", "networks.unet.UNet").rsplit(".", 1)[-1]  # runs before BCP: SSL4MIS's UNet
+            model = reference_model(Path(a.reference or info["reference"]), info["num_classes"], network)
             model.load_state_dict(torch.load(run / "final.pth", map_location="cpu", weights_only=True))
-            side, patch, k, resize, precision = "reference", info["patch_size"], info["num_classes"], "zoom_nearest", info["precision"]
-            variant, seed, iterations = f"ssl4mis_{info['method']}", info["seed"], None
+            side, patch, k, precision = "reference", info["patch_size"], info["num_classes"], info["precision"]
+            resize = info.get("image_resize", "zoom_nearest")  # the training's image zoom: order 0 in both
+            variant, seed = info.get("variant", f"ssl4mis_{info['method']}"), info["seed"]
+            iterations = info.get("iterations") or int(info["argv"][info["argv"].index("--max_iterations") + 1])
             seconds = info.get("seconds")
         elif (run / "checkpoints" / "last.pt").is_file():  # a bfaseg run
             ckpt = run / "checkpoints" / "last.pt"
@@ -291,8 +345,6 @@ def cmd_score(a) -> int:
         model.eval()
         cases = load_cases("acdc", root, ids, kind="eval", num_classes=k)
         res = score_volumes(model, cases, patch, k, resize, precision)
-        if side == "reference":
-            iterations = int(info["argv"][info["argv"].index("--max_iterations") + 1])
         # an entry of `bfaseg experiment`'s results.json (docs/make_results_tables.py --add takes it)
         results[f"{variant}_s{seed}"] = {
             "variant": variant, "seed": seed, "eval_split": a.split, "eval_list": a.split, "side": side, "run": str(run),
@@ -317,8 +369,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a reference script at a bfaseg config's budget")
-    t.add_argument("--reference", required=True, help="checkout of SSL4MIS (holds code/train_*_2D.py)")
-    t.add_argument("--method", required=True, choices=sorted(SCRIPTS))
+    t.add_argument("--reference", required=True, help="checkout of SSL4MIS (code/train_*_2D.py) or of BCP (code/ACDC_BCP_train.py)")
+    t.add_argument("--method", required=True, choices=sorted(METHODS))
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--config", default="configs/acdc/cpu_converged.yaml")
     t.add_argument("--data", default="../shared/data/acdc")
@@ -327,7 +379,7 @@ def main(argv=None) -> int:
     t.add_argument("--output", default="runs/parity")
     s = sub.add_parser("score", help="score reference and bfaseg runs with one scorer on one split")
     s.add_argument("runs", nargs="+", help="reference run folders (final.pth) and bfaseg run folders")
-    s.add_argument("--reference", help="the SSL4MIS checkout (default: the one each run recorded)")
+    s.add_argument("--reference", help="the reference checkout (default: the one each run recorded)")
     s.add_argument("--data", default="../shared/data/acdc")
     s.add_argument("--split", default="val.list")
     s.add_argument("--threads", type=int, default=1)

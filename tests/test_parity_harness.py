@@ -102,3 +102,78 @@ def test_score_puts_both_sides_through_one_scorer(tmp_path, acdc_data):
         assert [row["case"] for row in side["last"]["per_case"]] == ["patient001_frame01"]
         assert set(side["last"]["mean"]) >= {"dice", "jaccard", "hd95", "asd", "dice_1", "dice_3"}
         assert side["eval_split"] == "val.list" and side["seed"] == 1
+
+
+STANDIN_BCP = Path(__file__).resolve().parent / "parity_standin_bcp"
+
+
+@pytest.fixture()
+def acdc_bcp_data(tmp_path):
+    root = tmp_path / "acdc_bcp"
+    make_acdc(root, patients=3, slices=12, vol_shape=(12, 30, 26))  # 36 slices: 32 labeled (1 patient) + 4
+    return root
+
+
+def _fingerprint(state: dict) -> float:
+    return float(sum(v.double().sum() for v in state.values() if v.is_floating_point()))
+
+
+def test_train_bcp_maps_both_stages_and_keeps_the_last_self_training_student(tmp_path, acdc_bcp_data):
+    # the config's method is BFA (pretrain 0.3); the budget is that of bfaseg's bcp variant (pretrain 0.2)
+    cfg = _config(tmp_path, acdc_bcp_data, iterations=10)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["labeled"], raw["method"] = 32, {"name": "bfa"}
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "parity"
+    r = _run("train", "--reference", str(STANDIN_BCP), "--method", "bcp", "--seed", "2", "--config", str(cfg),
+             "--data", str(acdc_bcp_data), "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    run = out / "bcp_s2"
+    seen = json.loads((run / "cwd" / "seen.json").read_text())
+    argv = seen["argv"]
+    assert (argv["pre_iterations"], argv["max_iterations"]) == (2, 8)  # 0.2 x 10, then the rest
+    assert (argv["batch_size"], argv["labeled_bs"], argv["labelnum"], argv["seed"]) == (4, 2, 1, 2)
+    assert argv["patch_size"] == [32, 32] and argv["root_path"].endswith("/ACDC")
+    assert (seen["pre_train"]["iterations"], seen["self_train"]["iterations"]) == (2, 8)
+    assert seen["num_workers"] == [0, 0] and seen["dtypes"] == ["torch.float32"]
+    assert seen["saved_on_validation"] == []  # in-loop validation replaced (the stand-in's would raise)
+    snapshots = run / "cwd" / "model" / "BCP" / "ACDC_bcp_s2_1_labeled"
+    # the hand-over: self-training started from the LAST pre-training model, written where the script loads it
+    handed = torch.load(snapshots / "pre_train" / "unet_best_model.pth", weights_only=True)
+    assert set(handed) == {"net", "opt"}
+    assert _fingerprint(handed["net"]) == pytest.approx(seen["pre_train"]["last"], rel=1e-12)
+    assert seen["self_train"]["started_from"] == pytest.approx(seen["pre_train"]["last"], rel=1e-12)
+    assert (snapshots / "self_train" / "ACDC_BCP_train.py").is_file()  # the script's copy of ../code/ found it
+    assert sorted(p.name for p in (snapshots / "self_train").iterdir()) == ["ACDC_BCP_train.py"]
+    # the model kept: the last self-training student, not the teacher
+    final = torch.load(run / "final.pth", weights_only=True)
+    assert _fingerprint(final) == pytest.approx(seen["self_train"]["last"], rel=1e-12)
+    assert _fingerprint(final) != pytest.approx(seen["self_train"]["teacher"], rel=1e-6)
+    record = json.loads((run / "run.json").read_text())
+    assert (record["repository"], record["variant"]) == ("BCP", "bcp_reference")
+    assert record["network"] == "networks.unet.UNet_2d"
+    assert record["iterations"] == 10 and record["rampup"] is None and record["image_resize"] == "zoom_nearest"
+    budget = record["budget"]
+    assert budget["--pre_iterations"]["value"] == 2 and "method.pretrain 0.2" in budget["--pre_iterations"]["from"]
+    assert budget["--max_iterations"]["value"] == 8 and budget["--labelnum"]["value"] == 1
+    assert budget["--patch_size"]["value"] == [32, 32]
+    assert any("hand-over" in c for c in record["changes"]) and any("final.pth" in c for c in record["changes"])
+    # score loads BCP's network class from the checkout the run recorded, as a reference run
+    scores = tmp_path / "scores.json"
+    r = _run("score", str(run), "--data", str(acdc_bcp_data), "--output", str(scores), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    entry = json.loads(scores.read_text())["bcp_reference_s2"]
+    assert (entry["side"], entry["image_resize"]) == ("reference", "zoom_nearest")
+    assert entry["train_summary"]["iterations"] == 10 and len(entry["last"]["per_case"]) == 1
+
+
+def test_train_refuses_a_checkout_of_the_other_repository(tmp_path, acdc_data):
+    cfg = str(_config(tmp_path, acdc_data))
+    r = _run("train", "--reference", str(STANDIN), "--method", "bcp", "--config", cfg, "--data", str(acdc_data),
+             "--output", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "no code/ACDC_BCP_train.py (BCP's ACDC script); --method bcp needs a BCP checkout" in r.stderr
+    r = _run("train", "--reference", str(STANDIN_BCP), "--method", "supervised", "--config", cfg, "--data",
+             str(acdc_data), "--output", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "needs an SSL4MIS checkout" in r.stderr and "is a BCP checkout" in r.stderr
