@@ -122,6 +122,9 @@ def script_args(cfg, method: str, seed: int, data_root: str, rampup: str, exp: s
     if repo is SSL4MIS:
         args |= {"--model": ("unet", "the reference's UNet"), "--max_iterations": (tc.iterations, "train.iterations")}
     else:
+        if tc.batch_labeled != tc.batch_unlabeled:  # it pastes each labeled half into an unlabeled half of its size
+            fail(f"train.batch_labeled {tc.batch_labeled} != train.batch_unlabeled {tc.batch_unlabeled}: BCP's script "
+                 "mixes labeled and unlabeled halves of equal size")
         pre, pretrain = bcp_pretrain_iterations(config, seed)
         if not 0 < pre < tc.iterations:
             fail(f"method.pretrain: {pre} of {tc.iterations} iterations; BCP's script runs both stages, each for "

@@ -177,3 +177,7 @@ def test_train_refuses_a_checkout_of_the_other_repository(tmp_path, acdc_data):
              str(acdc_data), "--output", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "needs an SSL4MIS checkout" in r.stderr and "is a BCP checkout" in r.stderr
+    uneven = _config(tmp_path, acdc_data, batch_unlabeled=3)  # BCP mixes halves of equal size: refused before it runs
+    r = _run("train", "--reference", str(STANDIN_BCP), "--method", "bcp", "--config", str(uneven), "--data",
+             str(acdc_data), "--output", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and "train.batch_unlabeled 3" in r.stderr
