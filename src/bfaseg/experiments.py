@@ -39,6 +39,9 @@ VARIANTS: dict[str, dict] = {
     # control: the mean teacher's batches (labeled and unlabeled images through one BatchNorm) without
     # its consistency term, to tell a weak teacher signal from the batch composition
     "mean_teacher_no_consistency": {"method": {"name": "mean_teacher", "consistency": 0.0}},
+    # parity switch: the SSL4MIS reference's teacher, which predicts in train mode (BatchNorm on the
+    # teacher's own noisy unlabeled batch) instead of eval mode with EMA-averaged statistics
+    "mean_teacher_teacher_train": {"method": {"name": "mean_teacher"}, "train": {"teacher_mode": "train"}},
     "ua_mt": {"method": {"name": "ua_mt"}},
     "bcp": {"method": {"name": "bcp"}},
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999
