@@ -83,7 +83,8 @@ def cmd_train(a) -> int:
         fail(f"--data {a.data}: no train_slices.list (the ACDC layout of PROTOCOL.md)")
     cfg = load_config(a.config)
     ramped = repo_name == "ssl4mis" and a.method != "supervised"  # BCP's consistency weight is only logged
-    name = f"{a.method}_s{a.seed}" + ("_published_ramp" if ramped and a.rampup == "published" else "")
+    ramp = "_published_ramp" if ramped and a.rampup == "published" else ""  # in the run's name and its variant
+    name = f"{a.method}_s{a.seed}{ramp}"
     run = Path(a.output) / name
     if (run / "final.pth").is_file():
         print(f"[skip] {name}: done ({run / 'final.pth'})")
@@ -108,7 +109,7 @@ def cmd_train(a) -> int:
     iterations = cfg.train.iterations  # BCP: pre-training + self-training, as bfaseg counts its bcp run
     record = {"method": a.method, "seed": a.seed, "config": str(a.config), "reference": str(Path(a.reference).resolve()),
               "reference_commit": git_commit(Path(a.reference)), "script": f"code/{script.name}",
-              "rampup": a.rampup if ramped else None, "variant": repo.variant.format(method=a.method),
+              "rampup": a.rampup if ramped else None, "variant": repo.variant.format(method=a.method) + ramp,
               "network": f"networks.unet.{repo.network}", "iterations": iterations,
               "image_resize": "zoom_nearest",  # as training: RandomGenerator zooms images with order 0
               **spec, "repository": repo.title, "budget": budget, "changes": list(repo.changes)}

@@ -125,7 +125,8 @@ def test_numbers_with_a_spread_in_the_text_come_from_a_table():
 def test_every_result_entry_is_the_run_its_command_makes(path):
     for name, entry in load_results(path).items():
         if entry.get("side") == "reference":  # a reference run of benchmarks/parity.py, not a bfaseg variant
-            method = entry["variant"].removeprefix("ssl4mis_")
+            # ssl4mis_<method>[_published_ramp] or <method>_reference (benchmarks/parity_references.py)
+            method = entry["variant"].removeprefix("ssl4mis_").removesuffix("_published_ramp").removesuffix("_reference")
             assert name == f"{entry['variant']}_s{entry['seed']}" and entry.get("source") and entry.get("cpu")
             assert re.search(rf"benchmarks/parity\.py train .*--method {method} ", entry["command"]), \
                 f"{path.name}: {name}: its command does not make it"
