@@ -296,6 +296,8 @@ CASES = [
          ["--output {tmp}/a_file/sub: not writable (Not a directory: {tmp}/a_file is a file)"]),
     Case("existing_run_without_resume", lambda tmp: _with_run(tmp),
          ["{tmp}/out: a run already exists here; pass --resume"], fresh_output=False),
+    Case("train_force_with_resume", lambda tmp: _with_run(tmp, "--resume", "--force"),
+         ["--force: starts the run over, which --resume contradicts; give one of them"], fresh_output=False),
     Case("resume_without_run", lambda tmp: (SYNTH, ["--resume"]),
          ["--resume: no checkpoint to resume at {tmp}/out/checkpoints/last.pt"]),
     Case("resume_garbage_checkpoint", lambda tmp: _with_run(tmp, "--resume"),

@@ -227,9 +227,55 @@ def test_train_on_a_run_of_another_config_names_the_keys(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", str(tmp_path / "b.yaml"), "--output", str(run), "--no-progress"]) == 2
     assert capsys.readouterr().err == (f"error: {run}: a run with another config already exists here "
-                                       "(it differs in data.synthetic_cases); choose another --output\n")
+                                       "(it differs in data.synthetic_cases); pass --force to start over (the run "
+                                       "is moved aside) or choose another --output\n")
     assert main(["train", str(tmp_path / "b.yaml"), "--output", str(run), "--no-progress", "--resume"]) == 2
     assert "--resume: the config differs from the run's in data.synthetic_cases" in capsys.readouterr().err
+
+
+def _contents(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_force_moves_the_old_run_aside_and_starts_fresh(tmp_path, capsys):
+    """`train --force` as `experiment --force`: the old run folder goes to a sibling, intact (nothing is deleted),
+    one line says where, and a fresh run starts; a start-up that fails puts the old run back."""
+    import json
+
+    import yaml
+
+    from bfaseg.cli.main import main
+    from bfaseg.training.run_record import recorded_config
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(_tiny()))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(_tiny(synthetic_cases=12)))
+    run = tmp_path / "run"
+    train = lambda cfg, *extra: main(["train", str(tmp_path / cfg), "--output", str(run), "--no-progress", *extra])  # noqa: E731
+    assert train("a.yaml") == 0
+    (run / "notes.txt").write_text("mine\n")  # whatever the user put there goes along
+    old = _contents(run)
+    capsys.readouterr()
+    assert train("b.yaml", "--force") == 0
+    err = capsys.readouterr().err
+    aside = tmp_path / "run.replaced-1"
+    assert [line for line in err.splitlines() if "replaced" in line] == [
+        f"[replaced] {run}: moved the earlier run (another config: differs in data.synthetic_cases) to {aside}; "
+        "a fresh run starts here"], err
+    assert _contents(aside) == old
+    assert recorded_config(run)["data"]["synthetic_cases"] == 12 and not (run / "notes.txt").exists()
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2]  # a fresh log, not the old one continued
+    assert json.loads((run / "train_summary.json").read_text())["iterations"] == 2
+    # the same config again: the next free sibling, the first one untouched
+    new = _contents(run)
+    assert train("b.yaml", "--force") == 0
+    assert _contents(tmp_path / "run.replaced-2") == new and _contents(aside) == old
+    capsys.readouterr()
+    # a start-up that fails after the move (a 3-D network on 2-D data) leaves the folder as it was
+    before = _contents(run)
+    assert train("b.yaml", "--force", "--set", "model.name=vnet") == 2
+    assert capsys.readouterr().err == "error: model.name: vnet is 3-D but the data trains 2-D\n"
+    assert _contents(run) == before and not (tmp_path / "run.replaced-3").exists()
 
 
 # --------------------------------------------------------------------------- 3. options that contradict or do not apply

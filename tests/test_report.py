@@ -103,3 +103,88 @@ def test_report_overlays_from_checkpoint(tmp_path):
     md = (out / "comparison.md").read_text()
     assert "| synth | supervised | 0.3000 @ 4 |" in md and "overlays/" in md
     assert list((run / "tensorboard").glob("events.*"))
+
+
+def _contents(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} \
+        if folder.exists() else None
+
+
+def _fail_second_figure(monkeypatch):
+    """A plot that fails half-way: the first figure is written, the second raises (as matplotlib might)."""
+    import bfaseg.reporting as reporting
+
+    real, calls = reporting.save_figure, []
+
+    def save_figure(fig, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("plot failed half-way")
+        return real(fig, path, *a, **k)
+
+    monkeypatch.setattr(reporting, "save_figure", save_figure)
+    return 1  # an unexpected exception: exit 1, one line
+
+
+def _ctrl_c_at_second_figure(monkeypatch):
+    """Ctrl-C half-way: a report is one output, so nothing of it is kept (predict keeps finished files)."""
+    import bfaseg.reporting as reporting
+
+    real, calls = reporting.save_figure, []
+
+    def save_figure(fig, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(fig, path, *a, **k)
+
+    monkeypatch.setattr(reporting, "save_figure", save_figure)
+    return 130
+
+
+def _fail_moving_in(monkeypatch):
+    """The disk fails while the finished report moves into place: comparison.md and loss.png are already in
+    (the earlier ones moved aside), the rename of val_dice.png fails."""
+    import errno
+    import os
+
+    from bfaseg.io.output import STAGING_PREFIX
+
+    real = os.replace
+
+    def replace(src, dst):
+        if STAGING_PREFIX in str(src) and str(dst).endswith("val_dice.png"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return 2
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["fresh", "over_an_earlier_report"])
+@pytest.mark.parametrize("fail", [_fail_second_figure, _ctrl_c_at_second_figure, _fail_moving_in],
+                         ids=["while_plotting", "ctrl_c", "while_moving_in"])
+def test_report_is_all_or_nothing(fail, earlier, tmp_path, monkeypatch, capsys):
+    """A report that fails while it writes leaves no file of its own (not even a new --output folder) and an
+    earlier report in the same place exactly as it was, with the user's own files beside it."""
+    a = _fake_run(tmp_path / "runA", [(20, 0.5), (40, 0.7)], [1.0, 0.8, 0.6, 0.5])
+    b = _fake_run(tmp_path / "runB", [(20, 0.4), (40, 0.45)], [1.1, 0.9])
+    out = tmp_path / "report"
+    if earlier:
+        assert main(["report", str(a), "--output", str(out)]) == 0
+        (out / "notes.txt").write_text("mine\n")
+    before = _contents(out)
+    capsys.readouterr()
+    code = fail(monkeypatch)
+    assert main(["report", str(a), str(b), "--output", str(out)]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert _contents(out) == before  # None: no --output folder; else byte for byte, no hidden leftovers
+    if earlier:
+        assert sorted(p.name for p in out.iterdir()) == ["comparison.md", "loss.png", "notes.txt", "val_dice.png"]
+    # the same report without the failure replaces the earlier one whole and leaves nothing hidden
+    monkeypatch.undo()
+    assert main(["report", str(a), str(b), "--output", str(out)]) == 0
+    assert "| runB |" in (out / "comparison.md").read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert (out / "notes.txt").exists() == earlier

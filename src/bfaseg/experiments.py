@@ -269,13 +269,10 @@ def reused_runs(out: Path, runs: list[PlannedRun], results: dict, base_raw: dict
 
 def _replace_runs(out: Path, results_path: Path, results: dict, stale: dict) -> dict:
     """--force: move each stale run folder to ``out/replaced/<run>-<n>`` (nothing is deleted) and drop its row."""
+    from bfaseg.io.output import move_aside
+
     for name, diffs in stale.items():
-        n = 1
-        while (out / REPLACED / f"{name}-{n}").exists():
-            n += 1
-        target = out / REPLACED / f"{name}-{n}"
-        target.parent.mkdir(exist_ok=True)
-        os.replace(out / name, target)
+        target = move_aside(out / name, out / REPLACED, name)
         log.info(f"[replaced] {name}: made with another config (differs in {', '.join(diffs)}); moved to {target}")
     kept = {k: v for k, v in results.items() if k not in stale}
     atomic_write_text(results_path, json.dumps(kept, indent=1))

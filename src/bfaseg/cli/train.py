@@ -20,14 +20,19 @@ def register(sub) -> None:
                    help="override a config value, e.g. --set train.iterations=100 (repeatable)")
     p.add_argument("--output", help="run folder (default: the config's `output`, else runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start over when --output already holds a run: the old run folder is moved aside to "
+                        "OUTPUT.replaced-N (not deleted) and a fresh run starts; without it such a folder is refused")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact reruns on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from bfaseg.cli.main import check_set_keys
+    from bfaseg.cli.main import check_set_keys, refuse_inapplicable
 
+    refuse_inapplicable(args, [("--force", "force", lambda a: "starts the run over, which --resume contradicts; "
+                                "give one of them" if a.resume else None)])
     check_set_keys(args.overrides, {"train.deterministic": "--deterministic"} if args.deterministic else {})
     overrides = list(args.overrides)
     if args.deterministic:
@@ -43,7 +48,7 @@ def run(args) -> int:
     from bfaseg.training.distributed import shutdown
     from bfaseg.training.trainer import Trainer
 
-    trainer = Trainer(cfg, output, resume=args.resume, progress=not args.no_progress)
+    trainer = Trainer(cfg, output, resume=args.resume, force=args.force, progress=not args.no_progress)
     try:
         summary = trainer.fit()
     finally:

@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -62,9 +63,14 @@ class Trainer:
         output_dir: str | Path,
         *,
         resume: bool = False,
+        force: bool = False,
         data: DataBundle | None = None,
         progress: bool = True,
     ):
+        """``force``: a run already in ``output_dir`` is moved aside (``<output_dir>.replaced-N``, nothing is
+        deleted) and a fresh one starts; back in place if start-up fails. Contradicts ``resume``."""
+        if force and resume:  # the CLI refuses the two options by name (cli/train.py)
+            raise ValueError("force starts the run over, which resume contradicts")
         self.cfg = cfg
         tc = cfg.train
         self.device = resolve_device(tc.device)
@@ -83,12 +89,17 @@ class Trainer:
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.progress = progress and self.dist.is_main
         self._created_dirs: list[Path] = []
-        self._prepare_output(resume)
+        self._moved_aside: Path | None = None  # where --force moved the earlier run (rank 0)
+        self._prepare_output(resume, force)
         try:
             self._setup(cfg, resume, data)
         except BaseException:
             self._remove_created_dirs()
+            self._put_back_moved_aside()
             raise
+        if self._moved_aside is not None:  # said once start-up succeeded (a failed one put the run back)
+            log.info(f"[replaced] {self.output_dir}: moved the earlier run ({self._replaced_why}) to "
+                     f"{self._moved_aside}; a fresh run starts here")
         self._stop_signal: int | None = None
         self.tb = None
 
@@ -161,8 +172,8 @@ class Trainer:
             self._resume()
 
     # ----------------------------------------------------------------- set-up
-    def _prepare_output(self, resume: bool) -> None:
-        if not self.dist.is_main:
+    def _prepare_output(self, resume: bool, force: bool = False) -> None:
+        if not self.dist.is_main:  # under torchrun only rank 0 checks, moves and creates folders
             return
         last = self.ckpt_dir / "last.pt"
         if last.exists() and not resume:
@@ -170,12 +181,19 @@ class Trainer:
                 diffs = config_diff(recorded_config(self.output_dir) or {}, self.cfg.model_dump())
             except BfasegError:  # an unreadable record: the run is there all the same
                 diffs = []
-            if diffs:
+            if force:
+                from bfaseg.io.output import move_aside
+
+                out = self.output_dir
+                self._moved_aside = move_aside(out, out.parent, f"{out.name}.replaced")
+                self._replaced_why = f"another config: differs in {', '.join(diffs)}" if diffs else "same config"
+            elif diffs:
                 raise BfasegError(f"{self.output_dir}: a run with another config already exists here (it differs in "
-                                  f"{', '.join(diffs)}); choose another --output")
-            raise BfasegError(
-                f"{self.output_dir}: a run already exists here; pass --resume to continue it or choose another --output"
-            )
+                                  f"{', '.join(diffs)}); pass --force to start over (the run is moved aside) or "
+                                  "choose another --output")
+            else:
+                raise BfasegError(f"{self.output_dir}: a run already exists here; pass --resume to continue it, "
+                                  "--force to start over (the run is moved aside) or choose another --output")
         if resume and not last.is_file():  # checked before anything is created or loaded
             raise BfasegError(f"--resume: no checkpoint to resume at {last}")
         try:
@@ -188,7 +206,18 @@ class Trainer:
             probe.unlink()
         except OSError as exc:
             self._remove_created_dirs()
+            self._put_back_moved_aside()
             raise BfasegError(f"--output {self.output_dir}: not writable ({exc.strerror or exc})") from None
+
+    def _put_back_moved_aside(self) -> None:
+        """Start-up failed after --force moved the earlier run aside: it goes back where it was."""
+        if self._moved_aside is not None and not os.path.lexists(self.output_dir):
+            try:
+                os.rename(self._moved_aside, self.output_dir)
+            except OSError as exc:  # the start-up error is the one to report; say where the run is
+                log.warning(f"the earlier run stays at {self._moved_aside} (cannot move it back: {exc.strerror})")
+            else:
+                self._moved_aside = None
 
     def _remove_created_dirs(self) -> None:
         """Start-up failed: remove the (still empty) folders this run created, nothing else."""
