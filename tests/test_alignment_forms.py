@@ -17,10 +17,14 @@ from conftest import tiny_config
 K = 3
 
 
-def _trainer(tmp_path, **params):
+def _trainer(tmp_path, ndim=2, **params):
     raw = tiny_config("bfa", iterations=10, precision="fp32")
     raw["model"].update(base_channels=4)
-    raw["method"].update(params)
+    if ndim == 3:  # LA's kind of run: a V-Net on volumes
+        raw["data"].update(synthetic_ndim=3, synthetic_size=[16, 16, 16], patch_size=[16, 16, 16])
+        raw["model"].update(name="vnet")
+    # each test names the form and anchors it checks; the rest start from the first form with batch anchors
+    raw["method"].update({"align_form": "prototype", "align_target": "gt", **params})
     return Trainer(validate_config(raw), tmp_path / "bfa", progress=False)
 
 
@@ -148,9 +152,10 @@ def test_at_most_align_max_voxels_queries(tmp_path):
     assert torch.allclose(q.norm(dim=1), torch.ones(3))
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("form", ["prototype", "voxel", "contrast"])
-def test_training_step_trains_every_form(tmp_path, form):
-    t = _trainer(tmp_path, pretrain=0.0, align_form=form, min_boundary_voxels=1)
+def test_training_step_trains_every_form(tmp_path, form, ndim):
+    t = _trainer(tmp_path, ndim, pretrain=0.0, align_form=form, min_boundary_voxels=1)
     t.copy_student_to_teacher()
     from bfaseg.data.batches import TwoStreamBatches
 
@@ -263,3 +268,11 @@ def test_pseudo_boundary_errors_by_region(tmp_path, monkeypatch):
     assert 0 < out["near"]["voxel_share"] < 1 and out["near"]["voxel_share"] + out["far"]["voxel_share"] == pytest.approx(1)
     assert 0 <= out["near"]["student_error"] <= 1 and 0 <= out["near"]["head_f1"] <= 1
     assert t.student.training  # left in training mode
+
+
+def test_the_default_is_the_contrast_form_on_memory_anchors():
+    """Chosen on ACDC val over the prototype form (docs/RESULTS.md, "Alignment and mixing forms")."""
+    from bfaseg.methods.bfa import BFAParams
+
+    p = BFAParams()
+    assert (p.align_form, p.align_target, p.lambda_align) == ("contrast", "memory", 0.1)

@@ -238,7 +238,7 @@ def test_training_step_feeds_the_premixed_boundaries_to_head_and_alignment(tmp_p
     assert torch.equal(w_gt, (o > 0.5).float()) and torch.equal(w_ps, ((o <= 0.5) & (kept > 0.5)).float())
     assert (o == 0.5).any()  # a tie belongs to the pseudo-label side
     assert 0 < w_ps.sum() < w_ps.numel() and 0 < w_gt.sum()
-    feats, b, g, keep = aligned[0]
+    feats, b, g, keep = aligned[0][:4]  # (the contrast form also gets the mixed targets)
     assert torch.equal(b, full) and torch.equal(g, origin)
     assert torch.equal(keep, keep_full)
     assert feats.shape[2:] == (8, 8)  # the boundary stage's features
@@ -300,7 +300,7 @@ def _cos(a, b):
 
 
 def test_alignment_loss_is_one_minus_cos_of_the_prototypes(tmp_path):
-    m = _trainer(tmp_path, "bfa", min_boundary_voxels=4).method
+    m = _trainer(tmp_path, "bfa", align_form="prototype", align_target="gt", min_boundary_voxels=4).method
     feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()
     feats.requires_grad_(True)
     loss = m.alignment_loss(feats, boundary, origin, keep)
@@ -314,7 +314,7 @@ def test_alignment_loss_is_one_minus_cos_of_the_prototypes(tmp_path):
 
 
 def test_alignment_excludes_classes_with_few_boundary_voxels(tmp_path):
-    m = _trainer(tmp_path, "bfa", min_boundary_voxels=9).method  # class 1 has 8 voxels per side, class 2 too
+    m = _trainer(tmp_path, "bfa", align_form="prototype", align_target="gt", min_boundary_voxels=9).method  # class 1 has 8 voxels per side, class 2 too
     feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()
     boundary[1, 0, 1, 0:4], feats[1, :, 1, 0:4] = 1, g1[:, None]  # class 1 GT: 12 voxels
     boundary[1, 0, 1, 4:8], feats[1, :, 1, 4:8] = 1, p1[:, None]  # class 1 pseudo: 12 voxels
@@ -326,7 +326,7 @@ def test_alignment_excludes_classes_with_few_boundary_voxels(tmp_path):
 
 
 def test_alignment_pools_features_of_a_lower_stage(tmp_path):
-    m = _trainer(tmp_path, "bfa", min_boundary_voxels=1).method
+    m = _trainer(tmp_path, "bfa", align_form="prototype", align_target="gt", min_boundary_voxels=1).method
     boundary = torch.zeros(1, 2, 8, 8)
     boundary[0, 0, 1, 1] = boundary[0, 0, 1, 6] = 1  # a 1-voxel contour at full resolution
     origin = torch.zeros(1, 8, 8)
@@ -339,7 +339,7 @@ def test_alignment_pools_features_of_a_lower_stage(tmp_path):
 
 
 def test_alignment_memory_mode_update_and_resume(tmp_path):
-    t = _trainer(tmp_path, "bfa", align_target="memory", memory_momentum=0.75, min_boundary_voxels=4)
+    t = _trainer(tmp_path, "bfa", align_form="prototype", align_target="memory", memory_momentum=0.75, min_boundary_voxels=4)
     m = t.method
     feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()
     loss = m.alignment_loss(feats, boundary, origin, keep)  # first call: the memory is the GT prototypes
@@ -363,7 +363,7 @@ def test_alignment_memory_mode_update_and_resume(tmp_path):
     t.save("last", 3)
     resumed = Trainer(t.cfg, t.output_dir, resume=True, progress=False)
     assert torch.equal(resumed.method.memory, m.memory) and resumed.start_iteration == 3
-    fresh = _trainer(tmp_path / "fresh", "bfa", align_target="memory")
+    fresh = _trainer(tmp_path / "fresh", "bfa", align_form="prototype", align_target="memory")
     assert fresh.method.memory is None and fresh.method.state_dict() == {"memory": None, "anchor_memory": None}
 
 
@@ -729,7 +729,7 @@ def test_prototypes_are_exact_masked_means_even_under_autocast(tmp_path):
 
 
 def test_alignment_ties_go_to_the_pseudo_side_and_the_memory_updates_at_the_minimum(tmp_path, monkeypatch):
-    m = _trainer(tmp_path, "bfa", min_boundary_voxels=1).method
+    m = _trainer(tmp_path, "bfa", align_form="prototype", align_target="gt", min_boundary_voxels=1).method
     seen = []
     orig = m.prototypes
     monkeypatch.setattr(m, "prototypes", lambda f, masks: seen.append(masks) or orig(f, masks))
@@ -745,7 +745,7 @@ def test_alignment_ties_go_to_the_pseudo_side_and_the_memory_updates_at_the_mini
     assert gt_mask.tolist() == [[1, 0], [0, 0]]  # origin > 0.5 only
     assert ps_mask.tolist() == [[0, 1], [1, 0]]  # origin <= 0.5 and kept > 0.5
 
-    t = _trainer(tmp_path / "memory", "bfa", align_target="memory", memory_momentum=0.5, min_boundary_voxels=8)
+    t = _trainer(tmp_path / "memory", "bfa", align_form="prototype", align_target="memory", memory_momentum=0.5, min_boundary_voxels=8)
     feats, boundary, origin, keep, (g1, p1, g2, p2) = _align_inputs()  # class 1: 8 GT voxels, the minimum
     t.method.alignment_loss(feats, boundary, origin, keep)
     feats2 = feats.clone()

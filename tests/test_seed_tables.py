@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bfaseg.errors import BfasegError
-from bfaseg.reporting import (format_mean_sd, load_results, mean_sd, refresh_tables, run_table, seed_groups,
+from bfaseg.reporting import (benchmark_table, format_mean_sd, load_results, mean_sd, refresh_tables, run_table, seed_groups,
                               seed_table)
 
 
@@ -58,6 +58,20 @@ def test_seed_table_refuses_what_it_cannot_show():
         seed_table({"a_s1": _entry("a", 1, 0.5)}, ["missing"])
     with pytest.raises(BfasegError, match="unknown table column"):
         seed_table({"a_s1": _entry("a", 1, 0.5)}, None, ["dice", "typo"])
+
+
+def test_a_missing_text_stands_in_for_a_variant_not_yet_run():
+    results = {"a_s1": _entry("a", 1, 0.7), "a_s2": _entry("a", 2, 0.8)}
+    with pytest.raises(BfasegError, match="no run with a 'last' evaluation for b"):
+        seed_table(results, ["a", "b"], ("seeds", "dice"))
+    rows = seed_table(results, ["b", "a"], ("seeds", "dice"), missing="not yet run").splitlines()[2:]
+    assert rows == ["| b | not yet run | - |", "| a | 2 | 75.00 ± 7.07 |"]
+    la = {"a_s1": _entry("a", 1, 0.6)}
+    table = benchmark_table([("ACDC", results), ("LA", la)], ["a", "b"], missing="not yet run")
+    assert table.splitlines()[2:] == ["| a | 75.00 ± 7.07 (2 seeds) | 60.00 (1 seed) |",
+                                      "| b | not yet run | not yet run |"]
+    with pytest.raises(BfasegError, match="for b"):
+        benchmark_table([("ACDC", results)], ["a", "b"])
 
 
 def test_experiment_per_case_rows_count_the_missed_pairs():

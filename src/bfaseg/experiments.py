@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # so a supervised control gets the same number of student forward images per step (equal compute)
 MATCH = "match_student_images_of"
 
+# BFA's first alignment form (its default until the contrastive form replaced it)
+PROTOTYPE = {"align_form": "prototype", "align_target": "gt"}
+
 # name -> config overrides; every variant shares the base config's budget
 VARIANTS: dict[str, dict] = {
     "supervised": {"method": {"name": "supervised"}},
@@ -47,29 +50,33 @@ VARIANTS: dict[str, dict] = {
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999
     "bcp_slow_teacher": {"method": {"name": "bcp"}, "train": {"ema_decay": 0.999}},
     "bfa": {"method": {"name": "bfa"}},
+    # the ablation: today's default minus one part (alignment off: its form is unused)
     "bfa_no_head": {"method": {"name": "bfa", "boundary_head": False}},
     "bfa_no_mixing": {"method": {"name": "bfa", "boundary_mixing": False}},
     "bfa_no_align": {"method": {"name": "bfa", "alignment": False}},
     "bfa_all_off": {"method": {"name": "bfa", "boundary_head": False, "boundary_mixing": False, "alignment": False}},
-    # improvement tried on the validation data: pseudo-labels keep only each class's largest component
-    "bfa_lcc_pseudo": {"method": {"name": "bfa", "component_filter": 1.0}},
-    # improvement tried on the validation data: a boundary-distance loss against far-away false positives
-    "bfa_distance": {"method": {"name": "bfa", "lambda_distance": 0.5}},
-    # improvement tried on the validation data: confident pseudo-labels only (fights wrong-side RV islands)
-    "bfa_confident": {"method": {"name": "bfa", "confidence": 0.9}},
+    # BFA with the first alignment form (one cosine between two class prototypes), the default until the
+    # contrastive form beat it on two seeds (docs/RESULTS.md, "Alignment and mixing forms"), and its ablation
+    "bfa_align_prototype": {"method": {"name": "bfa", **PROTOTYPE}},
+    "bfa_align_prototype_no_head": {"method": {"name": "bfa", "boundary_head": False, **PROTOTYPE}},
+    "bfa_align_prototype_no_mixing": {"method": {"name": "bfa", "boundary_mixing": False, **PROTOTYPE}},
+    # improvements tried on the validation data, all with the prototype form of their time:
+    # pseudo-labels keep only each class's largest component
+    "bfa_lcc_pseudo": {"method": {"name": "bfa", "component_filter": 1.0, **PROTOTYPE}},
+    # a boundary-distance loss against far-away false positives
+    "bfa_distance": {"method": {"name": "bfa", "lambda_distance": 0.5, **PROTOTYPE}},
+    # confident pseudo-labels only (fights wrong-side RV islands)
+    "bfa_confident": {"method": {"name": "bfa", "confidence": 0.9, **PROTOTYPE}},
     # both pseudo-label filters together
-    "bfa_lcc_confident": {"method": {"name": "bfa", "component_filter": 1.0, "confidence": 0.9}},
+    "bfa_lcc_confident": {"method": {"name": "bfa", "component_filter": 1.0, "confidence": 0.9, **PROTOTYPE}},
     # alignment forms that cannot be met by two batch means agreeing (issue: alignment that carries a signal):
     # every pseudo-origin boundary voxel pulled to its class's ground-truth boundary prototype (cosine)
-    "bfa_align_voxel": {"method": {"name": "bfa", "align_form": "voxel", "lambda_align": 0.5}},
-    # the same voxels classified among EMA-memory anchors (InfoNCE): own boundary prototype against other
-    # classes' boundary prototypes and every class's interior prototype
-    "bfa_align_contrast": {"method": {"name": "bfa", "align_form": "contrast", "align_target": "memory"}},
+    "bfa_align_voxel": {"method": {"name": "bfa", "align_form": "voxel", "align_target": "gt", "lambda_align": 0.5}},
     # a boundary-mixing form that carries information the pseudo-label does not: in pseudo-label regions the
     # head learns the teacher's boundary-head probabilities (a head trained on ground-truth boundaries)
-    "bfa_teacher_boundary": {"method": {"name": "bfa", "pseudo_boundary": "teacher_head"}},
+    "bfa_teacher_boundary": {"method": {"name": "bfa", "pseudo_boundary": "teacher_head", **PROTOTYPE}},
     # BFA with BCP's teacher (EMA 0.99): the default before the slow teacher was chosen on val (docs/RESULTS.md)
-    "bfa_fast_teacher": {"method": {"name": "bfa", "teacher_ema_decay": 0.99}},
+    "bfa_fast_teacher": {"method": {"name": "bfa", "teacher_ema_decay": 0.99, **PROTOTYPE}},
 }
 METRICS = ("dice", "jaccard", "hd95", "asd")
 EVALUATIONS = ("last", "best", "last_lcc")

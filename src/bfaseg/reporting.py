@@ -392,6 +392,14 @@ def seed_groups(results: dict, variants: Sequence[str] | None = None,
     return groups
 
 
+def present_groups(results: dict, variants: Sequence[str] | None, evaluation: str, allow_missing: bool) -> dict:
+    """{variant: its entries by seed} as ``seed_groups``; with ``allow_missing`` the variants without runs
+    are left out instead of being an error."""
+    if allow_missing and variants is not None:
+        variants = [v for v in variants if any(e["variant"] == v and evaluation in e for e in results.values())]
+    return dict(seed_groups(results, variants, evaluation))
+
+
 def _values(entries: list[dict], evaluation: str, metric: str) -> list:
     return [(e.get(evaluation) or {}).get("mean", {}).get(metric) for e in entries]
 
@@ -491,13 +499,16 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def seed_table(results: dict, variants: Sequence[str] | None = None,
                columns: Sequence[str] = ("seeds", "dice", "jaccard", "hd95", "asd"),
-               evaluation: str = "last", labels: dict[str, str] | None = None) -> str:
+               evaluation: str = "last", labels: dict[str, str] | None = None, missing: str | None = None) -> str:
     """Markdown table, one row per variant: each column's mean ± sample sd over the variant's seeds
-    (the ``seeds`` column counts them)."""
+    (the ``seeds`` column counts them). A variant without runs is an error, or a row that says ``missing``."""
     _check_columns(columns)
     labels = labels or {}
-    rows = [[labels.get(v, v)] + [TABLE_COLUMNS[c][1](entries, evaluation) for c in columns]
-            for v, entries in seed_groups(results, variants, evaluation)]
+    groups = present_groups(results, variants, evaluation, missing is not None)
+    order = list(variants) if variants is not None else list(groups)
+    rows = [[labels.get(v, v)] + ([TABLE_COLUMNS[c][1](groups[v], evaluation) for c in columns] if v in groups
+                                  else [missing] + ["-"] * (len(columns) - 1))
+            for v in order]
     return _markdown(["method"] + [TABLE_COLUMNS[c][0] for c in columns], rows)
 
 
@@ -514,16 +525,18 @@ def run_table(results: dict, variants: Sequence[str] | None = None,
 
 def benchmark_table(sources: Sequence[tuple[str, dict]], variants: Sequence[str], metric: str = "dice",
                     corner: str = "", labels: dict[str, str] | None = None,
-                    extra: Sequence[tuple[str, str]] = (), evaluation: str = "last") -> str:
+                    extra: Sequence[tuple[str, str]] = (), evaluation: str = "last", missing: str | None = None) -> str:
     """Markdown table, one row per variant and one column per results file: ``metric``'s mean ± sample
-    sd over seeds and the seed count; ``extra`` rows (label, text) repeat one text in every column."""
+    sd over seeds and the seed count; ``extra`` rows (label, text) repeat one text in every column.
+    A variant absent from a results file is an error, or the text ``missing`` in that cell when given."""
     labels = labels or {}
     header, cell = TABLE_COLUMNS[metric]
-    groups = [dict(seed_groups(results, variants, evaluation)) for _, results in sources]
+    groups = [present_groups(results, variants, evaluation, missing is not None) for _, results in sources]
     rows = []
     for v in variants:
         rows.append([labels.get(v, v)] + [
-            f"{cell(g[v], evaluation)} ({len(g[v])} seed{'s' if len(g[v]) > 1 else ''})" for g in groups])
+            f"{cell(g[v], evaluation)} ({len(g[v])} seed{'s' if len(g[v]) > 1 else ''})" if v in g else missing
+            for g in groups])
     rows += [[label] + [text] * len(sources) for label, text in extra]
     return _markdown([corner] + [f"{name} {header}" for name, _ in sources], rows)
 
@@ -552,7 +565,7 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 def render_table(spec: dict[str, str], base: Path) -> str:
     """The table a marker describes (``refresh_tables``); result files are relative to ``base``."""
-    known = {"kind", "source", "rows", "seeds", "columns", "evaluation", "labels", "metric", "corner", "extra"}
+    known = {"kind", "source", "rows", "seeds", "columns", "evaluation", "labels", "metric", "corner", "extra", "missing"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise BfasegError(f"table marker: unknown key(s) {', '.join(unknown)}")
@@ -564,14 +577,15 @@ def render_table(spec: dict[str, str], base: Path) -> str:
         sources = [(name, load_results(base / path)) for name, path in _pairs(spec["source"])]
         extra = [tuple(item.split("|", 1)) for item in spec.get("extra", "").split(";") if item]
         return benchmark_table(sources, rows, spec.get("metric", "dice"), spec.get("corner", ""), labels, extra,
-                               evaluation)
+                               evaluation, spec.get("missing"))
     results = load_results(base / spec["source"])
     if spec.get("seeds"):
         seeds = {int(x) for x in spec["seeds"].split(",")}
         results = {name: e for name, e in results.items() if e["seed"] in seeds}
     columns = spec["columns"].split(",") if spec.get("columns") else None
     if kind == "seeds":
-        return seed_table(results, rows, columns or ("seeds", "dice", "jaccard", "hd95", "asd"), evaluation, labels)
+        return seed_table(results, rows, columns or ("seeds", "dice", "jaccard", "hd95", "asd"), evaluation, labels,
+                          spec.get("missing"))
     if kind == "runs":
         return run_table(results, rows, columns or ("cpu_full", "dice", "jaccard", "hd95", "asd"), evaluation)
     raise BfasegError(f"table marker: unknown kind {kind!r} (seeds, runs, benchmarks)")
@@ -590,7 +604,8 @@ def refresh_tables(text: str, base: str | Path) -> str:
     these seeds, e.g. ``1``), ``columns``
     (keys of ``TABLE_COLUMNS``), ``evaluation`` (``last``, ``best``, ``last_lcc``), ``labels``
     (``variant:label,...``); for ``benchmarks`` also ``metric``, ``corner`` (the first header cell) and
-    ``extra`` (``label|text;...``: rows with one text in every column). Values with spaces in quotes."""
+    ``extra`` (``label|text;...``: rows with one text in every column) and ``missing`` (the text of a cell
+    whose results file has no run of the row's variant). Values with spaces in quotes."""
     base = Path(base)
     return TABLE_MARK.sub(lambda m: f"<!-- table {m['spec']} -->\n{render_table(_parse_spec(m['spec']), base)}"
                                     "<!-- /table -->", text)

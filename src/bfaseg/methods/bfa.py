@@ -12,15 +12,17 @@ teacher (BCP) it extends:
 - ``alignment``: decoder features at boundary voxels of ground-truth origin and of
   pseudo-label origin are brought together, so labeled and unlabeled images share one
   boundary representation. ``align_form`` picks how:
-  ``prototype`` (the first form): one cosine between the two per-class mean features (or both
-  to an EMA memory); two means of one network's features in one batch agree from the start
-  (1 - cos ~0.02), so this form has little left to align (docs/METHOD.md);
+  ``prototype`` (the first form, the default until ``contrast`` beat it on two seeds): one cosine
+  between the two per-class mean features (or both to an EMA memory); two means of one network's
+  features in one batch agree from the start (1 - cos ~0.02), so this form has little left to
+  align (docs/METHOD.md);
   ``voxel``: every pseudo-origin boundary voxel pulled (cosine) to its class's ground-truth
   boundary prototype, so the spread of the pseudo side counts, not only its mean;
-  ``contrast``: the same voxels classified (InfoNCE, temperature ``align_temperature``) among
-  ground-truth anchors: their own class's boundary prototype against the other classes' boundary
-  prototypes and every class's interior prototype, so a boundary feature must also differ
-  from the features it is not. Anchors are detached: only the pseudo side moves.
+  ``contrast`` (the default): the same voxels classified (InfoNCE, temperature ``align_temperature``)
+  among ground-truth anchors kept in an EMA memory (``align_target: memory``): their own class's
+  boundary prototype against the other classes' boundary prototypes and every class's interior
+  prototype, so a boundary feature must also differ from the features it is not. Anchors are
+  detached: only the pseudo side moves.
 
 - ``pseudo_boundary``: the boundary target of pseudo-label regions: ``label`` (the boundaries of the
   teacher's argmax pseudo-label: information the segmentation target already holds) or
@@ -71,8 +73,10 @@ class BFAParams(BCPParams):
     boundary_rampup: float = 0.1
     align_rampup: float = 0.3
     align_stage: int | None = None  # default: the boundary stage
-    align_target: Literal["gt", "memory"] = "gt"
-    align_form: Literal["prototype", "voxel", "contrast"] = "prototype"
+    # contrast with memory anchors: ACDC val 79.21 +- 1.41 against 77.58 +- 1.13 for prototype/gt, better
+    # Dice, 95HD and ASD on both seeds (docs/RESULTS.md, "Alignment and mixing forms"; chosen on val)
+    align_target: Literal["gt", "memory"] = "memory"
+    align_form: Literal["prototype", "voxel", "contrast"] = "contrast"
     align_temperature: float = Field(default=0.1, gt=0)  # InfoNCE temperature of align_form=contrast
     align_max_voxels: int = Field(default=4096, ge=1)  # pseudo-origin voxels per step (random subset above it)
     pseudo_boundary: Literal["label", "teacher_head"] = "label"  # the head's target in pseudo-label regions
