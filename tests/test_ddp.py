@@ -3,7 +3,7 @@
 One torchrun launch runs ``WORKER`` (below) on two ranks. It trains
  A. mean teacher with ``model.sync_batchnorm``, 6 iterations (the run folder is resumed later);
  B. BFA with plain BatchNorm (boundary head, unused-parameter search, the pre-training ->
-    teacher copy at iteration 2, EMA afterwards), 6 iterations;
+    teacher copy at iteration 2, EMA afterwards, the alignment's anchor memory), 6 iterations;
  C. a CPUSyncBatchNorm layer on rank-specific inputs (exactness of the statistics and gradients);
 and dumps, per rank, the student and teacher weights, the per-iteration losses and
 every file write it made under the run folder (a Python audit hook).
@@ -96,6 +96,7 @@ WORKER = textwrap.dedent(
             "writes": [w for w in writes[n_writes:] if w[1].startswith(str((out / name).resolve()))],
             "sync_bn_layers": sum(isinstance(m, CPUSyncBatchNorm) for m in trainer.student.modules()),
             "world": trainer.dist.world_size,
+            "method_state": trainer.method.state_dict(),
         }
         torch.save(state, out / f"{name}_rank{rank}.pt")
         return trainer
@@ -185,6 +186,14 @@ def test_teacher_and_student_identical_across_ranks(ddp_run, run):
     # the ranks trained on different shards (losses differ), yet the weights agree
     assert ranks[0]["losses"] != ranks[1]["losses"]
     assert len(ranks[0]["losses"]) == BASE["train"]["iterations"]
+
+
+def test_bfa_anchor_memory_is_the_global_batch_s_on_every_rank(ddp_run):
+    """BFA's default alignment keeps an EMA memory of ground-truth anchors: pooled over the ranks' shards,
+    it is the same on both ranks (so a checkpoint, written by rank 0, resumes every rank exactly)."""
+    memories = [s["method_state"]["anchor_memory"] for s in ddp_run["B"]]
+    assert memories[0] is not None and torch.isfinite(memories[0]).any()
+    assert torch.equal(memories[0].nan_to_num(-9), memories[1].nan_to_num(-9))
 
 
 def test_only_rank0_writes(ddp_run):

@@ -95,6 +95,21 @@ class BFAParams(BCPParams):
         return self
 
 
+@torch.no_grad()
+def global_means(means: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row means (R, C) over ``counts`` (R,) items, pooled over the ranks of an initialised process
+    group (the means of the global batch); unchanged in one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return means, counts
+    n = counts.double().unsqueeze(1)
+    packed = torch.cat([means.double().nan_to_num() * n, n], 1)
+    dist.all_reduce(packed)
+    total = packed[:, -1]
+    return (packed[:, :-1] / total.clamp_min(1).unsqueeze(1)).to(means.dtype), total.to(counts.dtype)
+
+
 class BFA(BCP):
     name = "bfa"
     Params = BFAParams
@@ -243,7 +258,9 @@ class BFA(BCP):
     @torch.no_grad()
     def anchor_targets(self, current: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The anchors the pseudo side is aligned to: this batch's ground-truth prototypes (``gt``) or their
-        EMA memory (``memory``); rows seen with fewer than ``min_boundary_voxels`` voxels are NaN (unusable)."""
+        EMA memory (``memory``); rows seen with fewer than ``min_boundary_voxels`` voxels are NaN (unusable).
+        Under DDP the anchors are those of the whole batch over all ranks, so every rank keeps the same memory."""
+        current, counts = global_means(current, counts)
         seen = (counts >= self.p.min_boundary_voxels).unsqueeze(1)
         current = torch.where(seen, current.float(), torch.full_like(current.float(), float("nan")))
         if self.p.align_target == "gt":
