@@ -20,7 +20,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="train supervised-only and BFA on synthetic phantoms (10%% labels) and print both rows",
-        description="Generates synthetic 2-D phantoms, trains a supervised baseline and BFA with 10%% of the "
+        description="Generates synthetic 2-D phantoms, trains a supervised baseline and BFA with 10% of the "
         "cases labeled on the CPU, evaluates both on held-out phantoms and prints Dice and HD95 side by side.",
     )
     p.add_argument("--iterations", type=int, default=DEMO_CONFIG["train"]["iterations"], help="per method")
