@@ -53,10 +53,12 @@ def _option(command: str, name: str) -> str | None:
     return words[words.index(name) + 1] if name in words and words.index(name) + 1 < len(words) else None
 
 
-def slim_entry(entry: dict, run_dir: Path, cpu: str, command: str, note: str | None) -> dict:
+def slim_entry(entry: dict, run_dir: Path, cpu: str, command: str, note: str | None,
+               results_name: str = "results.json") -> dict:
     """An experiment's results.json entry as committed under docs/results/: the means of every evaluation
     and the count of (case, class) pairs left out of the distance means, not the per-case rows."""
-    out = {k: entry[k] for k in ("variant", "seed", "eval_split", "eval_list") if k in entry}
+    # side and image_resize: an entry of benchmarks/parity.py score (a reference run or its bfaseg peer)
+    out = {k: entry[k] for k in ("variant", "seed", "eval_split", "eval_list", "side", "image_resize") if k in entry}
     config = command.split()[2] if command.startswith("bfaseg experiment ") else None
     out.update(config=config, command=command, cpu=cpu)
     summary = entry.get("train_summary") or {}
@@ -76,7 +78,7 @@ def slim_entry(entry: dict, run_dir: Path, cpu: str, command: str, note: str | N
             out["plateau"] = p
     if note:
         out["note"] = note
-    out["source"] = f"imported with docs/make_results_tables.py --add from {run_dir.parent.name}/results.json"
+    out["source"] = f"imported with docs/make_results_tables.py --add from {run_dir.parent.name}/{results_name}"
     return out
 
 
@@ -96,7 +98,7 @@ def add_runs(results_json: Path, names: list[str] | None, to: Path, cpu: str, co
             raise BfasegError(f"--command: its --seeds do not include {entry['seed']} ({name})")
         if name in target:
             raise BfasegError(f"{to}: already holds a run {name}; name the new one otherwise or remove the old entry")
-        target[name] = slim_entry(entry, results_json.parent / name, cpu, command, note)
+        target[name] = slim_entry(entry, results_json.parent / name, cpu, command, note, results_json.name)
     to.write_text(json.dumps(target, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return names
 

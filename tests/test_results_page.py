@@ -3,6 +3,7 @@ docs/results/*.md is what bfaseg.reporting computes from the results files commi
 (`python docs/make_results_tables.py` rewrites them), every run in a table is made by a `bfaseg experiment`
 command on its page, and every results entry is the run its variant, seed and command describe."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -157,3 +158,25 @@ def test_relative_links_of_the_results_pages_resolve():
         for target in re.findall(r"\]\(([^)#\s]+)", page.read_text(encoding="utf-8")):
             if "://" not in target:
                 assert (page.parent / target).exists(), f"{page.relative_to(ROOT)}: broken link {target}"
+
+
+def test_adding_a_parity_score_keeps_its_side_and_names_its_file(tmp_path):
+    """`make_results_tables.py --add` on the output of `benchmarks/parity.py score`: the entry keeps which
+    side made it and its image resize (the parity table's test relies on them) and names the file read."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_results_tables", ROOT / "docs" / "make_results_tables.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    scores = tmp_path / "parity" / "scores_mt.json"
+    scores.parent.mkdir()
+    scores.write_text(json.dumps({"ssl4mis_mean_teacher_s1337": {
+        "variant": "ssl4mis_mean_teacher", "seed": 1337, "eval_split": "val.list", "eval_list": "val.list",
+        "side": "reference", "image_resize": "zoom_nearest", "train_summary": {"iterations": 4000, "precision": "bf16"},
+        "last": {"mean": {"dice": 0.7}, "per_case": [], "iteration": 4000}}}))
+    to = tmp_path / "parity.json"
+    tool.add_runs(scores, None, to, "Intel Xeon, AMX, 2 cores",
+                  "python benchmarks/parity.py train --reference ../SSL4MIS --method mean_teacher --seed 1337", None)
+    entry = json.loads(to.read_text())["ssl4mis_mean_teacher_s1337"]
+    assert (entry["side"], entry["image_resize"]) == ("reference", "zoom_nearest")
+    assert entry["source"].endswith("parity/scores_mt.json") and entry["iterations"] == 4000
