@@ -178,10 +178,13 @@ def child_bfaseg(spec: dict) -> dict:
     from bfaseg.data.build import DataBundle
     from bfaseg.training.trainer import Trainer
 
+    from bfaseg.experiments import VARIANTS
+
     s, method = spec["setting"], spec["method"]
+    method_cfg = dict(VARIANTS[method]["method"]) if method in VARIANTS else {"name": method}  # a variant's method
     torch.set_num_threads(spec["threads"])
     labeled, unlabeled, _ = _load_cases(spec["data"], s["cases"][0])
-    bl, bu = (s["bl"] + s["bu"], 0) if method == "supervised" else (s["bl"], s["bu"])
+    bl, bu = (s["bl"] + s["bu"], 0) if method_cfg["name"] == "supervised" else (s["bl"], s["bu"])
     never = 10**9
     raw = {
         "data": {"dataset": "synthetic", "synthetic_ndim": len(s["patch"]), "patch_size": s["patch"],
@@ -191,7 +194,7 @@ def child_bfaseg(spec: dict) -> dict:
                   "precision": spec["precision"], "channels_last": spec["channels_last"], "compile": spec["compile"],
                   "device": "cpu", "threads": spec["threads"], "val_every": never, "log_every": never,
                   "checkpoint_every": never, "keep_checkpoints": 0},
-        "method": {"name": method},
+        "method": method_cfg,
     }
     data = DataBundle(labeled, unlabeled, [], len(s["patch"]), "benchmark phantoms")
     with tempfile.TemporaryDirectory() as out:
@@ -401,7 +404,8 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (nothing else)")
     p.add_argument("--quick", action="store_true", help="small patches (LA 48x48x32, ACDC 128x128 4+4), 2 steps")
     p.add_argument("--settings", default="la,acdc", help="comma list of: la, acdc (default both)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list of {', '.join(METHODS)} or of `bfaseg experiment` variants (e.g. bfa_align_prototype)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="bfaseg steps' train.precision; auto = bf16 where native (CUDA-less: AVX512-BF16/AMX), else fp32")
     p.add_argument("--warmup", type=int, help="warm-up iterations (the first is FLOP-counted); default 1")
@@ -440,7 +444,9 @@ def main(argv=None) -> int:
     steps = args.steps or (2 if args.quick else 3)
     settings = [x for x in args.settings.split(",") if x]
     methods = [m for m in args.methods.split(",") if m]
-    unknown = [x for x in settings if x not in SETTINGS] + [m for m in methods if m not in METHODS]
+    from bfaseg.experiments import VARIANTS
+
+    unknown = [x for x in settings if x not in SETTINGS] + [m for m in methods if m not in METHODS and m not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown setting/method: {', '.join(unknown)}")
     info = {
