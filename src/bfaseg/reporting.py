@@ -604,8 +604,9 @@ def refresh_tables(text: str, base: str | Path) -> str:
     these seeds, e.g. ``1``), ``columns``
     (keys of ``TABLE_COLUMNS``), ``evaluation`` (``last``, ``best``, ``last_lcc``), ``labels``
     (``variant:label,...``); for ``benchmarks`` also ``metric``, ``corner`` (the first header cell) and
-    ``extra`` (``label|text;...``: rows with one text in every column) and ``missing`` (the text of a cell
-    whose results file has no run of the row's variant). Values with spaces in quotes."""
+    ``extra`` (``label|text;...``: rows with one text in every column); for ``seeds`` and ``benchmarks``
+    also ``missing`` (the text shown for a variant its results file has no run of: otherwise an error).
+    Values with spaces in quotes."""
     base = Path(base)
     return TABLE_MARK.sub(lambda m: f"<!-- table {m['spec']} -->\n{render_table(_parse_spec(m['spec']), base)}"
                                     "<!-- /table -->", text)
