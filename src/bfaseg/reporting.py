@@ -371,16 +371,19 @@ def load_results(path: str | Path) -> dict:
 
 
 def seed_groups(results: dict, variants: Sequence[str] | None = None,
-                evaluation: str = "last") -> list[tuple[str, list[dict]]]:
+                evaluation: str = "last", missing_ok: bool = False) -> list[tuple[str, list[dict]]]:
     """(variant, its entries by seed) for each variant with an ``evaluation``, in the order of
-    ``variants`` (default: first appearance); a variant asked for but absent is an error."""
+    ``variants`` (default: first appearance); a variant asked for but absent is an error, or left out
+    with ``missing_ok``."""
     present: dict[str, list[dict]] = {}
     for entry in results.values():
         if evaluation in entry:
             present.setdefault(entry["variant"], []).append(entry)
     order = list(variants) if variants is not None else list(present)
     missing = [v for v in order if v not in present]
-    if missing:
+    if missing_ok:
+        order = [v for v in order if v in present]
+    elif missing:
         raise BfasegError(f"no run with a {evaluation!r} evaluation for {', '.join(missing)}")
     groups = []
     for v in order:
@@ -390,14 +393,6 @@ def seed_groups(results: dict, variants: Sequence[str] | None = None,
             raise BfasegError(f"variant {v}: seed given twice ({seeds})")
         groups.append((v, entries))
     return groups
-
-
-def present_groups(results: dict, variants: Sequence[str] | None, evaluation: str, allow_missing: bool) -> dict:
-    """{variant: its entries by seed} as ``seed_groups``; with ``allow_missing`` the variants without runs
-    are left out instead of being an error."""
-    if allow_missing and variants is not None:
-        variants = [v for v in variants if any(e["variant"] == v and evaluation in e for e in results.values())]
-    return dict(seed_groups(results, variants, evaluation))
 
 
 def _values(entries: list[dict], evaluation: str, metric: str) -> list:
@@ -504,7 +499,7 @@ def seed_table(results: dict, variants: Sequence[str] | None = None,
     (the ``seeds`` column counts them). A variant without runs is an error, or a row that says ``missing``."""
     _check_columns(columns)
     labels = labels or {}
-    groups = present_groups(results, variants, evaluation, missing is not None)
+    groups = dict(seed_groups(results, variants, evaluation, missing_ok=missing is not None))
     order = list(variants) if variants is not None else list(groups)
     rows = [[labels.get(v, v)] + ([TABLE_COLUMNS[c][1](groups[v], evaluation) for c in columns] if v in groups
                                   else [missing] + ["-"] * (len(columns) - 1))
@@ -531,7 +526,7 @@ def benchmark_table(sources: Sequence[tuple[str, dict]], variants: Sequence[str]
     A variant absent from a results file is an error, or the text ``missing`` in that cell when given."""
     labels = labels or {}
     header, cell = TABLE_COLUMNS[metric]
-    groups = [present_groups(results, variants, evaluation, missing is not None) for _, results in sources]
+    groups = [dict(seed_groups(results, variants, evaluation, missing_ok=missing is not None)) for _, results in sources]
     rows = []
     for v in variants:
         rows.append([labels.get(v, v)] + [
