@@ -3,6 +3,8 @@
     # train the reference (reads the scripts from YOUR checkout; nothing of it is copied into bfaseg)
     python benchmarks/parity.py train --reference ../SSL4MIS --method mean_teacher --seed 1 \\
         --config configs/acdc/cpu_converged.yaml --data ../shared/data/acdc --output runs/parity
+    python benchmarks/parity.py train --reference ../SSL4MIS --method full --seed 1 \\
+        --config configs/acdc/cpu_converged.yaml --data ../shared/data/acdc --output runs/parity
     python benchmarks/parity.py train --reference ../BCP --method bcp --seed 1 \\
         --config configs/acdc/cpu_converged.yaml --data ../shared/data/acdc --output runs/parity
     # score the reference's final model and bfaseg's last checkpoints with the same scorer and split
@@ -10,12 +12,14 @@
         runs/parity/mean_teacher_s1 runs/acdc10_converged/mean_teacher_s1 --output runs/parity/scores.json
 
 The references (benchmarks/parity_references.py): SSL4MIS's 2-D scripts (``--method supervised``,
-``mean_teacher``, ``ua_mt``: code/train_*_2D.py) and BCP's ACDC script (``--method bcp``:
-code/ACDC_BCP_train.py, a pre-training then a self-training stage). ``train`` runs the script of the
-reference checkout as ``__main__`` with the budget of the bfaseg config (iterations, labeled/unlabeled
-batch, learning rate, input size, labeled patients; for BCP the pre-training iterations of bfaseg's
-``bcp`` variant and the rest as self-training) and ONLY these run-time changes, none of them about the
-method (each is recorded in ``run.json`` with the argument mapping, ``budget``):
+``mean_teacher``, ``ua_mt``: code/train_*_2D.py; ``--method full``: the fully supervised script with every
+training slice labeled, the reference beside bfaseg's ``full`` variant) and BCP's ACDC script
+(``--method bcp``: code/ACDC_BCP_train.py, a pre-training then a self-training stage). ``train`` runs the
+script of the reference checkout as ``__main__`` with the budget of the bfaseg config (iterations,
+labeled/unlabeled batch, learning rate, input size, labeled patients; for ``full`` the labeled slices of
+bfaseg's ``full`` variant, all of them; for BCP the pre-training iterations of bfaseg's ``bcp`` variant and
+the rest as self-training) and ONLY these run-time changes, none of them about the method (each is
+recorded in ``run.json`` with the argument mapping, ``budget``):
 
 1. device: ``.cuda()`` of tensors and modules is a no-op (CPU);
 2. precision: each network forward under bf16 autocast where bfaseg's ``precision: auto`` picks bf16
@@ -59,7 +63,7 @@ import sys
 import time
 from pathlib import Path
 
-from parity_references import METHODS, REPOSITORIES, fail, script_args, script_for
+from parity_references import METHODS, REPOSITORIES, fail, script_args, script_for, supervised_only
 
 
 def git_commit(path: Path) -> str | None:
@@ -82,7 +86,7 @@ def cmd_train(a) -> int:
     if not (data_root / "train_slices.list").is_file():
         fail(f"--data {a.data}: no train_slices.list (the ACDC layout of PROTOCOL.md)")
     cfg = load_config(a.config)
-    ramped = repo_name == "ssl4mis" and a.method != "supervised"  # BCP's consistency weight is only logged
+    ramped = repo_name == "ssl4mis" and not supervised_only(a.method)  # BCP's consistency weight is only logged
     ramp = "_published_ramp" if ramped and a.rampup == "published" else ""  # in the run's name and its variant
     name = f"{a.method}_s{a.seed}{ramp}"
     run = Path(a.output) / name

@@ -4,7 +4,10 @@ run-time changes each run records in ``run.json``. None of the references' code 
 read from the user's checkout at run time.
 
 * SSL4MIS (HiLab-git/SSL4MIS), ``code/train_*_2D.py``: one training loop, which builds its networks with
-  ``networks.net_factory.net_factory``.
+  ``networks.net_factory.net_factory``. Its fully supervised script reads the first
+  ``patients_to_slices(root, --labeled_num)`` slices of ``train_slices.list`` (``BaseDataSets(num=...)``);
+  its ACDC table maps 140 to 1312, every slice of the 70 training patients (140 volumes: two frames each),
+  which is what ``--method full`` (bfaseg's ``full`` variant) passes.
 * BCP (DeepMed-Lab-ECNU/BCP), ``code/ACDC_BCP_train.py``: its ``__main__`` block calls
   ``pre_train(args, snapshot_path)`` (labeled-labeled copy-paste for ``--pre_iterations``) then
   ``self_train(args, pre_snapshot_path, snapshot_path)`` (for ``--max_iterations``), which starts from the
@@ -73,11 +76,18 @@ BCP = Repository(
 REPOSITORIES = {"ssl4mis": SSL4MIS, "bcp": BCP}
 METHODS = {  # --method -> (repository, script under code/, what the script is)
     "supervised": ("ssl4mis", "train_fully_supervised_2D.py", "fully supervised 2-D script"),
+    # the full-supervision anchor: the same script and arguments, every training slice labeled (bfaseg's `full`)
+    "full": ("ssl4mis", "train_fully_supervised_2D.py", "fully supervised 2-D script"),
     "mean_teacher": ("ssl4mis", "train_mean_teacher_2D.py", "mean teacher 2-D script"),
     "ua_mt": ("ssl4mis", "train_uncertainty_aware_mean_teacher_2D.py", "UA-MT 2-D script"),
     "bcp": ("bcp", "ACDC_BCP_train.py", "ACDC script"),
 }
 ITERATIONS_PER_EPOCH = 150  # the scripts' consistency "epoch": iter_num // 150
+
+
+def supervised_only(method: str) -> bool:
+    """``--method`` runs SSL4MIS's fully supervised script (no unlabeled batch, no consistency ramp)."""
+    return METHODS[method][1] == "train_fully_supervised_2D.py"
 
 
 def script_for(reference: Path, method: str) -> Path:
@@ -105,16 +115,37 @@ def bcp_pretrain_iterations(config: str | Path, seed: int) -> tuple[int, object]
     return BCP.fraction_to_iterations(clock, pretrain), pretrain
 
 
+def labeled_slices(cfg, method: str, seed: int, data_root: str, config: str) -> tuple[int | None, str]:
+    """``(labeled slices, where the count comes from)``: the config's ``data.labeled``; for ``--method full``
+    the labeled slices of bfaseg's ``full`` variant of the config (``bfaseg experiment --methods full``:
+    ``data.labeled`` None, every slice of the training list of ``--data``)."""
+    if method != "full":
+        return cfg.data.labeled, "data.labeled"
+    from bfaseg.config import load_yaml
+    from bfaseg.data.build import benchmark_split_ids
+    from bfaseg.errors import BfasegError
+    from bfaseg.experiments import variant_config
+
+    try:
+        full = variant_config(load_yaml(config), "full", seed, [])
+        labeled, _, _, _ = benchmark_split_ids(full.data, Path(data_root))
+    except BfasegError as exc:
+        fail(f"bfaseg's full variant of {config}: {exc}")
+    listed = full.data.train_list or "train_slices.list"
+    return len(labeled), f"bfaseg's full variant of the config: data.labeled None = every slice of {listed}"
+
+
 def script_args(cfg, method: str, seed: int, data_root: str, rampup: str, exp: str, config: str) -> dict:
     """``--argument -> (value, where it comes from)``: the script's command line for a bfaseg config's budget,
-    and the mapping that run.json records."""
+    and the mapping that run.json records. ``supervised`` and ``full`` differ only in the labeled count."""
     repo = REPOSITORIES[METHODS[method][0]]
     tc = cfg.train
-    slices = cfg.data.labeled
+    slices, source = labeled_slices(cfg, method, seed, data_root, config)
     if slices not in repo.patients:
-        fail(f"data.labeled: {slices} slices is no patient count of {repo.title}'s table ({sorted(repo.patients)})")
-    patients = (repo.patients[slices], f"data.labeled: {slices} slices = {repo.patients[slices]} patients "
-                                       f"({repo.title}'s patients_to_slices for ACDC)")
+        fail(f"{source}: {slices} slices is no patient count of {repo.title}'s table ({sorted(repo.patients)})")
+    key = repo.patients[slices]  # the script's labeled count: its patients_to_slices(ACDC, key) = slices
+    patients = (key, f"{source}: {slices} slices = {key} ({repo.title}'s patients_to_slices for ACDC maps {key} "
+                     f"to {slices})")
     args = {"--root_path": (data_root, "--data, through a link named ACDC in the run folder"),
             "--exp": (exp, "the run's name")}
     batches = {"--batch_size": (tc.batch_labeled + tc.batch_unlabeled, "train.batch_labeled + train.batch_unlabeled"),
@@ -137,7 +168,7 @@ def script_args(cfg, method: str, seed: int, data_root: str, rampup: str, exp: s
     if repo is BCP:
         return args | batches | {"--labelnum": patients}
     args["--labeled_num"] = patients
-    if method == "supervised":
+    if supervised_only(method):
         return args | {"--batch_size": (tc.batch_labeled, "train.batch_labeled")}
     args |= batches
     if rampup == "scaled":

@@ -104,6 +104,49 @@ def test_score_puts_both_sides_through_one_scorer(tmp_path, acdc_data):
         assert side["eval_split"] == "val.list" and side["seed"] == 1
 
 
+def test_train_full_runs_the_supervised_script_on_every_training_slice(tmp_path):
+    """--method full (issue 29): the supervised script and arguments, the labeled count of bfaseg's ``full``
+    variant: every slice of the training list (1312 = ACDC's 70 training patients), SSL4MIS's key 140."""
+    from bfaseg.config import load_config
+    from bfaseg.experiments import VARIANTS
+
+    root = tmp_path / "acdc_full"
+    make_acdc(root, patients=82, slices=16, vol_shape=(16, 6, 6))  # 1312 slices, as ACDC's train_slices.list
+    cfg = _config(tmp_path, root)  # data.labeled 68: full ignores it, as bfaseg's full variant does
+    raw = yaml.safe_load(cfg.read_text())
+    raw["method"] = {"name": "bfa"}
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "parity"
+    r = _run("train", "--reference", str(STANDIN), "--method", "full", "--seed", "5", "--config", str(cfg),
+             "--data", str(root), "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    run = out / "full_s5"
+    seen = json.loads((run / "cwd" / "seen.json").read_text())
+    assert seen["argv"]["labeled_num"] == 140  # SSL4MIS's patients_to_slices for ACDC: 140 -> 1312
+    assert seen["labeled_slices"] == seen["slices_listed"] == 1312  # the script reads every listed slice
+    assert (seen["argv"]["max_iterations"], seen["argv"]["batch_size"], seen["argv"]["seed"]) == (2, 2, 5)
+    record = json.loads((run / "run.json").read_text())
+    assert (record["method"], record["variant"], record["rampup"]) == ("full", "ssl4mis_full", None)
+    assert record["variant"].removeprefix("ssl4mis_") in VARIANTS  # its row pairs with bfaseg's `full`
+    labeled = record["budget"]["--labeled_num"]
+    assert labeled["value"] == 140 and "full variant" in labeled["from"] and "1312 slices" in labeled["from"]
+    # one code path: the supervised method's arguments but for the labeled count
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from parity_references import script_args
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    loaded = load_config(cfg)
+    full, supervised = (script_args(loaded, m, 5, str(root), "scaled", "e", str(cfg)) for m in ("full", "supervised"))
+    assert supervised["--labeled_num"][0] == 3 and set(full) == set(supervised)
+    assert {k: v for k, v in full.items() if k != "--labeled_num"} == \
+        {k: v for k, v in supervised.items() if k != "--labeled_num"}
+    scores = tmp_path / "scores.json"
+    r = _run("score", str(run), "--data", str(root), "--output", str(scores), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(scores.read_text())["ssl4mis_full_s5"]["side"] == "reference"
+
+
 STANDIN_BCP = Path(__file__).resolve().parent / "parity_standin_bcp"
 
 

@@ -25,9 +25,16 @@ parser.add_argument("--seed", type=int, default=1337)
 parser.add_argument("--labeled_num", type=int, default=50)
 args = parser.parse_args()
 
+
+def patients_to_slices(dataset, patiens_num):  # the reference's table and key rule (ACDC only here)
+    ref_dict = {"3": 68, "7": 136, "14": 256, "21": 396, "28": 512, "35": 664, "140": 1312}
+    return ref_dict[str(patiens_num)] if "ACDC" in dataset else None
+
+
 if __name__ == "__main__":
     torch.manual_seed(args.seed)
     names = open(args.root_path + "/train_slices.list").read().split()
+    labeled = names[:patients_to_slices(args.root_path, args.labeled_num)]  # BaseDataSets(num=...): the first num
     with h5py.File(args.root_path + "/data/slices/" + names[0] + ".h5", "r") as f:
         image = torch.from_numpy(f["image"][:]).float()
     x = torch.nn.functional.interpolate(image[None, None], size=tuple(args.patch_size)).repeat(args.batch_size, 1, 1, 1)
@@ -46,4 +53,5 @@ if __name__ == "__main__":
             opt.step()
     metrics = test_single_volume(x[:1], y[:1], model, classes=args.num_classes)
     json.dump({"patch_size": args.patch_size, "num_workers": loader.num_workers, "metrics": metrics,
-               "dtypes": sorted(set(dtypes)), "argv": vars(args)}, open("seen.json", "w"))
+               "dtypes": sorted(set(dtypes)), "argv": vars(args),
+               "labeled_slices": len(labeled), "slices_listed": len(names)}, open("seen.json", "w"))
