@@ -333,3 +333,44 @@ def test_acdc_seeded_split_cli_and_errors(tmp_path, capsys):
         prepare_acdc(raw, tmp_path / "o2", show_progress=False)
     assert main(["prepare", "acdc", str(tmp_path / "missing"), str(tmp_path / "o3")]) == 2
     assert "ACDC raw folder not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- all or nothing (issue 30, kind 6)
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_bad_case_half_way_leaves_nothing_of_the_cases_before_it(existing, tmp_path, capsys):
+    """`prepare` writes all or nothing: a scan that cannot be read after others converted leaves none of their
+    files (not even a new OUT folder), and an OUT an earlier prepare filled keeps exactly what it held."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _make_acdc_raw(raw)
+    if existing:
+        assert main(["prepare", "acdc", str(raw), str(out), "--no-progress"]) == 0
+        (out / "notes.txt").write_text("mine\n")
+        capsys.readouterr()
+    before = _tree(out) if existing else None
+    bad = raw / "testing" / "patient003" / "patient003_frame12.nii.gz"  # the last patient: the others converted
+    good = bad.read_bytes()
+    bad.write_bytes(b"not a NIfTI file" * 20)
+    assert main(["prepare", "acdc", str(raw), str(out), "--no-progress", "--seed", "4"]) == 2
+    assert f"cannot read ACDC image {bad}" in capsys.readouterr().err
+    assert (_tree(out) == before and not [p for p in out.iterdir() if p.name.startswith(".")]) if existing \
+        else not out.exists()
+
+    # the library converters alike (LA: the second of three cases is unreadable)
+    la_raw, la_out = tmp_path / "la_raw", tmp_path / "la_out"
+    _make_la_raw(la_raw)
+    (la_raw / "CASE_B" / "lgemri.nrrd").write_bytes(b"garbage")
+    with pytest.raises(BfasegError, match="CASE_B"):
+        prepare_la(la_raw, la_out, min_size=(0, 0), show_progress=False)
+    assert not la_out.exists()
+
+    bad.write_bytes(good)  # a complete run moves everything in, with the summary line naming OUT
+    summary = prepare_acdc(raw, out, show_progress=False)
+    assert summary.out == out and all(p.is_file() and out in p.parents for p in summary.files)
+    assert f"-> {out} [patients" in capsys.readouterr().err
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -9,7 +9,9 @@
 
 Every converter writes each file atomically (temporary file in the same folder, then
 ``os.replace``), re-opens every written file at the end to check keys, dtypes, shapes and
-label values, and returns a :class:`PrepareSummary`.
+label values, and returns a :class:`PrepareSummary`. All of it happens in a hidden staging
+folder inside ``out`` whose files move in only when every case converted and passed the check
+(``common.staged``): a bad scan half-way leaves nothing of the cases before it.
 """
 
 from bfaseg.data.prepare.acdc import prepare_acdc

@@ -27,9 +27,11 @@ from bfaseg.data.prepare.common import (
     make_out_dir,
     minmax_scale,
     progress,
+    published,
     read_image_label,
     require_dir,
     split_counts,
+    staged,
 )
 from bfaseg.errors import BfasegError
 
@@ -112,43 +114,45 @@ def prepare_acdc(
     train_p, val_p, test_p = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
     slice_patients = set(order) if all_slices else set(train_p)
 
-    data = make_out_dir(out / "data")
-    slices_dir = make_out_dir(data / "slices")
-    summary = PrepareSummary("ACDC", out)
-    n_slices: dict[str, int] = {}
-    jobs = [(pat, case, img) for pat in sorted(patients) for case, img in patients[pat].items()]
-    for pat, case, image_path in progress(jobs, "ACDC", show_progress):
-        image, label, spacing = convert_acdc_case(image_path, _gt_path(image_path))
-        attrs = {"spacing": np.asarray(spacing, dtype=np.float64)}
-        summary.write_case(data / f"{case}.h5", image, label, attrs)
-        n_slices[case] = image.shape[0]
-        if pat in slice_patients:
-            sattrs = {
-                "spacing": np.asarray(spacing[1:], dtype=np.float64),
-                "volume_spacing": np.asarray(spacing, dtype=np.float64),
-            }
-            for k in range(image.shape[0]):
-                summary.write_case(slices_dir / f"{case}_slice_{k + 1}.h5", image[k].copy(), label[k].copy(), sattrs)
-
     def cases_of(pats):
         return [case for pat in pats for case in patients[pat]]
 
-    summary.lists = {
-        "train_slices.list": [
-            f"{case}_slice_{k}" for case in cases_of(train_p) for k in range(1, n_slices[case] + 1)
-        ],
-        "val.list": cases_of(val_p),
-        "test.list": cases_of(test_p),
-    }
-    summary.cases = [case for _, case, _ in jobs]
+    with staged(out) as stage:  # all or nothing: a bad case leaves none of the ones before it
+        data = make_out_dir(stage / "data")
+        slices_dir = make_out_dir(data / "slices")
+        summary = PrepareSummary("ACDC", stage)
+        n_slices: dict[str, int] = {}
+        jobs = [(pat, case, img) for pat in sorted(patients) for case, img in patients[pat].items()]
+        for pat, case, image_path in progress(jobs, "ACDC", show_progress):
+            image, label, spacing = convert_acdc_case(image_path, _gt_path(image_path))
+            attrs = {"spacing": np.asarray(spacing, dtype=np.float64)}
+            summary.write_case(data / f"{case}.h5", image, label, attrs)
+            n_slices[case] = image.shape[0]
+            if pat in slice_patients:
+                sattrs = {
+                    "spacing": np.asarray(spacing[1:], dtype=np.float64),
+                    "volume_spacing": np.asarray(spacing, dtype=np.float64),
+                }
+                for k in range(image.shape[0]):
+                    summary.write_case(slices_dir / f"{case}_slice_{k + 1}.h5", image[k].copy(), label[k].copy(),
+                                       sattrs)
 
-    def check_file(path: Path):
-        ndim = 2 if path.parent == slices_dir else 3
-        return check_h5(path, ndim=ndim, label_values=ACDC_LABELS, value_range=(0.0, 1.0), attrs=("spacing",))
+        summary.lists = {
+            "train_slices.list": [
+                f"{case}_slice_{k}" for case in cases_of(train_p) for k in range(1, n_slices[case] + 1)
+            ],
+            "val.list": cases_of(val_p),
+            "test.list": cases_of(test_p),
+        }
+        summary.cases = [case for _, case, _ in jobs]
 
-    return finish(
-        summary,
-        check_file,
-        lambda name, entry: (slices_dir if name == "train_slices.list" else data) / f"{entry}.h5",
-        f" [patients: train {len(train_p)}, val {len(val_p)}, test {len(test_p)}]",
-    )
+        def check_file(path: Path):
+            ndim = 2 if path.parent == slices_dir else 3
+            return check_h5(path, ndim=ndim, label_values=ACDC_LABELS, value_range=(0.0, 1.0), attrs=("spacing",))
+
+        finish(
+            summary,
+            check_file,
+            lambda name, entry: (slices_dir if name == "train_slices.list" else data) / f"{entry}.h5",
+        )
+    return published(summary, stage, out, f" [patients: train {len(train_p)}, val {len(val_p)}, test {len(test_p)}]")

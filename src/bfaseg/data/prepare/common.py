@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -266,14 +267,35 @@ def finish(
     summary: PrepareSummary,
     check_file: Callable[[Path], object],
     h5_path: Callable[[str, str], Path],
-    note: str = "",
 ) -> PrepareSummary:
-    """The end of every converter: write ``summary.lists``, re-check every written h5 file
-    (``check_file``, e.g. :func:`check_h5`) and every list, print the summary line (+ ``note``)."""
+    """The end of every converter, inside :func:`staged`: write ``summary.lists``, re-check every written h5
+    file (``check_file``, e.g. :func:`check_h5`) and every list."""
     for name, items in summary.lists.items():
         atomic_write_lines(summary.out / name, items)
     for path in summary.files:
         check_file(path)
     verify_lists(summary.out, summary.lists, h5_path)
+    return summary
+
+
+@contextmanager
+def staged(out: Path):
+    """All or nothing (issue 30, kind 6): the converter writes into a hidden ``.staging.<random>.tmp`` folder
+    inside ``out`` (yielded) and the files move into ``out`` only when every case converted and passed
+    :func:`finish`'s checks (:func:`bfaseg.io.output.staged_outputs`). A bad scan half-way through the
+    release, or Ctrl-C, leaves nothing of the cases before it (not even a new ``out`` folder), and a folder
+    an earlier ``prepare`` filled keeps exactly what it held."""
+    from bfaseg.io.output import check_output_dir, remove_stale_temporaries, staged_outputs
+
+    remove_stale_temporaries(out)  # a staging folder left by an earlier prepare killed with SIGKILL
+    with staged_outputs(check_output_dir(out, option="OUT"), keep_finished_on_interrupt=False) as stage:
+        yield stage
+
+
+def published(summary: PrepareSummary, stage: Path, out: Path, note: str = "") -> PrepareSummary:
+    """``summary`` of a conversion made in ``stage`` (:func:`staged`) once its files are in ``out``: the paths
+    rebased onto ``out``, and its summary line printed (+ ``note``)."""
+    summary.files = [out / Path(p).relative_to(stage) for p in summary.files]
+    summary.out = out
     say(summary.line() + note)
     return summary

@@ -26,10 +26,11 @@ from bfaseg.data.prepare.common import (
     check_h5,
     crop_or_pad,
     finish,
-    make_out_dir,
     progress,
+    published,
     read_image_label,
     require_dir,
+    staged,
     train_test_lists,
 )
 from bfaseg.errors import BfasegError
@@ -139,25 +140,26 @@ def prepare_la(
     ids = list(cases)
     lists = train_test_lists(ids, test_fraction)
 
-    make_out_dir(out)
     rng = np.random.default_rng(seed)
-    summary = PrepareSummary("LA", out, cases=ids, lists=lists)
-    for cid in progress(ids, "LA", show_progress):
-        folder = cases[cid]
-        image, label, spacing = convert_la_case(
-            folder / IMAGE_NAME,
-            folder / LABEL_NAME,
-            rng,
-            label_crop=label_crop,
-            margin=margin,
-            min_size=min_size,
-            crop_size=crop_size,
-        )
-        attrs = {"spacing": np.asarray(spacing, dtype=np.float64), "label_crop": bool(label_crop)}
-        summary.write_case(out / LA_FOLDER / cid / "mri_norm2.h5", image, label, attrs)
+    with staged(out) as stage:  # all or nothing: a bad case leaves none of the ones before it
+        summary = PrepareSummary("LA", stage, cases=ids, lists=lists)
+        for cid in progress(ids, "LA", show_progress):
+            folder = cases[cid]
+            image, label, spacing = convert_la_case(
+                folder / IMAGE_NAME,
+                folder / LABEL_NAME,
+                rng,
+                label_crop=label_crop,
+                margin=margin,
+                min_size=min_size,
+                crop_size=crop_size,
+            )
+            attrs = {"spacing": np.asarray(spacing, dtype=np.float64), "label_crop": bool(label_crop)}
+            summary.write_case(stage / LA_FOLDER / cid / "mri_norm2.h5", image, label, attrs)
 
-    return finish(
-        summary,
-        lambda path: check_h5(path, ndim=3, label_values={0, 1}, attrs=("spacing",)),
-        lambda _list, cid: out / LA_FOLDER / cid / "mri_norm2.h5",
-    )
+        finish(
+            summary,
+            lambda path: check_h5(path, ndim=3, label_values={0, 1}, attrs=("spacing",)),
+            lambda _list, cid: stage / LA_FOLDER / cid / "mri_norm2.h5",
+        )
+    return published(summary, stage, out)

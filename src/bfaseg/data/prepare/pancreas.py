@@ -36,11 +36,12 @@ from bfaseg.data.prepare.common import (
     check_h5,
     crop_or_pad,
     finish,
-    make_out_dir,
     minmax_scale,
     progress,
+    published,
     read_sitk,
     require_dir,
+    staged,
     warn,
     sitk_array,
     sitk_error_detail,
@@ -238,32 +239,32 @@ def prepare_pancreas(
     labels = {c: find_pancreas_label(raw, c) for c in cases}
     split_counts(len(cases), [test_fraction], ["test"])  # validate early
 
-    make_out_dir(out)
-    summary = PrepareSummary("Pancreas", out)
-    seen: dict[str, str] = {}
-    kept: list[str] = []
-    for case in progress(list(cases), "Pancreas", show_progress):
-        image = read_pancreas_image(cases[case])
-        arr = sitk.GetArrayViewFromImage(image)
-        digest = hashlib.sha1(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
-        if digest in seen:
-            warn(f"Pancreas: dropping {case}: its image is identical to {seen[digest]} (duplicate)")
-            summary.dropped.append(case)
-            continue
-        seen[digest] = case
-        img, lab, notes = convert_pancreas_case(
-            cases[case], labels[case], spacing=spacing, expand=expand, min_size=min_size, image=image
-        )
-        for note in notes:
-            warn(f"Pancreas: {note}")
-        attrs = {"spacing": np.asarray(spacing, dtype=np.float64)}
-        summary.write_case(out / H5_FOLDER / f"{case}_norm.h5", img, lab, attrs)
-        kept.append(case)
-    summary.cases, summary.lists = kept, train_test_lists(kept, test_fraction)
-
     def check_file(path: Path) -> None:
         shape = check_h5(path, ndim=3, label_values={0, 1}, value_range=(0.0, 1.0), attrs=("spacing",))
         if min(shape) < min_size:
             raise BfasegError(f"integrity check failed for {path}: shape {shape} smaller than {min_size}")
 
-    return finish(summary, check_file, lambda _list, case: out / H5_FOLDER / f"{case}_norm.h5")
+    with staged(out) as stage:  # all or nothing: a bad case leaves none of the ones before it
+        summary = PrepareSummary("Pancreas", stage)
+        seen: dict[str, str] = {}
+        kept: list[str] = []
+        for case in progress(list(cases), "Pancreas", show_progress):
+            image = read_pancreas_image(cases[case])
+            arr = sitk.GetArrayViewFromImage(image)
+            digest = hashlib.sha1(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
+            if digest in seen:
+                warn(f"Pancreas: dropping {case}: its image is identical to {seen[digest]} (duplicate)")
+                summary.dropped.append(case)
+                continue
+            seen[digest] = case
+            img, lab, notes = convert_pancreas_case(
+                cases[case], labels[case], spacing=spacing, expand=expand, min_size=min_size, image=image
+            )
+            for note in notes:
+                warn(f"Pancreas: {note}")
+            attrs = {"spacing": np.asarray(spacing, dtype=np.float64)}
+            summary.write_case(stage / H5_FOLDER / f"{case}_norm.h5", img, lab, attrs)
+            kept.append(case)
+        summary.cases, summary.lists = kept, train_test_lists(kept, test_fraction)
+        finish(summary, check_file, lambda _list, case: stage / H5_FOLDER / f"{case}_norm.h5")
+    return published(summary, stage, out)
