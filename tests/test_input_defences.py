@@ -589,6 +589,31 @@ def test_every_size_is_checked_against_memory_before_allocating(tmp_path, monkey
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("method, batch", [("supervised", {"batch_labeled": 1}), ("bfa", {})])
+def test_a_patch_too_small_for_batchnorm_names_the_keys(method, batch, tmp_path, capsys):
+    """A patch whose deepest feature map is one voxel (16 per side: four 2x poolings) in a forward of one image
+    cannot train (BatchNorm needs two values per channel): the keys, not torch's ValueError as an unexpected
+    error. Methods that forward labeled and unlabeled images together train on the same patch."""
+    import yaml
+
+    from bfaseg.cli.main import main
+
+    raw = _tiny(synthetic_size=[16, 16], patch_size=[16, 16])
+    raw["method"]["name"] = method
+    raw["train"].update(batch)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    code = main(["train", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    if method == "supervised":
+        assert code == 2 and err.strip().splitlines()[-1] == (
+            "error: data.patch_size [16, 16]: the network's deepest feature map is [1, 1] voxels per image, and a "
+            "forward of supervised's training step (iteration 1) held a single image there (train.batch_labeled 1, "
+            "train.batch_unlabeled 2); BatchNorm needs more than one value per channel: choose a patch of at least "
+            "32 along one axis or a larger batch")
+    else:
+        assert code == 0, err
+
+
 def test_nifti_with_an_empty_axis_or_an_unreadable_orientation_names_the_file(tmp_path):
     from bfaseg.io.geometry import Geometry
     from bfaseg.io.nifti import load_nifti

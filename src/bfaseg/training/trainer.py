@@ -40,6 +40,9 @@ from bfaseg.training.validation import validate
 
 log = logging.getLogger(__name__)
 
+# torch's BatchNorm in training, given one value per channel (one image whose deepest feature map is one voxel)
+ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
+
 
 def lr_factor(cfg, iteration: int) -> float:
     if cfg.schedule == "poly":
@@ -424,6 +427,19 @@ class Trainer:
             )
         self._check_teacher(iteration)
 
+    def _too_small_for_batchnorm(self, iteration: int) -> BfasegError:
+        """BatchNorm refuses one value per channel in training (torch's ``ONE_VALUE_PER_CHANNEL``): a patch whose
+        deepest feature map is one voxel (every side 16: four 2x poolings) in a forward of one image, e.g.
+        supervised-only with ``train.batch_labeled: 1``, or a phase of a method that forwards part of the batch.
+        Whichever method and phase, it is these keys, named (issue 30, kind 5)."""
+        deepest = [p // 16 for p in self.patch_size]
+        return BfasegError(
+            f"data.patch_size {list(self.patch_size)}: the network's deepest feature map is {deepest} voxels per "
+            f"image, and a forward of {self.cfg.method.name}'s training step (iteration {iteration}) held a single "
+            f"image there (train.batch_labeled {self.cfg.train.batch_labeled}, "
+            f"train.batch_unlabeled {self.cfg.train.batch_unlabeled}); BatchNorm needs more than one value per "
+            "channel: choose a patch of at least 32 along one axis or a larger batch")
+
     def fit(self) -> dict:
         tc = self.cfg.train
         batches = TwoStreamBatches(
@@ -463,7 +479,12 @@ class Trainer:
                 batch = {k: self.to_device(v) for k, v in batch.items()}
                 self.method.on_iteration_start(iteration)
                 with self.autocast():
-                    loss, logs = self.method.training_step(batch, iteration)
+                    try:
+                        loss, logs = self.method.training_step(batch, iteration)
+                    except ValueError as exc:
+                        if ONE_VALUE_PER_CHANNEL not in str(exc):
+                            raise
+                        raise self._too_small_for_batchnorm(iteration + 1) from None
                 loss = loss.float()
                 if self.device.type == "cpu" or (iteration + 1) % tc.log_every == 0:
                     self._check_finite(iteration + 1, loss, logs)  # 1-based, as in log.jsonl
