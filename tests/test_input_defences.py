@@ -614,13 +614,17 @@ def test_a_patch_too_small_for_batchnorm_names_the_keys(method, batch, tmp_path,
         assert code == 0, err
 
 
-def test_nifti_with_an_empty_axis_or_an_unreadable_orientation_names_the_file(tmp_path):
+def test_nifti_with_an_empty_axis_or_an_unreadable_orientation_names_the_file(tmp_path, capsys):
     from bfaseg.io.geometry import Geometry
     from bfaseg.io.nifti import load_nifti
 
     path = _nifti(tmp_path / "e.nii.gz", shape=(24, 0, 16))
     with pytest.raises(BfasegError, match=rf"^{path}: the volume is empty \(shape \(24, 0, 16\)\)"):
         load_nifti(path)
+    from bfaseg.cli.main import main  # bfaseg metrics reads masks itself: the same line, not nibabel's shape (0,)
+
+    assert main(["metrics", str(path), str(path)]) == 2
+    assert capsys.readouterr().err == f"error: {path}: the volume is empty (shape (24, 0, 16))\n"
 
     class Img:  # an affine nibabel cannot orient
         affine = np.full((4, 4), np.nan)

@@ -61,6 +61,8 @@ def _load(path_str: str) -> tuple[np.ndarray, tuple[float, ...] | None, object]:
             import nibabel as nib
 
             img = nib.load(str(path))
+            if 0 in img.shape:  # nibabel would read it as shape (0,): say what the header says, as io.nifti does
+                raise BfasegError(f"{path}: the volume is empty (shape {tuple(img.shape)})")
             data = np.asanyarray(img.dataobj)
             zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
             return data, zooms, img
