@@ -482,6 +482,63 @@ def test_training_on_mr_images_declared_ct_is_refused_naming_file_and_declaratio
     assert main(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"]) == 0
 
 
+def test_inference_reads_images_as_training_did_and_checks_them_against_it(tmp_path, capsys, monkeypatch):
+    """With ``data.modality: auto`` training reads every image with dataset.json's CT; an image read on its own
+    decides by its minimum, so a CT crop without air was windowed in training and z-scored by predict and
+    evaluate. The checkpoint records what training read; inference reads alike and checks new images against it."""
+    import json
+
+    import nibabel as nib
+    import yaml
+
+    from bfaseg.cli.main import main
+    from bfaseg.data.nifti_dataset import inference_modality
+    from bfaseg.evaluation import predict as predict_module
+
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = _ct_like(rng)[5:19, 5:19]  # a crop of the body: fat and bone, no air (minimum above -500 HU)
+        lab = (img > 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(root / "imagesTr" / f"c{i}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1}}))
+    cfg = {"data": {"dataset": "nifti", "root": str(root), "patch_size": [16, 16, 16], "labeled": 1, "val_cases": 1},
+           "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
+           "train": {"iterations": 2, "threads": 1, "precision": "fp32"}, "method": {"name": "supervised"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "c.yaml"), "--output", str(run), "--no-progress"]) == 0
+    state = ckpt.load_checkpoint(run / "checkpoints/last.pt")
+    assert (state["data"]["modality"], state["data"]["modality_declared_by"]) == ("CT", f"{root}/dataset.json")
+
+    read = []  # the normalisation predict applies to each image
+    real = predict_module.load_nifti_image
+    monkeypatch.setattr(predict_module, "load_nifti_image",
+                        lambda *a, **k: read.append(real(*a, **k)) or read[-1])
+    argv = ["predict", "--checkpoint", str(run / "checkpoints/last.pt"), "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--input", str(root / "imagesTr" / "c0_0000.nii.gz"), "--output", str(tmp_path / "p")]) == 0
+    assert read[-1].meta["normalization"]["kind"] == "ct_window"  # as in training; z-scored before
+    mr = tmp_path / "mr"
+    mr.mkdir()
+    nib.save(nib.Nifti1Image((195 + rng.random((24, 24, 16)) * 861).astype(np.float32), np.eye(4)),
+             str(mr / "m_0000.nii.gz"))
+    capsys.readouterr()
+    assert main([*argv, "--input", str(mr), "--output", str(tmp_path / "p2")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {mr}/m_0000.nii.gz: declared CT by the checkpoint's training data ({root}/dataset.json), but ")
+    assert not (tmp_path / "p2").exists()
+
+    # evaluate and suggest --split read through the same rule: the config's modality when it names one, the
+    # checkpoint's record, else (checkpoints before the record) dataset.json of --data, else per image
+    assert inference_modality("MR", state["data"], root) == ("MR", "data.modality")
+    assert inference_modality("auto", {"modality": None}, root) == ("auto", None)  # training decided per image
+    assert inference_modality("auto", {}, root) == ("CT", f"{root}/dataset.json")
+    assert inference_modality("auto", {}, None) == ("auto", None)
+
+
 def _mask_pair(tmp_path, affine_b, shape=(20, 20, 10)):
     import nibabel as nib
 

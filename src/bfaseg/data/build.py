@@ -25,6 +25,10 @@ class DataBundle:
     val: list[Case]
     train_ndim: int  # 2 = slice-wise network, 3 = volumetric network
     val_split: str  # what the validation cases are, in words, recorded in summaries
+    # NIfTI data: the modality every image was read with when one was declared for all (dataset.json or
+    # data.modality), and where; None when each image decided. Stored in checkpoints for inference.
+    modality: str | None = None
+    modality_declared_by: str | None = None
 
     @property
     def val_ids(self) -> list[str]:
@@ -244,4 +248,8 @@ def _build_nifti(cfg: DataConfig, num_classes: int) -> DataBundle:
             raise BfasegError(f"case {c.case_id}: label {int(c.label.max())} >= model.num_classes ({num_classes})")
     labeled, unlabeled, val, n_val = split_nifti_cases(cfg, labeled_all, unlabeled)
     _downsample_all(labeled + unlabeled + val, cfg.downsample)
-    return DataBundle(labeled, unlabeled, val, len(cfg.patch_size), f"last {n_val} labeled cases")
+    from bfaseg.data.nifti_dataset import declared_modality
+
+    modality, declared_by = declared_modality(cfg.root, cfg.modality)
+    return DataBundle(labeled, unlabeled, val, len(cfg.patch_size), f"last {n_val} labeled cases", modality,
+                      declared_by)

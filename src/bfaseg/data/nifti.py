@@ -84,7 +84,9 @@ def check_declared_modality(data: np.ndarray, modality: str, window: tuple[float
         return
     lo, hi = float(window[0]), float(window[1])
     vmin, vmax = float(data.min()), float(data.max())
-    fix = f"set data.modality to what the images are, or fix {declared_by}"
+    fix = (f"the model was trained on images read as {modality}: give it images of that kind"
+           if declared_by.startswith("the checkpoint's") else
+           f"set data.modality to what the images are, or fix {declared_by}")
     if modality == "CT":
         above = float(np.count_nonzero(data > hi)) / data.size
         outside = above + float(np.count_nonzero(data < lo)) / data.size

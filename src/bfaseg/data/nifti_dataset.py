@@ -152,6 +152,38 @@ def _declared_by(info: dict | None, modality: str) -> str:
     return (info or {}).get("modality_declared_by") or ("data.modality" if parse_modality(modality) != "auto" else "")
 
 
+def declared_modality(root: str | os.PathLike, modality: str) -> tuple[str | None, str | None]:
+    """``(modality, declared_by)`` that every image of the dataset at ``root`` is read with, when one is declared
+    for all of them (``modality`` "CT"/"MR", or "auto" and dataset.json names one); ``(None, None)`` when each
+    image decides for itself ("auto" without a declaration). Stored in checkpoints (the trainer's ``data``
+    record), so inference reads new images as training read these (:func:`inference_modality`)."""
+    mod, info = _dataset_modality(Path(root), modality)
+    return (None, None) if mod == "auto" else (mod, _declared_by(info, modality))
+
+
+def inference_modality(modality: str, data_state: dict | None, root: str | os.PathLike | None = None
+                       ) -> tuple[str, str | None]:
+    """``(modality, declared_by)`` to read images with for a run's checkpoint, as its training read its own
+    (issue 30, kind 4): with ``data.modality: auto`` training takes dataset.json's modality, while an image read on
+    its own would decide by its minimum, so a CT dataset's image without air was windowed in training and
+    z-scored at inference. In order: the config's ``modality`` when it names one; the one the training data
+    declared (the checkpoint's ``data`` record, ``data_state``); for checkpoints before that record, ``root``'s
+    dataset.json (``evaluate``/``suggest`` on the training folder); else "auto". The declared modality is then
+    checked against the new images' voxels too (:func:`bfaseg.data.nifti.check_declared_modality`)."""
+    if parse_modality(modality) != "auto":
+        return modality, "data.modality"
+    state = data_state or {}
+    if "modality" in state:  # None: the training images decided one by one
+        if state["modality"] is None:
+            return "auto", None
+        return state["modality"], f"the checkpoint's training data ({state.get('modality_declared_by') or 'data.modality'})"
+    if root is not None and Path(root).is_dir():
+        mod, by = declared_modality(root, modality)
+        if mod is not None:
+            return mod, by
+    return "auto", None
+
+
 def _iter_progress(items, desc: str, progress: bool):
     if not progress:
         return items

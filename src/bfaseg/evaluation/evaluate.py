@@ -134,6 +134,10 @@ def evaluate_split(
     if output is None:
         output = predictor.checkpoint.resolve().parent.parent / f"eval_{split_path.stem}_{predictor.mode}"
     output = check_output_dir(output)  # before any case is predicted
+    if dataset == "nifti":  # the images are read as training read its own
+        from bfaseg.data.nifti_dataset import inference_modality
+
+        modality, declared_by = inference_modality(cfg.data.modality, predictor.state.get("data"), root)
     rows, results, times = [], [], []
     units = "voxel"
     settings: dict[str, Any] = {}
@@ -149,7 +153,8 @@ def evaluate_split(
             lab_path = find_nifti(root / "labelsTr", case_id, False) or find_nifti(root / "labelsTs", case_id, False)
             if lab_path is None:
                 raise BfasegError(f"case {case_id!r}: no label {case_id}.nii.gz in {root / 'labelsTr'}")
-            case = load_nifti_image(img_path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
+            case = load_nifti_image(img_path, cfg.data.target_spacing, modality, case_id=case_id,
+                                    declared_by=declared_by)
             gt = read_source_label(lab_path, case.geometry, num_classes)  # as training: shape, affine, values
             zooms = tuple(case.geometry.spacing)
             labels, _, settings = predictor.predict(case.image, xyz=True, downsample=cfg.data.downsample)

@@ -157,6 +157,9 @@ def predict_files(
     cfg, ndim = predictor.cfg, predictor.ndim
     num_classes = cfg.model.num_classes
     downsample = cfg.data.downsample if ndim == 3 else 1.0
+    from bfaseg.data.nifti_dataset import inference_modality
+
+    modality, declared_by = inference_modality(cfg.data.modality, predictor.state.get("data"))  # as training read
 
     def predict(image: np.ndarray, xyz: bool):
         return predictor.predict(image, xyz=xyz, downsample=downsample, probabilities=probabilities)
@@ -182,7 +185,8 @@ def predict_files(
             t0 = time.perf_counter()
             gt = gt_spacing = None
             if kind == "nifti":
-                case = load_nifti_image(path, cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
+                case = load_nifti_image(path, cfg.data.target_spacing, modality, case_id=case_id,
+                                        declared_by=declared_by)
                 gt, gt_spacing = reference_label(case_id, path, case.geometry)
                 if reference == "input":
                     raise BfasegError(f"--labels input: {path} is not an h5 file with a 'label' dataset")

@@ -91,7 +91,7 @@ def suggest(
     dataset = dataset or cfg.data.dataset
     if split is not None:
         split_path = _split_file(root, split)
-        cases = list_cases(cfg, root, dataset, read_list(split_path))
+        cases = list_cases(cfg, root, dataset, read_list(split_path), scorer.state.get("data"))
         source = str(split_path)
     else:
         cases = run_cases(cfg, root, dataset, "unlabeled")

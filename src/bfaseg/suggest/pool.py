@@ -126,8 +126,9 @@ def run_cases(cfg, root: Path | None, dataset: str, which: str) -> list[PoolCase
     return _h5_cases(dataset, root, unlabeled, num_classes, need_label=False)
 
 
-def list_cases(cfg, root: Path | None, dataset: str, ids: list[str]) -> list[PoolCase]:
-    """The cases named in a list file (ACDC slice ids are mapped to their volumes)."""
+def list_cases(cfg, root: Path | None, dataset: str, ids: list[str], data_state: dict | None = None) -> list[PoolCase]:
+    """The cases named in a list file (ACDC slice ids are mapped to their volumes). NIfTI images are read with
+    the modality the run's training read its own with (``data_state``: the checkpoint's ``data`` record)."""
     if dataset not in LAYOUTS:
         raise BfasegError(f"--dataset: unknown layout {dataset!r}; choose from {', '.join(LAYOUTS)}")
     if dataset == "synthetic":
@@ -147,7 +148,12 @@ def list_cases(cfg, root: Path | None, dataset: str, ids: list[str]) -> list[Poo
     if missing:
         raise BfasegError(f"--split: case {missing[0]!r} has no image in {root}/imagesTr, imagesTs or imagesUnlabeled")
 
+    from bfaseg.data.nifti_dataset import inference_modality
+
+    modality, declared_by = inference_modality(cfg.data.modality, data_state, root)
+
     def loader(case_id: str):
-        return lambda: load_nifti_image(found[case_id], cfg.data.target_spacing, cfg.data.modality, case_id=case_id)
+        return lambda: load_nifti_image(found[case_id], cfg.data.target_spacing, modality, case_id=case_id,
+                                        declared_by=declared_by)
 
     return [PoolCase(i, loader(i), True) for i in ids]

@@ -322,7 +322,9 @@ class Trainer:
             "running": {k: v.detach().float().cpu() for k, v in self.running.items()},
             "precision": self.precision,  # what auto chose: inference of this checkpoint repeats it
             "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split,
-                     "val_ids": self.data.val_ids, "train_ids": self.data.train_ids},
+                     "val_ids": self.data.val_ids, "train_ids": self.data.train_ids,
+                     # NIfTI: the modality the training images were read with, so inference reads alike
+                     "modality": self.data.modality, "modality_declared_by": self.data.modality_declared_by},
         }
 
     def save(self, name: str, iteration: int) -> Path:
