@@ -76,10 +76,23 @@ def slim_entry(entry: dict, run_dir: Path, cpu: str, command: str, note: str | N
         p = plateau(read_run(run_dir, with_method=False).val)
         if p is not None:
             out["plateau"] = p
+    seconds = entry.get("train_seconds") or _logged_seconds(run_dir / "log.jsonl")
+    if seconds:
+        out["wall_minutes"] = round(seconds / 60)
     if note:
         out["note"] = note
     out["source"] = f"imported with docs/make_results_tables.py --add from {run_dir.parent.name}/{results_name}"
     return out
+
+
+def _logged_seconds(log: Path) -> float | None:
+    """The training wall time a run's log.jsonl recorded (its ``time`` key), if the run folder is here. The
+    clock restarts when a run resumes: each segment counts up to its last record."""
+    if not log.exists():
+        return None
+    times = [rec["time"] for rec in map(json.loads, log.read_text().splitlines()) if "time" in rec]
+    done = sum(prev for prev, cur in zip(times, times[1:]) if cur < prev)
+    return done + times[-1] if times else None
 
 
 def add_runs(results_json: Path, names: list[str] | None, to: Path, cpu: str, command: str, note: str | None) -> list[str]:

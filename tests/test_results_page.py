@@ -180,3 +180,25 @@ def test_adding_a_parity_score_keeps_its_side_and_names_its_file(tmp_path):
     entry = json.loads(to.read_text())["ssl4mis_mean_teacher_s1337"]
     assert (entry["side"], entry["image_resize"]) == ("reference", "zoom_nearest")
     assert entry["source"].endswith("parity/scores_mt.json") and entry["iterations"] == 4000
+    assert "wall_minutes" not in entry  # no train_seconds and no run folder: the minutes are unknown
+
+
+def test_added_runs_carry_their_training_minutes_across_a_resume(tmp_path):
+    """A run imported with --add records its training wall time: the log's clock restarts when a run
+    resumes, so each segment counts up to its last record (here 600 s + 1200 s = 30 minutes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_results_tables", ROOT / "docs" / "make_results_tables.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run = tmp_path / "exp" / "bfa_s1"
+    run.mkdir(parents=True)
+    records = [{"iteration": 50, "time": 300.0}, {"iteration": 100, "time": 600.0}, {"iteration": 100, "val_dice": 0.5},
+               {"iteration": 150, "time": 400.0}, {"iteration": 200, "time": 1200.0}]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    results = tmp_path / "exp" / "results.json"
+    results.write_text(json.dumps({"bfa_s1": {"variant": "bfa", "seed": 1, "eval_split": "val.list",
+                                              "last": {"mean": {"dice": 0.7}, "per_case": [], "iteration": 200}}}))
+    to = tmp_path / "acdc.json"
+    tool.add_runs(results, None, to, "Intel Xeon, AMX, 2 cores", "bfaseg experiment c.yaml --seeds 1 --methods bfa", None)
+    assert json.loads(to.read_text())["bfa_s1"]["wall_minutes"] == 30
