@@ -65,6 +65,8 @@ def slim_entry(entry: dict, run_dir: Path, cpu: str, command: str, note: str | N
     for key in ("iterations", "precision"):
         if key in summary:
             out[key] = summary[key]
+    if summary.get("teacher_mode"):  # recorded since the per-method default (None: a method without a teacher)
+        out["teacher_mode"] = summary["teacher_mode"]
     if "images_per_step" in entry:
         out["images_per_step"] = entry["images_per_step"]
     for which in ("last", "best", "last_lcc"):

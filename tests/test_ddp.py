@@ -5,6 +5,8 @@ One torchrun launch runs ``WORKER`` (below) on two ranks. It trains
  B. BFA with plain BatchNorm (boundary head, unused-parameter search, the pre-training ->
     teacher copy at iteration 2, EMA afterwards, the alignment's anchor memory), 6 iterations;
  C. a CPUSyncBatchNorm layer on rank-specific inputs (exactness of the statistics and gradients);
+ M. mean teacher with plain BatchNorm, 6 iterations: its train-mode teacher moves its own running
+    statistics toward each rank's shard;
 and dumps, per rank, the student and teacher weights, the per-iteration losses and
 every file write it made under the run folder (a Python audit hook).
 
@@ -103,6 +105,7 @@ WORKER = textwrap.dedent(
 
     trainer = train("A", sys.argv[2])
     train("B", sys.argv[3])
+    train("M", sys.argv[4])
 
     # C: one SyncBatchNorm layer, rank-specific input and loss weights
     torch.manual_seed(0)
@@ -159,14 +162,15 @@ def ddp_run(tmp_path_factory):
         root = tmp_path_factory.mktemp("ddp")
         cfg_a = _write_cfg(root / "A.yaml", model={"sync_batchnorm": True})
         cfg_b = _write_cfg(root / "B.yaml", method={"name": "bfa"})
+        cfg_m = _write_cfg(root / "M.yaml")  # the mean teacher's train-mode teacher on plain BatchNorm
         worker = root / "worker.py"
         worker.write_text(WORKER)
-        proc = _torchrun(str(worker), str(root), str(cfg_a), str(cfg_b), cwd=root, check=attempt == 1)
+        proc = _torchrun(str(worker), str(root), str(cfg_a), str(cfg_b), str(cfg_m), cwd=root, check=attempt == 1)
         if proc.returncode == 0:
             break
         assert RUNTIME_ABORT in proc.stderr, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     load = lambda name: [torch.load(root / f"{name}_rank{r}.pt", weights_only=False) for r in range(WORLD)]  # noqa: E731
-    return {"root": root, "cfg_a": cfg_a, "A": load("A"), "B": load("B"), "C": load("C")}
+    return {"root": root, "cfg_a": cfg_a, "A": load("A"), "B": load("B"), "C": load("C"), "M": load("M")}
 
 
 def _assert_identical(states: list[dict], what: str) -> None:
@@ -177,7 +181,7 @@ def _assert_identical(states: list[dict], what: str) -> None:
         assert not differ, f"{what}: rank {r} differs from rank 0 in {differ[:5]}"
 
 
-@pytest.mark.parametrize("run", ["A", "B"])
+@pytest.mark.parametrize("run", ["A", "B", "M"])
 def test_teacher_and_student_identical_across_ranks(ddp_run, run):
     ranks = ddp_run[run]
     assert all(s["world"] == WORLD for s in ranks)

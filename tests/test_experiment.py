@@ -189,3 +189,21 @@ def test_sigterm_to_the_parent_stops_parallel_runs_with_checkpoints(tmp_path):
     for log in logs:
         assert (log.parent / "checkpoints" / "last.pt").exists()  # written when the signal arrived
         assert not (log.parent / "train_summary.json").exists()
+
+
+def test_mean_teacher_variants_teacher_modes():
+    """``mean_teacher`` takes its method's default (train mode, the reference's); the variants measured with
+    the eval-mode teacher of their time pin it, so their meaning does not change with the default."""
+    from bfaseg.experiments import VARIANTS, variant_config
+    from bfaseg.methods import resolve_teacher_mode
+
+    base = tiny_config("supervised", precision="fp32")
+    mode = {v: resolve_teacher_mode(variant_config(base, v, 1, []))
+            for v in VARIANTS if VARIANTS[v]["method"]["name"] in ("mean_teacher", "ua_mt")}
+    assert mode == {"mean_teacher": ("train", "the method's default"),
+                    "mean_teacher_teacher_eval": ("eval", "train.teacher_mode"),
+                    "mean_teacher_no_consistency": ("eval", "train.teacher_mode"),
+                    "ua_mt": ("eval", "the method's default")}
+    assert "mean_teacher_teacher_train" not in VARIANTS  # the same as mean_teacher now
+    # --set train.teacher_mode still overrides a variant's pin
+    assert variant_config(base, "mean_teacher_teacher_eval", 1, ["train.teacher_mode=train"]).train.teacher_mode == "train"

@@ -381,13 +381,18 @@ def test_teacher_decay_bfa_slow_by_default_others_follow_the_config(tmp_path):
     assert _trainer(tmp_path / "d", "bcp").method.teacher_decay(0.9) == 0.9  # BCP keeps the reference's config
 
 
-@pytest.mark.parametrize("method,fraction,pretrain", [("bcp", 3, 3), ("bfa", 1 / 7, 1), ("mean_teacher", None, 0)])
-def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
+@pytest.mark.parametrize("method,fraction,pretrain,mode", [
+    ("bcp", 3, 3, None), ("bfa", 1 / 7, 1, None), ("mean_teacher", None, 0, "eval"), ("mean_teacher", None, 0, None)])
+def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain, mode):
     """Frozen during pre-training, a copy of the student when it ends, then closed-form EMA
-    (decay min(1 - 1/(t+1), ema_decay)) on parameters AND BatchNorm running statistics."""
+    (decay min(1 - 1/(t+1), ema_decay)) on parameters AND BatchNorm running statistics. A teacher that
+    predicts in train mode (the mean teacher's default) moves its own running statistics in its forward
+    pass before the EMA, as the reference's does: there only the parameters and counters follow the formula."""
     params = {"pretrain": fraction} if pretrain else {}  # > 1: iterations; <= 1: a fraction of the 7
     t = _trainer(tmp_path, method, train={"iterations": 7, "val_every": 7, "log_every": 7, "checkpoint_every": 7,
-                                          "ema_decay": 0.6}, **params)
+                                          "ema_decay": 0.6, **({"teacher_mode": mode} if mode else {})}, **params)
+    own_statistics = t.teacher_mode == "train"
+    assert own_statistics == (method == "mean_teacher" and mode is None)
     assert all(not p.requires_grad for p in t.teacher.parameters())
     assert getattr(t.method, "pretrain_iterations", 0) == pretrain
     snaps = []
@@ -411,13 +416,15 @@ def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain):
     for (i, _, teacher), (_, student_next, teacher_next) in zip(snaps[pretrain:-1], snaps[pretrain + 1 :]):
         d = ema_decay(i, t.method.teacher_decay(0.6))  # BFA's own teacher decay, the others train.ema_decay
         for k, v in teacher_next.items():
-            if v.is_floating_point():
+            if v.is_floating_point() and "running" in k and own_statistics and d > 0:  # d 0: the student's
+                assert not torch.allclose(v, d * teacher[k] + (1 - d) * student_next[k], atol=1e-6), (i, k)
+            elif v.is_floating_point():
                 assert torch.allclose(v, d * teacher[k] + (1 - d) * student_next[k], atol=1e-6), (i, k)
                 if "running" in k and d > 0 and not torch.allclose(teacher[k], student_next[k]):
                     bn_checked = True
             else:
                 assert torch.equal(v, student_next[k]), (i, k)  # counters copied
-    assert bn_checked  # the BatchNorm statistics were averaged where it shows
+    assert bn_checked != own_statistics  # the BatchNorm statistics were averaged where it shows
 
 
 
@@ -561,8 +568,8 @@ OPTIONS = {
     "bfa": [{"align_target": "memory"}, {"lambda_distance": 0.5}, {"boundary_fuse": False}, {"boundary_stage": 2},
             {"align_stage": 3}, {"boundary_thickness": 2}, {"confidence": 0.95}, {"teacher_mode": "train"},
             {"supervised_weight": 0.0}, {"min_boundary_voxels": 10**6}],
-    "mean_teacher": [{"noise_sigma": 0.0}, {"teacher_mode": "train"}],
-    "ua_mt": [{"mc_passes": 1}, {"threshold_start": 0.9, "threshold_end": 1.0}],
+    "mean_teacher": [{"noise_sigma": 0.0}, {"teacher_mode": "eval"}],  # train mode is its default
+    "ua_mt": [{"mc_passes": 1}, {"threshold_start": 0.9, "threshold_end": 1.0}, {"teacher_mode": "train"}],
 }
 
 

@@ -207,3 +207,98 @@ def test_bfa_beats_supervised_with_the_same_labels(tmp_path):
             dice[name].append(evaluate_checkpoint(out / "checkpoints" / "last.pt", trainer.data.val)["mean"]["dice"])
     mean = {k: sum(v) / len(v) for k, v in dice.items()}
     assert mean["bfa"] > mean["no_unlabeled"] + 0.003, dice
+
+
+# ------------------------------------------------------------------ teacher mode
+
+EXPECTED_TEACHER_MODE = {"supervised": "eval", "mean_teacher": "train", "ua_mt": "eval", "bcp": "eval", "bfa": "eval"}
+
+
+@pytest.mark.parametrize("method", list(EXPECTED_TEACHER_MODE))
+def test_teacher_mode_is_the_method_s_default_unless_the_config_sets_it(method):
+    from bfaseg.methods import TEACHER_MODE_DEFAULT, TEACHER_MODE_SET, get_method_class, resolve_teacher_mode
+
+    assert get_method_class(method).teacher_mode == EXPECTED_TEACHER_MODE[method]
+    assert validate_config(tiny_config(method)).train.teacher_mode is None
+    assert resolve_teacher_mode(validate_config(tiny_config(method))) == (EXPECTED_TEACHER_MODE[method],
+                                                                        TEACHER_MODE_DEFAULT)
+    for mode in ("eval", "train"):  # an explicit train.teacher_mode wins both ways
+        assert resolve_teacher_mode(validate_config(tiny_config(method, teacher_mode=mode))) == (mode, TEACHER_MODE_SET)
+
+
+@pytest.mark.parametrize("method,teacher_mode,training", [
+    ("mean_teacher", None, True), ("mean_teacher", "eval", False), ("ua_mt", None, False),
+    ("bcp", None, False), ("bfa", None, False), ("bfa", "train", True)])
+def test_the_teacher_predicts_in_the_resolved_mode(tmp_path, method, teacher_mode, training):
+    """The teacher module's own ``training`` flag during a whole training step (UA-MT's Monte-Carlo passes
+    included: BatchNorm in eval mode, dropout on)."""
+    raw = tiny_config(method, iterations=8, **({"teacher_mode": teacher_mode} if teacher_mode else {}))
+    raw["method"].update({"pretrain": 0.0} if method in ("bcp", "bfa") else {})
+    t = Trainer(validate_config(raw), tmp_path / method, progress=False)
+    assert t.teacher_mode == ("train" if training else "eval")
+    t.copy_student_to_teacher()
+    modes = []
+    t.teacher.register_forward_pre_hook(lambda mod, inp: modes.append(mod.training))
+    batch = {"image_l": torch.rand(4, 1, 32, 32), "label_l": torch.randint(0, 3, (4, 32, 32)),
+             "image_u": torch.rand(4, 1, 32, 32)}
+    t.method.on_iteration_start(5)
+    t.method.training_step(batch, 5)
+    assert modes and set(modes) == {training}
+
+
+def _fit(tmp_path, method, resume=False, **train):
+    raw = tiny_config(method, **{"iterations": 2, "precision": "fp32", "val_every": 2, "checkpoint_every": 2,
+                                 "log_every": 1, **train})
+    t = Trainer(validate_config(raw), tmp_path / method, progress=False, resume=resume)
+    return t, t.fit()
+
+
+def test_the_run_records_its_teacher_mode_and_who_chose_it(tmp_path):
+    import json
+
+    from bfaseg.io.checkpoint import load_checkpoint
+
+    for method, train, record in [
+        ("mean_teacher", {}, ("train", "the method's default")),
+        ("bcp", {"teacher_mode": "train"}, ("train", "train.teacher_mode")),
+        ("supervised", {}, (None, None)),  # no teacher
+    ]:
+        t, summary = _fit(tmp_path, method, **train)
+        state = load_checkpoint(t.ckpt_dir / "last.pt")
+        on_disk = json.loads((t.output_dir / "train_summary.json").read_text())
+        for where in (summary, on_disk, state):
+            assert (where["teacher_mode"], where["teacher_mode_from"]) == record, (method, where)
+
+
+def test_a_run_recorded_with_an_explicit_eval_teacher_resumes_in_eval_mode(tmp_path, monkeypatch):
+    """Runs from before the per-method default recorded train.teacher_mode "eval" (and no teacher_mode beside
+    the config): a config that leaves the mode to an eval-mode method matches them; a mean-teacher run made in
+    eval mode resumes only with train.teacher_mode eval, not under the mean teacher's train default."""
+    from bfaseg.errors import BfasegError
+    from bfaseg.io.checkpoint import load_checkpoint, save_checkpoint
+    from bfaseg.methods.mean_teacher import MeanTeacher
+
+    def as_before(t):  # what an older bfaseg wrote: no teacher_mode record in the checkpoint
+        path = t.ckpt_dir / "last.pt"
+        state = load_checkpoint(path)
+        assert state["config"]["train"]["teacher_mode"] == "eval"
+        state.pop("teacher_mode"), state.pop("teacher_mode_from")
+        save_checkpoint(path, state)
+
+    as_before(_fit(tmp_path, "bcp", teacher_mode="eval")[0])
+    t, _ = _fit(tmp_path, "bcp", resume=True, iterations=3)  # teacher_mode left to BCP: eval
+    assert t.teacher_mode == "eval" and t.start_iteration == 2
+
+    as_before(_fit(tmp_path, "mean_teacher", teacher_mode="eval")[0])
+    with pytest.raises(BfasegError, match=r"differs .* in train\.teacher_mode"):
+        _fit(tmp_path, "mean_teacher", resume=True, iterations=3)
+    with pytest.raises(BfasegError, match=r"a run with another config .*differs in train\.teacher_mode"):
+        _fit(tmp_path, "mean_teacher")  # a new run in the folder: refused the same way
+    t, _ = _fit(tmp_path, "mean_teacher", resume=True, iterations=3, teacher_mode="eval")
+    assert (t.teacher_mode, t.start_iteration) == ("eval", 2)
+
+    # a run made under the default records the mode it used: a later default cannot change it on resume
+    _fit(tmp_path / "new", "mean_teacher")
+    monkeypatch.setattr(MeanTeacher, "teacher_mode", "eval")
+    with pytest.raises(BfasegError, match=r"teacher predicted in train mode .*set train\.teacher_mode=train"):
+        _fit(tmp_path / "new", "mean_teacher", resume=True, iterations=3)

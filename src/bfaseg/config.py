@@ -133,7 +133,9 @@ class TrainConfig(_Section):
     log_every: Int = Field(default=20, ge=1)
     checkpoint_every: Int = Field(default=500, ge=1)
     keep_checkpoints: Int = Field(default=2, ge=0)  # periodic checkpoints kept besides last/best
-    teacher_mode: Literal["eval", "train"] = "eval"
+    # how the EMA teacher predicts: eval (BatchNorm running statistics, no dropout) or train (batch statistics,
+    # dropout); None: the method's own default (its class attribute ``teacher_mode``: train for the mean teacher)
+    teacher_mode: Literal["eval", "train"] | None = None
     ema_decay: Num = Field(default=0.99, ge=0, le=1)
     threads: Int | None = Field(default=None, ge=1)
 

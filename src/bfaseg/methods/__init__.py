@@ -42,3 +42,16 @@ def check_method_params(cfg: RunConfig, source: str = "config"):
 
 def build_method(cfg: RunConfig, trainer, source: str = "config"):
     return get_method_class(cfg.method.name, source=source)(check_method_params(cfg, source), trainer)
+
+
+TEACHER_MODE_SET = "train.teacher_mode"
+TEACHER_MODE_DEFAULT = "the method's default"
+
+
+def resolve_teacher_mode(cfg: RunConfig, source: str = "config") -> tuple[str, str]:
+    """How the method's EMA teacher predicts, ``"eval"`` or ``"train"``, and who decided it:
+    ``train.teacher_mode`` when the config sets it, else the method's own default (its class attribute
+    ``teacher_mode``)."""
+    if cfg.train.teacher_mode is not None:
+        return cfg.train.teacher_mode, TEACHER_MODE_SET
+    return get_method_class(cfg.method.name, source=source).teacher_mode, TEACHER_MODE_DEFAULT

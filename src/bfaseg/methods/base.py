@@ -23,6 +23,9 @@ class Method:
     needs_teacher = False
     uses_unlabeled = False
     may_leave_parameters_unused = False  # tells DDP to look for unused parameters
+    # how the EMA teacher predicts when train.teacher_mode is not set: "eval" (BatchNorm running statistics,
+    # no dropout) or "train" (batch statistics, dropout); the trainer resolves it once (resolve_teacher_mode)
+    teacher_mode = "eval"
     Params = MethodParams
 
     def __init__(self, params: MethodParams, trainer: Any):

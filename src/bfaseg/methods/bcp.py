@@ -116,7 +116,7 @@ class BCP(Method):
             pieces = [(parts[0], parts[1])]
         else:
             x_u = batch["image_u"]
-            if self.t.cfg.train.teacher_mode == "eval":
+            if self.t.teacher_mode == "eval":  # the trainer resolves it: train.teacher_mode, else eval (BCP, BFA)
                 # one teacher pass for both halves: in eval mode a sample's prediction does not depend on the
                 # rest of the batch, and batches of one take PyTorch's slow non-oneDNN convolutions on CPU
                 n_a = x_u[a].shape[0]

@@ -26,6 +26,8 @@ class MeanTeacher(Method):
     name = "mean_teacher"
     needs_teacher = True
     uses_unlabeled = True
+    # the SSL4MIS reference's teacher (never set to eval): +5 Dice over eval, ACDC (docs/RESULTS.md "Reference parity")
+    teacher_mode = "train"
     Params = MeanTeacherParams
 
     @classmethod

@@ -37,6 +37,9 @@ def _set_dropout(model: nn.Module, active: bool) -> None:
 
 class UAMT(MeanTeacher):
     name = "ua_mt"
+    # not the mean teacher's train mode: UA-MT was measured with an eval-mode teacher, and changing it is a
+    # separate, unmeasured change (train.teacher_mode: train tries it)
+    teacher_mode = "eval"
     Params = UAMTParams
 
     @classmethod

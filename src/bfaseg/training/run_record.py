@@ -27,7 +27,8 @@ RESUMABLE_CHANGES = {("train", "iterations"), ("train", "num_workers"), ("data",
 def config_diff(old: dict, new: dict, allowed: set[tuple[str, str]] = RESUMABLE_CHANGES) -> list[str]:
     """The dotted keys (``section.key``) in which two config dumps differ, ``allowed`` changes left out.
     Both are compared as JSON would store them (a tuple equals its list, NaN is null), with the defaults of
-    keys that a newer bfaseg added filled in (a run recorded before a key existed used its default)."""
+    keys that a newer bfaseg added filled in (a run recorded before a key existed used its default) and
+    ``train.teacher_mode`` as the mode it resolves to (unset: the method's default)."""
     old, new = _as_json(_completed(old)), _as_json(_completed(new))
     diffs = []
     for section in set(old) | set(new):
@@ -43,11 +44,21 @@ def config_diff(old: dict, new: dict, allowed: set[tuple[str, str]] = RESUMABLE_
 
 def _completed(config: dict) -> dict:
     from bfaseg.config import RunConfig
+    from bfaseg.methods import resolve_teacher_mode
 
     try:
-        return RunConfig.model_validate(config or {}).model_dump()
+        cfg = RunConfig.model_validate(config or {})
     except ValueError:  # pydantic's ValidationError: compared as recorded, the keys that differ are named
         return config or {}
+    completed = cfg.model_dump()
+    # train.teacher_mode unset means the method's default: compared as the mode it resolves to, so a run recorded
+    # with an explicit "eval" (every run before the per-method default) matches a config that leaves BCP's eval
+    # to the method, and a mean-teacher run made in eval mode does not match the mean teacher's train default
+    try:
+        completed["train"]["teacher_mode"] = resolve_teacher_mode(cfg)[0]
+    except BfasegError:  # an unknown method: compared as recorded
+        pass
+    return completed
 
 
 def _as_json(config: dict) -> dict:

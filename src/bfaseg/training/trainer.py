@@ -28,7 +28,7 @@ from bfaseg.data.build import DataBundle, build_data
 from bfaseg.errors import BfasegError, Interrupted, TrainingDiverged
 from bfaseg.io import checkpoint as ckpt
 from bfaseg.io.files import atomic_write_bytes, jsonable
-from bfaseg.methods import build_method
+from bfaseg.methods import build_method, resolve_teacher_mode
 from bfaseg.models import build_model
 from bfaseg.precision import check_fits_in_memory, resolve_device, resolve_training_precision
 from bfaseg.training.distributed import (
@@ -125,6 +125,8 @@ class Trainer:
         self.total_iterations = tc.iterations
 
         self.method = build_method(cfg, self)
+        # eval or train, resolved once: train.teacher_mode, else the method's default (teacher_forward, BCP's passes)
+        self.teacher_mode, self.teacher_mode_from = resolve_teacher_mode(cfg)
         if self.method.uses_unlabeled and not self.data.unlabeled:
             raise BfasegError(f"method {cfg.method.name!r} needs unlabeled data but every training case is labeled")
         student = build_model(cfg.model)
@@ -239,6 +241,11 @@ class Trainer:
         diffs = config_diff(state.get("config", {}), self.cfg.model_dump())
         if diffs:
             raise BfasegError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
+        made = state.get("teacher_mode")  # recorded since the per-method default: a later default must not change it
+        if self.teacher is not None and made is not None and made != self.teacher_mode:
+            raise BfasegError(f"--resume: the run's teacher predicted in {made} mode ({state.get('teacher_mode_from')}), "
+                              f"this config's would in {self.teacher_mode} mode ({self.teacher_mode_from}); "
+                              f"set train.teacher_mode={made} to continue it")
         try:
             self.student.load_state_dict(state["student"])
             if self.teacher is not None and state.get("teacher") is not None:
@@ -292,14 +299,22 @@ class Trainer:
 
     @torch.no_grad()
     def teacher_forward(self, x: torch.Tensor, return_extras: bool = False):
-        """Teacher prediction under no_grad and autocast, in eval mode unless ``train.teacher_mode: train``."""
+        """Teacher prediction under no_grad and autocast, in the resolved ``teacher_mode`` (``train.teacher_mode``,
+        else the method's default: train for the mean teacher, eval for the others)."""
         assert self.teacher is not None
-        self.teacher.train(self.cfg.train.teacher_mode == "train")
+        self.teacher.train(self.teacher_mode == "train")
         with self.autocast():
             out = self.teacher(x, return_extras=return_extras)
         if return_extras:
             return {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
         return out.float()
+
+    def _teacher_mode_record(self) -> dict[str, str | None]:
+        """How the teacher predicted and who decided it (train.teacher_mode or the method's default); None
+        for methods without a teacher."""
+        if self.teacher is None:
+            return {"teacher_mode": None, "teacher_mode_from": None}
+        return {"teacher_mode": self.teacher_mode, "teacher_mode_from": self.teacher_mode_from}
 
     def copy_student_to_teacher(self) -> None:
         assert self.teacher is not None
@@ -321,6 +336,7 @@ class Trainer:
             "best": dict(self.best),
             "running": {k: v.detach().float().cpu() for k, v in self.running.items()},
             "precision": self.precision,  # what auto chose: inference of this checkpoint repeats it
+            **self._teacher_mode_record(),
             "data": {"train_ndim": self.train_ndim, "val_split": self.data.val_split,
                      "val_ids": self.data.val_ids, "train_ids": self.data.train_ids,
                      # NIfTI: the modality the training images were read with, so inference reads alike
@@ -499,6 +515,9 @@ class Trainer:
                     average_buffers(self.student, self.dist)
                 if self.teacher is not None and self.method.ema_active(iteration):
                     ema_update(self.teacher, self.student, ema_decay(iteration, self.method.teacher_decay(tc.ema_decay)))
+                if self.dist.enabled and self.teacher is not None and self.teacher_mode == "train":
+                    # a train-mode teacher's forward moved its running statistics toward this rank's shard
+                    average_buffers(self.teacher, self.dist)
                 for k, v in {"loss": loss, **logs}.items():  # accumulate on device; no sync per step
                     running[k] = running.get(k, 0) + v.detach().float()
                 done = iteration + 1
@@ -547,6 +566,7 @@ class Trainer:
             "val_ids": self.data.val_ids,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
+            **self._teacher_mode_record(),
             "last_checkpoint": str(self.ckpt_dir / "last.pt"),
             "best_checkpoint": str(self.ckpt_dir / "best.pt") if self.best["iteration"] is not None else None,
         }
