@@ -448,22 +448,18 @@ def test_declared_mr_with_air_in_hounsfield_units_warns(tmp_path, caplog):
     assert caplog.text.count("declared MR by data.modality, but values go down to") == 1
 
 
-def test_training_on_mr_images_declared_ct_is_refused_naming_file_and_declaration(tmp_path, capsys):
+def _ct_declared_dataset(tmp_path, cases):
+    """A nnU-Net-style folder whose dataset.json declares CT, holding ``cases`` ((image, label) pairs), and the
+    path of a 2-iteration supervised config on it; returns (dataset root, config dict, config path)."""
     import json
 
     import nibabel as nib
     import yaml
 
-    from bfaseg.cli.main import main
-
     root = tmp_path / "ds"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        lab = np.zeros((24, 24, 16), np.uint8)
-        lab[6:18, 6:18, 4:12] = 1
-        img = (195 + rng.random(lab.shape) * 400 + lab * 450.0).astype(np.float32)
+    for i, (img, lab) in enumerate(cases):
         nib.save(nib.Nifti1Image(img, np.eye(4)), str(root / "imagesTr" / f"c{i}_0000.nii.gz"))
         nib.save(nib.Nifti1Image(lab, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1}}))
@@ -471,6 +467,21 @@ def test_training_on_mr_images_declared_ct_is_refused_naming_file_and_declaratio
            "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
            "train": {"iterations": 2, "threads": 1, "precision": "fp32"}, "method": {"name": "supervised"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return root, cfg, tmp_path / "c.yaml"
+
+
+def test_training_on_mr_images_declared_ct_is_refused_naming_file_and_declaration(tmp_path, capsys):
+    import yaml
+
+    from bfaseg.cli.main import main
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(3):
+        lab = np.zeros((24, 24, 16), np.uint8)
+        lab[6:18, 6:18, 4:12] = 1
+        cases.append(((195 + rng.random(lab.shape) * 400 + lab * 450.0).astype(np.float32), lab))
+    root, cfg, _ = _ct_declared_dataset(tmp_path, cases)
     out = tmp_path / "out"
     assert main(["train", str(tmp_path / "c.yaml"), "--output", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -486,29 +497,15 @@ def test_inference_reads_images_as_training_did_and_checks_them_against_it(tmp_p
     """With ``data.modality: auto`` training reads every image with dataset.json's CT; an image read on its own
     decides by its minimum, so a CT crop without air was windowed in training and z-scored by predict and
     evaluate. The checkpoint records what training read; inference reads alike and checks new images against it."""
-    import json
-
     import nibabel as nib
-    import yaml
 
     from bfaseg.cli.main import main
     from bfaseg.data.nifti_dataset import inference_modality
     from bfaseg.evaluation import predict as predict_module
 
-    root = tmp_path / "ds"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(3):
-        img = _ct_like(rng)[5:19, 5:19]  # a crop of the body: fat and bone, no air (minimum above -500 HU)
-        lab = (img > 0).astype(np.uint8)
-        nib.save(nib.Nifti1Image(img, np.eye(4)), str(root / "imagesTr" / f"c{i}_0000.nii.gz"))
-        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1}}))
-    cfg = {"data": {"dataset": "nifti", "root": str(root), "patch_size": [16, 16, 16], "labeled": 1, "val_cases": 1},
-           "model": {"name": "vnet", "num_classes": 2, "base_channels": 4},
-           "train": {"iterations": 2, "threads": 1, "precision": "fp32"}, "method": {"name": "supervised"}}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    crops = [_ct_like(rng)[5:19, 5:19] for _ in range(3)]  # a crop of the body: fat and bone, no air (minimum above -500 HU)
+    root, cfg, _ = _ct_declared_dataset(tmp_path, [(img, (img > 0).astype(np.uint8)) for img in crops])
     run = tmp_path / "run"
     assert main(["train", str(tmp_path / "c.yaml"), "--output", str(run), "--no-progress"]) == 0
     state = ckpt.load_checkpoint(run / "checkpoints/last.pt")
