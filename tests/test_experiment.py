@@ -199,11 +199,15 @@ def test_mean_teacher_variants_teacher_modes():
 
     base = tiny_config("supervised", precision="fp32")
     mode = {v: resolve_teacher_mode(variant_config(base, v, 1, []))
-            for v in VARIANTS if VARIANTS[v]["method"]["name"] in ("mean_teacher", "ua_mt")}
+            for v in VARIANTS if VARIANTS[v]["method"]["name"] in ("mean_teacher", "ua_mt", "bcp")}
     assert mode == {"mean_teacher": ("train", "the method's default"),
                     "mean_teacher_teacher_eval": ("eval", "train.teacher_mode"),
                     "mean_teacher_no_consistency": ("eval", "train.teacher_mode"),
-                    "ua_mt": ("eval", "the method's default")}
+                    "ua_mt": ("eval", "the method's default"),
+                    "ua_mt_teacher_train": ("train", "train.teacher_mode"),
+                    "bcp": ("eval", "the method's default"),
+                    "bcp_teacher_train": ("train", "train.teacher_mode"),
+                    "bcp_slow_teacher": ("eval", "the method's default")}
     assert "mean_teacher_teacher_train" not in VARIANTS  # the same as mean_teacher now
     # --set train.teacher_mode still overrides a variant's pin
     assert variant_config(base, "mean_teacher_teacher_eval", 1, ["train.teacher_mode=train"]).train.teacher_mode == "train"

@@ -34,6 +34,7 @@ PROTOTYPE = {"align_form": "prototype", "align_target": "gt"}
 # the mean teacher's teacher mode until train mode (the reference's) became its default: variants measured with
 # it pin it, so their meaning does not change
 EVAL_TEACHER = "eval"
+TRAIN_TEACHER = "train"
 
 # name -> config overrides; every variant shares the base config's budget
 VARIANTS: dict[str, dict] = {
@@ -54,6 +55,10 @@ VARIANTS: dict[str, dict] = {
                                     "train": {"teacher_mode": EVAL_TEACHER}},
     "ua_mt": {"method": {"name": "ua_mt"}},
     "bcp": {"method": {"name": "bcp"}},
+    # UA-MT and BCP with the teacher in train mode, as both references run theirs (SSL4MIS never calls
+    # ema_model.eval(); BCP calls ema_model.train()): the switch that closed the mean teacher's gap
+    "ua_mt_teacher_train": {"method": {"name": "ua_mt"}, "train": {"teacher_mode": TRAIN_TEACHER}},
+    "bcp_teacher_train": {"method": {"name": "bcp"}, "train": {"teacher_mode": TRAIN_TEACHER}},
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999
     "bcp_slow_teacher": {"method": {"name": "bcp"}, "train": {"ema_decay": 0.999}},
     "bfa": {"method": {"name": "bfa"}},
