@@ -271,7 +271,7 @@ def test_pseudo_boundary_errors_by_region(tmp_path, monkeypatch):
 
 
 def test_the_default_is_the_contrast_form_on_memory_anchors():
-    """Chosen on ACDC val over the prototype form (docs/RESULTS.md, "Alignment and mixing forms")."""
+    """Chosen on ACDC val over the prototype form (docs/RESULTS.md, "BFA ablation, alignment and mixing forms")."""
     from bfaseg.methods.bfa import BFAParams
 
     p = BFAParams()

@@ -68,7 +68,7 @@ VARIANTS: dict[str, dict] = {
     "bfa_no_align": {"method": {"name": "bfa", "alignment": False}},
     "bfa_all_off": {"method": {"name": "bfa", "boundary_head": False, "boundary_mixing": False, "alignment": False}},
     # BFA with the first alignment form (one cosine between two class prototypes), the default until the
-    # contrastive form beat it on two seeds (docs/RESULTS.md, "Alignment and mixing forms"), and its ablation
+    # contrastive form beat it on two seeds (docs/RESULTS.md, "BFA ablation, alignment and mixing forms"), and its ablation
     "bfa_align_prototype": {"method": {"name": "bfa", **PROTOTYPE}},
     "bfa_align_prototype_no_head": {"method": {"name": "bfa", "boundary_head": False, **PROTOTYPE}},
     "bfa_align_prototype_no_mixing": {"method": {"name": "bfa", "boundary_mixing": False, **PROTOTYPE}},

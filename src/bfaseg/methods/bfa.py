@@ -74,7 +74,7 @@ class BFAParams(BCPParams):
     align_rampup: float = 0.3
     align_stage: int | None = None  # default: the boundary stage
     # contrast with memory anchors: ACDC val 79.21 +- 1.41 against 77.58 +- 1.13 for prototype/gt, better
-    # Dice, 95HD and ASD on both seeds (docs/RESULTS.md, "Alignment and mixing forms"; chosen on val)
+    # Dice, 95HD and ASD on both seeds (docs/RESULTS.md, "BFA ablation, alignment and mixing forms"; chosen on val)
     align_target: Literal["gt", "memory"] = "memory"
     align_form: Literal["prototype", "voxel", "contrast"] = "contrast"
     align_temperature: float = Field(default=0.1, gt=0)  # InfoNCE temperature of align_form=contrast
