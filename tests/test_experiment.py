@@ -199,7 +199,8 @@ def test_mean_teacher_variants_teacher_modes():
 
     base = tiny_config("supervised", precision="fp32")
     mode = {v: resolve_teacher_mode(variant_config(base, v, 1, []))
-            for v in VARIANTS if VARIANTS[v]["method"]["name"] in ("mean_teacher", "ua_mt", "bcp")}
+            for v in VARIANTS if VARIANTS[v]["method"]["name"] in ("mean_teacher", "ua_mt", "bcp")
+            or v in ("bfa", "bfa_teacher_train")}
     assert mode == {"mean_teacher": ("train", "the method's default"),
                     "mean_teacher_teacher_eval": ("eval", "train.teacher_mode"),
                     "mean_teacher_no_consistency": ("eval", "train.teacher_mode"),
@@ -207,7 +208,10 @@ def test_mean_teacher_variants_teacher_modes():
                     "ua_mt_teacher_train": ("train", "train.teacher_mode"),
                     "bcp": ("eval", "the method's default"),
                     "bcp_teacher_train": ("train", "train.teacher_mode"),
-                    "bcp_slow_teacher": ("eval", "the method's default")}
+                    "bcp_slow_teacher": ("eval", "the method's default"),
+                    "bcp_constant_lr": ("eval", "the method's default"),
+                    "bfa": ("eval", "the method's default"),
+                    "bfa_teacher_train": ("train", "train.teacher_mode")}
     assert "mean_teacher_teacher_train" not in VARIANTS  # the same as mean_teacher now
     # --set train.teacher_mode still overrides a variant's pin
     assert variant_config(base, "mean_teacher_teacher_eval", 1, ["train.teacher_mode=train"]).train.teacher_mode == "train"

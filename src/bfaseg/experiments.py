@@ -59,9 +59,13 @@ VARIANTS: dict[str, dict] = {
     # ema_model.eval(); BCP calls ema_model.train()): the switch that closed the mean teacher's gap
     "ua_mt_teacher_train": {"method": {"name": "ua_mt"}, "train": {"teacher_mode": TRAIN_TEACHER}},
     "bcp_teacher_train": {"method": {"name": "bcp"}, "train": {"teacher_mode": TRAIN_TEACHER}},
+    # BCP with the reference's constant learning rate (its two stages never decay it; bfaseg's poly schedule does)
+    "bcp_constant_lr": {"method": {"name": "bcp"}, "train": {"schedule": "constant"}},
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999
     "bcp_slow_teacher": {"method": {"name": "bcp"}, "train": {"ema_decay": 0.999}},
     "bfa": {"method": {"name": "bfa"}},
+    # BFA (built on BCP) with its teacher in train mode, as BCP's reference runs its teacher
+    "bfa_teacher_train": {"method": {"name": "bfa"}, "train": {"teacher_mode": TRAIN_TEACHER}},
     # the ablation: today's default minus one part (alignment off: its form is unused)
     "bfa_no_head": {"method": {"name": "bfa", "boundary_head": False}},
     "bfa_no_mixing": {"method": {"name": "bfa", "boundary_mixing": False}},
