@@ -129,7 +129,8 @@ def _marker_volume(shape):
     return image, label
 
 
-@pytest.mark.parametrize("shape,patch", [((20, 18, 10), (12, 12, 8)), ((10, 8, 6), (12, 12, 8))])
+@pytest.mark.parametrize("shape,patch", [((20, 18, 10), (12, 12, 8)), ((10, 8, 6), (12, 12, 8)),
+                                         ((20, 18, 10), (16, 8, 8))])  # x-y not square: no quarter turns
 def test_3d_augment_keeps_alignment(shape, patch):
     image, label = _marker_volume(shape)
     rng = np.random.default_rng(3)

@@ -32,9 +32,13 @@ def random_crop(arrays: list[np.ndarray], size: tuple[int, ...], rng: np.random.
 
 
 def random_rot90_flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Random rot90 in the first two axes (x-y for LA) then a flip of axis 0 or 1 (as the reference)."""
+    """Random rot90 in the first two axes (x-y for LA) then a flip of axis 0 or 1 (as the reference).
+    Where those axes differ in length, a quarter turn would change the shape (after the 3-D crop: a batch of
+    mixed shapes), so the turn is by 0 or 180 degrees there; the same draws either way."""
     k = int(rng.integers(0, 4))
     axis = int(rng.integers(0, 2))
+    if arrays[0].shape[0] != arrays[0].shape[1]:
+        k = k // 2 * 2
     out = []
     for a in arrays:
         a = np.rot90(a, k, axes=(0, 1))
