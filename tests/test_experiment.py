@@ -206,12 +206,12 @@ def test_mean_teacher_variants_teacher_modes():
                     "mean_teacher_no_consistency": ("eval", "train.teacher_mode"),
                     "ua_mt": ("eval", "the method's default"),
                     "ua_mt_teacher_train": ("train", "train.teacher_mode"),
-                    "bcp": ("eval", "the method's default"),
-                    "bcp_teacher_train": ("train", "train.teacher_mode"),
-                    "bcp_slow_teacher": ("eval", "the method's default"),
-                    "bcp_constant_lr": ("eval", "the method's default"),
+                    "bcp": ("train", "the method's default"),
+                    "bcp_teacher_eval": ("eval", "train.teacher_mode"),
+                    "bcp_slow_teacher": ("eval", "train.teacher_mode"),
+                    "bcp_constant_lr": ("train", "the method's default"),
                     "bfa": ("eval", "the method's default"),
                     "bfa_teacher_train": ("train", "train.teacher_mode")}
-    assert "mean_teacher_teacher_train" not in VARIANTS  # the same as mean_teacher now
+    assert "mean_teacher_teacher_train" not in VARIANTS and "bcp_teacher_train" not in VARIANTS  # the defaults now
     # --set train.teacher_mode still overrides a variant's pin
     assert variant_config(base, "mean_teacher_teacher_eval", 1, ["train.teacher_mode=train"]).train.teacher_mode == "train"

@@ -382,17 +382,18 @@ def test_teacher_decay_bfa_slow_by_default_others_follow_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("method,fraction,pretrain,mode", [
-    ("bcp", 3, 3, None), ("bfa", 1 / 7, 1, None), ("mean_teacher", None, 0, "eval"), ("mean_teacher", None, 0, None)])
+    ("bcp", 3, 3, None), ("bcp", 3, 3, "eval"), ("bfa", 1 / 7, 1, None), ("mean_teacher", None, 0, "eval"),
+    ("mean_teacher", None, 0, None)])
 def test_teacher_life_through_the_trainer(tmp_path, method, fraction, pretrain, mode):
     """Frozen during pre-training, a copy of the student when it ends, then closed-form EMA
     (decay min(1 - 1/(t+1), ema_decay)) on parameters AND BatchNorm running statistics. A teacher that
-    predicts in train mode (the mean teacher's default) moves its own running statistics in its forward
+    predicts in train mode (the mean teacher's and BCP's default) moves its own running statistics in its forward
     pass before the EMA, as the reference's does: there only the parameters and counters follow the formula."""
     params = {"pretrain": fraction} if pretrain else {}  # > 1: iterations; <= 1: a fraction of the 7
     t = _trainer(tmp_path, method, train={"iterations": 7, "val_every": 7, "log_every": 7, "checkpoint_every": 7,
                                           "ema_decay": 0.6, **({"teacher_mode": mode} if mode else {})}, **params)
     own_statistics = t.teacher_mode == "train"
-    assert own_statistics == (method == "mean_teacher" and mode is None)
+    assert own_statistics == (method in ("mean_teacher", "bcp") and mode is None)
     assert all(not p.requires_grad for p in t.teacher.parameters())
     assert getattr(t.method, "pretrain_iterations", 0) == pretrain
     snaps = []
@@ -563,7 +564,7 @@ def test_ua_mt_mask_keeps_the_low_entropy_voxels(tmp_path, monkeypatch):
 
 
 OPTIONS = {
-    "bcp": [{"teacher_mode": "train"}, {"confidence": 0.9}, {"component_filter": 0.0}, {"component_filter": 0.3},
+    "bcp": [{"teacher_mode": "eval"}, {"confidence": 0.9}, {"component_filter": 0.0}, {"component_filter": 0.3},
             {"supervised_weight": 0.5}, {"pseudo_rampup": 0.5}, {"box_fraction": 0.5}],
     "bfa": [{"align_target": "memory"}, {"lambda_distance": 0.5}, {"boundary_fuse": False}, {"boundary_stage": 2},
             {"align_stage": 3}, {"boundary_thickness": 2}, {"confidence": 0.95}, {"teacher_mode": "train"},

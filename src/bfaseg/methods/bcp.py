@@ -54,6 +54,10 @@ class BCP(Method):
     needs_teacher = True
     uses_unlabeled = True
     Params = BCPParams
+    # train mode, as both BCP references run their teacher (ema_model.train()): with an eval-mode teacher BCP's
+    # val Dice drifted down once pseudo-labels weighed in and ended 12 points below the reference's (ACDC val,
+    # docs/RESULTS.md "Reference parity"); variant bcp_teacher_eval keeps the old mode
+    teacher_mode = "train"
 
     def __init__(self, params, trainer):
         super().__init__(params, trainer)
@@ -116,7 +120,7 @@ class BCP(Method):
             pieces = [(parts[0], parts[1])]
         else:
             x_u = batch["image_u"]
-            if self.t.teacher_mode == "eval":  # the trainer resolves it: train.teacher_mode, else eval (BCP, BFA)
+            if self.t.teacher_mode == "eval":  # the trainer resolves it: train.teacher_mode, else the method's
                 # one teacher pass for both halves: in eval mode a sample's prediction does not depend on the
                 # rest of the batch, and batches of one take PyTorch's slow non-oneDNN convolutions on CPU
                 n_a = x_u[a].shape[0]

@@ -113,6 +113,9 @@ def global_means(means: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tenso
 class BFA(BCP):
     name = "bfa"
     Params = BFAParams
+    # not BCP's train mode: BFA was tuned and measured with an eval-mode teacher (variant bfa_teacher_train
+    # measures the switch)
+    teacher_mode = "eval"
     may_leave_parameters_unused = True
 
     def __init__(self, params, trainer):
