@@ -31,8 +31,8 @@ MATCH = "match_student_images_of"
 # BFA's first alignment form (its default until the contrastive form replaced it)
 PROTOTYPE = {"align_form": "prototype", "align_target": "gt"}
 
-# the mean teacher's teacher mode until train mode (the reference's) became its default: variants measured with
-# it pin it, so their meaning does not change
+# teacher modes pinned by variants: the eval mode the mean teacher and BCP had until train mode (their references')
+# became their default, so the variants measured with it keep their meaning; train mode to try it elsewhere
 EVAL_TEACHER = "eval"
 TRAIN_TEACHER = "train"
 

@@ -31,13 +31,13 @@ def random_crop(arrays: list[np.ndarray], size: tuple[int, ...], rng: np.random.
     return [a[sl] for a in arrays]
 
 
-def random_rot90_flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+def random_rot90_flip(arrays: list[np.ndarray], rng: np.random.Generator, keep_shape: bool = False) -> list[np.ndarray]:
     """Random rot90 in the first two axes (x-y for LA) then a flip of axis 0 or 1 (as the reference).
-    Where those axes differ in length, a quarter turn would change the shape (after the 3-D crop: a batch of
-    mixed shapes), so the turn is by 0 or 180 degrees there; the same draws either way."""
+    ``keep_shape`` (after the 3-D crop, where a changed shape would mix shapes in a batch): where those axes
+    differ in length the turn is by 0 or 180 degrees; the same draws either way."""
     k = int(rng.integers(0, 4))
     axis = int(rng.integers(0, 2))
-    if arrays[0].shape[0] != arrays[0].shape[1]:
+    if keep_shape and arrays[0].shape[0] != arrays[0].shape[1]:
         k = k // 2 * 2
     out = []
     for a in arrays:
@@ -62,7 +62,7 @@ def augment(
     """The protocol augmentation: 3-D = crop + rot90/flip; 2-D = rot90/flip or a small rotation, then crop."""
     if arrays[0].ndim == 3:
         arrays = random_crop(arrays, patch_size, rng)
-        arrays = random_rot90_flip(arrays, rng)
+        arrays = random_rot90_flip(arrays, rng, keep_shape=True)
     else:
         use_rot90 = rotation == "rot90_flip" or (rotation == "both" and rng.random() < 0.5)
         arrays = random_rot90_flip(arrays, rng) if use_rot90 else random_rotate(arrays, rng)

@@ -300,7 +300,7 @@ class Trainer:
     @torch.no_grad()
     def teacher_forward(self, x: torch.Tensor, return_extras: bool = False):
         """Teacher prediction under no_grad and autocast, in the resolved ``teacher_mode`` (``train.teacher_mode``,
-        else the method's default: train for the mean teacher, eval for the others)."""
+        else the method's default, its class attribute ``teacher_mode``)."""
         assert self.teacher is not None
         self.teacher.train(self.teacher_mode == "train")
         with self.autocast():
