@@ -113,8 +113,8 @@ def global_means(means: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tenso
 class BFA(BCP):
     name = "bfa"
     Params = BFAParams
-    # not BCP's train mode: BFA was tuned and measured with an eval-mode teacher (variant bfa_teacher_train
-    # measures the switch)
+    # not BCP's train mode: BFA was tuned and measured with an eval-mode teacher, and train mode
+    # (variant bfa_teacher_train) scored the same on two ACDC seeds (docs/RESULTS.md)
     teacher_mode = "eval"
     may_leave_parameters_unused = True
 
