@@ -177,22 +177,27 @@ def test_bcp_mixed_loss_equals_reference_mix_loss(tmp_path, ndim, stage):
     torch.testing.assert_close(_grad(ours, logits), _grad(ref, logits), rtol=1e-5, atol=1e-9)
 
 
-def test_ua_mt_threshold_and_mask_follow_reference(tmp_path):
+@pytest.mark.parametrize("classes, ssl4mis_2d", [(2, False), (4, True)], ids=["la_original", "ssl4mis_2d_port"])
+def test_ua_mt_threshold_and_mask_follow_reference(tmp_path, classes, ssl4mis_2d):
     """Threshold (0.75 + 0.25 sigmoid_rampup(iter, max_iterations)) ln 2 (yulequan/UA-MT
     train_LA_meanteacher_certainty_unlabel.py); mask = entropy < threshold; consistency =
-    sum(mask * mse) / (K sum(mask)); the certain fraction is logged."""
+    sum(mask * mse) / (2 sum(mask)); the certain fraction is logged. The original has two classes (ln 2 = ln K,
+    2 = K); SSL4MIS's train_uncertainty_aware_mean_teacher_2D.py keeps ln 2 and the 2 for its four classes,
+    which entropy_bound_classes: 2 and consistency_classes: 2 reproduce (the default there: ln 4 and 4)."""
     total = 6000
     raw = tiny_config("ua_mt", iterations=total, precision="fp32")
-    raw["data"]["synthetic_classes"] = 2
-    raw["model"]["num_classes"] = 2  # the reference's ln 2 is ln K for K = 2
+    raw["data"]["synthetic_classes"] = classes
+    raw["model"]["num_classes"] = classes
+    if ssl4mis_2d:
+        raw["method"].update(entropy_bound_classes=2, consistency_classes=2)
     t = Trainer(validate_config(raw), tmp_path / "uamt", progress=False)
     batch = _batch(t)
     spatial = tuple(batch["image_u"].shape[2:])
     n_u = batch["image_u"].shape[0]
     g = torch.Generator().manual_seed(0)
     entropy = torch.rand((n_u,) + spatial, generator=g) * math.log(2)  # spread over [0, ln 2)
-    teacher_logits = torch.randn((n_u, 2) + spatial, generator=g)
-    logits = torch.randn((2 * n_u, 2) + spatial, generator=g, requires_grad=True)
+    teacher_logits = torch.randn((n_u, classes) + spatial, generator=g)
+    logits = torch.randn((2 * n_u, classes) + spatial, generator=g, requires_grad=True)
     t.method.uncertainty = lambda x: entropy
     t.teacher_forward = lambda x: teacher_logits
     t.method.student = lambda x: logits
@@ -208,6 +213,45 @@ def test_ua_mt_threshold_and_mask_follow_reference(tmp_path):
         assert logs["consistency"].item() == pytest.approx(ref_cons.item(), abs=1e-6)
         fractions.append(logs["certain"].item())
     assert fractions == sorted(fractions) and fractions[3] < 0.95  # still uncertain voxels at half the run
+
+
+def test_ua_mt_defaults_follow_the_number_of_classes(tmp_path):
+    """Without the 2-D port's constants, four classes give the bound ln 4 and the mean over the 4 classes:
+    half the port's consistency term on the same batch."""
+    raw = tiny_config("ua_mt", iterations=100, precision="fp32")
+    raw["data"]["synthetic_classes"] = raw["model"]["num_classes"] = 4
+    t = Trainer(validate_config(raw), tmp_path / "uamt", progress=False)
+    assert t.method.threshold(99) == pytest.approx(math.log(4) * (0.75 + 0.25 * ref_sigmoid_rampup(99, 100)))
+    batch = _batch(t)
+    n_u = batch["image_u"].shape[0]
+    g = torch.Generator().manual_seed(1)
+    teacher_logits = torch.randn((n_u, 4) + tuple(batch["image_u"].shape[2:]), generator=g)
+    logits = torch.randn((2 * n_u,) + tuple(teacher_logits.shape[1:]), generator=g)
+    t.method.uncertainty = lambda x: torch.zeros(teacher_logits[:, 0].shape)  # every voxel certain
+    t.teacher_forward = lambda x: teacher_logits
+    t.method.student = lambda x: logits
+    _, logs = t.method.training_step(batch, 50)
+    t.method.p.consistency_classes = 2
+    _, port = t.method.training_step(batch, 50)
+    assert port["consistency"].item() == pytest.approx(2 * logs["consistency"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_ua_mt_monte_carlo_passes_use_the_teacher_mode_with_dropout(tmp_path, mode):
+    """The uncertainty passes normalise as the consistency target does (train mode: each pass its own batch,
+    as the reference, which never calls ema_model.eval()), always with dropout on; the mode stays after."""
+    raw = tiny_config("ua_mt", precision="fp32")
+    raw["train"]["teacher_mode"] = mode
+    t = Trainer(validate_config(raw), tmp_path / "uamt", progress=False)
+    seen = []
+    norms = [m for m in t.teacher.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    drops = [m for m in t.teacher.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d))]
+    assert norms and drops
+    hook = norms[0].register_forward_pre_hook(lambda m, a: seen.append((m.training, all(d.training for d in drops))))
+    t.method.uncertainty(_batch(t)["image_u"])
+    hook.remove()
+    assert seen == [(mode == "train", True)] * t.method.p.mc_passes
+    assert all(m.training == (mode == "train") for m in norms + drops)
 
 
 def test_mean_teacher_consistency_weight_and_ema_follow_reference(tmp_path):

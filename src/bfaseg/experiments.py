@@ -57,6 +57,12 @@ VARIANTS: dict[str, dict] = {
     # UA-MT with the teacher in train mode, as its reference runs it (SSL4MIS never calls ema_model.eval()): the
     # switch that closed the mean teacher's and BCP's gaps
     "ua_mt_teacher_train": {"method": {"name": "ua_mt"}, "train": {"teacher_mode": TRAIN_TEACHER}},
+    # the two constants SSL4MIS's 2-D UA-MT kept from the two-class original, one at a time and together with
+    # its train-mode teacher: the entropy bound ln 2 (not ln K), the consistency / (2 x certain voxels) (not K x)
+    "ua_mt_entropy_ln2": {"method": {"name": "ua_mt", "entropy_bound_classes": 2}},
+    "ua_mt_consistency_div2": {"method": {"name": "ua_mt", "consistency_classes": 2}},
+    "ua_mt_ssl4mis_2d": {"method": {"name": "ua_mt", "entropy_bound_classes": 2, "consistency_classes": 2},
+                         "train": {"teacher_mode": TRAIN_TEACHER}},
     # BCP's teacher predicts in train mode, as both references' (ema_model.train()): its default since it beat
     # eval mode by 11 points on ACDC val (earlier runs: bcp_teacher_train)
     "bcp": {"method": {"name": "bcp"}},

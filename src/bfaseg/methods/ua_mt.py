@@ -1,10 +1,13 @@
 """Uncertainty-aware mean teacher (Yu et al. 2019).
 
-The teacher runs T Monte-Carlo passes (input noise + dropout only: BatchNorm stays in
-eval mode), the predictive entropy marks uncertain voxels, and the consistency loss
-is computed only where the entropy is below a threshold that ramps from 0.75 to 1.0
-of the maximum entropy ln(K) for K classes (the reference's 2-D port kept ln 2 for
-four classes; here the bound follows K). As in the reference (yulequan/UA-MT,
+The teacher runs T Monte-Carlo passes (input noise + dropout, BatchNorm in the teacher's
+mode), the predictive entropy marks uncertain voxels, and the consistency loss is computed
+only where the entropy is below a threshold that ramps from 0.75 to 1.0 of the maximum
+entropy ln(K) for K classes. The reference's 2-D port (SSL4MIS) kept two constants of the
+two-class LA original for its four classes: the bound ln 2 and the division of the masked
+squared error by 2 x the certain voxels (here by K x, the mean over classes, so at K = 4 its
+consistency term is twice bfaseg's); ``entropy_bound_classes: 2`` and ``consistency_classes: 2``
+restore them. As in the reference (yulequan/UA-MT,
 train_LA_meanteacher_certainty_unlabel.py), the threshold ramps over the WHOLE run and
 reaches its end value only at the last iteration: the entropy never reaches ln(K), so an
 earlier end would make the mask all ones and UA-MT a plain mean teacher from then on.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from bfaseg.methods.base import noisy, sigmoid_rampup
@@ -25,8 +29,10 @@ from bfaseg.losses import dice_ce_loss
 
 class UAMTParams(MeanTeacherParams):
     mc_passes: int = 8
-    threshold_start: float = 0.75  # fraction of ln(K)
+    threshold_start: float = 0.75  # fraction of ln(entropy_bound_classes)
     threshold_end: float = 1.0
+    entropy_bound_classes: int | None = Field(None, ge=2)  # None: the data's K; 2: SSL4MIS's 2-D port (ln 2)
+    consistency_classes: int | None = Field(None, ge=1)  # squared error / (this x certain voxels); None: K
 
 
 def _set_dropout(model: nn.Module, active: bool) -> None:
@@ -37,8 +43,8 @@ def _set_dropout(model: nn.Module, active: bool) -> None:
 
 class UAMT(MeanTeacher):
     name = "ua_mt"
-    # not the mean teacher's train mode: UA-MT was measured with an eval-mode teacher, and changing it is a
-    # separate, unmeasured change (train.teacher_mode: train tries it)
+    # not the mean teacher's train mode: UA-MT was measured with an eval-mode teacher (variant
+    # ua_mt_teacher_train measures the switch)
     teacher_mode = "eval"
     Params = UAMTParams
 
@@ -50,12 +56,14 @@ class UAMT(MeanTeacher):
         """Entropy bound of the certainty mask: ramps over the whole run (train.iterations)."""
         ramp = sigmoid_rampup(iteration, self.t.total_iterations)
         frac = self.p.threshold_start + (self.p.threshold_end - self.p.threshold_start) * ramp
-        return frac * math.log(self.t.num_classes)
+        return frac * math.log(self.p.entropy_bound_classes or self.t.num_classes)
 
     @torch.no_grad()
     def uncertainty(self, x_u: torch.Tensor) -> torch.Tensor:
         teacher = self.t.teacher
-        teacher.eval()
+        # dropout on in every pass; BatchNorm as the consistency target's (the reference's train mode:
+        # each pass normalises its own noisy batch)
+        teacher.train(self.t.teacher_mode == "train")
         _set_dropout(teacher, True)
         try:
             probs = 0
@@ -65,7 +73,7 @@ class UAMT(MeanTeacher):
                 probs = probs + torch.softmax(out.float(), 1)
             probs = probs / self.p.mc_passes
         finally:
-            _set_dropout(teacher, False)
+            teacher.train(self.t.teacher_mode == "train")
         return -(probs * torch.log(probs + 1e-6)).sum(1)
 
     def training_step(self, batch, iteration):
@@ -77,6 +85,6 @@ class UAMT(MeanTeacher):
         entropy = self.uncertainty(x_u)
         mask = (entropy < self.threshold(iteration)).float().unsqueeze(1)
         sq = (torch.softmax(logits[n_l:].float(), 1) - teacher_probs) ** 2
-        cons = (mask * sq).sum() / (mask.sum() * sq.shape[1] + 1e-16)
+        cons = (mask * sq).sum() / (mask.sum() * (self.p.consistency_classes or sq.shape[1]) + 1e-16)
         w = self.consistency_weight(iteration)
         return sup + w * cons, {"sup": sup.detach(), "consistency": cons.detach(), "certain": mask.mean()}
