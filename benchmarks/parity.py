@@ -48,8 +48,8 @@ The consistency ramp of SSL4MIS's semi-supervised scripts: ``--rampup published`
 ``score`` predicts each volume of ``--split`` slice by slice and scores it with bfaseg's metrics (the
 scorer of ``bfaseg experiment``: medpy-compatible Dice, Jaccard, 95HD, ASD in voxels, NaN policy for empty
 classes): reference runs with their own network class and their training's image resize (``zoom_nearest``:
-SSL4MIS's and BCP's ``RandomGenerator`` zoom images with order 0), bfaseg runs with bfaseg's
-(``zoom_linear``), each in the precision it trained in. tests/test_parity_harness.py runs both commands
+SSL4MIS's and BCP's ``RandomGenerator`` zoom images with order 0), bfaseg runs with their own
+(``data.slice_resize``: ``zoom_linear`` by default), each in the precision it trained in. tests/test_parity_harness.py runs both commands
 on tiny stand-in checkouts (tests/parity_standin/, tests/parity_standin_bcp/).
 """
 
@@ -320,7 +320,7 @@ def cmd_score(a) -> int:
 
     from bfaseg.data.readers import load_cases, read_list
     from bfaseg.inference.checkpoints import load_model_from_checkpoint
-    from bfaseg.inference.predictor import run_precision
+    from bfaseg.inference.predictor import run_precision, slice_image_resize
 
     torch.set_num_threads(a.threads)
     root = Path(a.data)
@@ -340,7 +340,8 @@ def cmd_score(a) -> int:
         elif (run / "checkpoints" / "last.pt").is_file():  # a bfaseg run
             ckpt = run / "checkpoints" / "last.pt"
             model, cfg, state = load_model_from_checkpoint(ckpt, "cpu")
-            side, patch, k, resize = "bfaseg", list(cfg.data.patch_size), cfg.model.num_classes, "zoom_linear"
+            side, patch, k = "bfaseg", list(cfg.data.patch_size), cfg.model.num_classes
+            resize = slice_image_resize(cfg)  # its training's slice zoom (data.slice_resize)
             precision = run_precision(ckpt, cfg, state, torch.device("cpu"))
             seed, iterations = cfg.train.seed, cfg.train.iterations
             variant = run.name.removesuffix(f"_s{seed}")

@@ -197,7 +197,7 @@ def test_teacher_head_boundaries_replace_the_pseudo_sources_only(tmp_path, monke
                              patch_size=t.patch_size, seed=0, total_iterations=10)[3]
     box = torch.zeros(2, *t.patch_size)
     box[:, 4:20, 2:18] = 1.0
-    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device, **kw: box[:n].clone())
     mix = m.mixed_batch(batch, 3)
     x_u = batch["image_u"]
     out = t.teacher_forward(torch.cat([x_u[:2], x_u[2:4]]), return_extras=True)  # one pass: eval-mode teacher

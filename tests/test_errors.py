@@ -227,6 +227,8 @@ CASES = [
          ["{tmp}/config.yaml: method.name: unknown method 'fancy' (choose from"]),
     Case("bad_method_param", synth("method", name="bfa", lambda_boundry=1.0),
          ["{tmp}/config.yaml: method.lambda_boundry: unknown key"]),
+    Case("bfa_per_direction_forward", synth("method", name="bfa", per_direction_forward=True),
+         ["{tmp}/config.yaml: method.per_direction_forward: BCP only"]),
     Case("bad_method_value", synth("method", name="bcp", pseudo_weight="lots"),
          ["{tmp}/config.yaml: method.pseudo_weight: Input should be a valid number"]),
     Case("set_without_value", lambda tmp: (SYNTH, ["--set", "train.iterations"]),
@@ -266,6 +268,8 @@ CASES = [
     Case("acdc_missing_val_list", acdc(lambda root: (root / "val.list").unlink()),
          ["list file not found: {tmp}/ACDC/val.list"]),
     Case("acdc_3d_patch", acdc(patch_size=[16, 16, 16]), ["data.patch_size: ACDC trains 2-D slices"]),
+    Case("slice_resize_not_acdc", la(slice_resize="nearest"),
+         ["data.slice_resize: only ACDC resizes its 2-D slices, not 'la' (keep 'linear')"]),
     # h5 contents
     Case("corrupt_h5", la(_garbage_la),
          ["{tmp}/LA/2018LA_Seg_Training Set/case_b/mri_norm2.h5: cannot read h5 file"]),

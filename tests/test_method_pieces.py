@@ -103,7 +103,7 @@ def test_mixed_batch_voxel_by_voxel_both_directions(tmp_path, monkeypatch, rows,
     t = _trainer(tmp_path, "bcp", train={"teacher_mode": teacher_mode}, pretrain=2, pseudo_weight=0.3)
     m = t.method
     box = _box(2, rows, cols)
-    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device, **kw: box[:n].clone())
     monkeypatch.setattr(m, "pseudo_labels", _fake_pseudo_labels)
     batch = _batch()
     x_l, y_l, x_u = batch["image_l"], batch["label_l"], batch["image_u"]
@@ -126,7 +126,7 @@ def test_mixed_batch_in_pretraining_pastes_labeled_into_labeled(tmp_path, monkey
     t = _trainer(tmp_path, "bcp", pretrain=2)
     m = t.method
     box = _box(2, slice(3, 24), slice(8, 29))
-    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device, **kw: box[:n].clone())
     monkeypatch.setattr(m, "pseudo_labels", lambda x: pytest.fail("no teacher during pre-training"))
     batch = _batch()
     x_l, y_l = batch["image_l"], batch["label_l"]
@@ -142,7 +142,7 @@ def test_box_size_follows_box_fraction(tmp_path, monkeypatch):
     t = _trainer(tmp_path, "bcp", pretrain=0.0, box_fraction=0.25)
     t.copy_student_to_teacher()
     seen = []
-    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda *a: seen.append(a[2]) or cuboid_mask(*a))
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda *a, **kw: seen.append(a[2]) or cuboid_mask(*a, **kw))
     mix = t.method.mixed_batch(_batch(), 3)
     assert seen == [0.25] and mix["box"].sum((1, 2)).tolist() == [64.0, 64.0]
 
@@ -196,7 +196,7 @@ def test_boundary_targets_have_no_band_on_the_paste_seam(tmp_path, monkeypatch):
     contour inside the pasted box survives exactly."""
     t = _trainer(tmp_path, "bfa", pretrain=0.0)
     box = _box(2, slice(8, 29), slice(0, 21))
-    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device, **kw: box[:n].clone())
     pl = torch.ones(4, H, W, dtype=torch.long)
     pl[:, 12:18, 4:10] = 2  # a pseudo-label contour inside the box (direction 1)
     monkeypatch.setattr(t.method, "pseudo_labels", lambda x: (pl[: x.shape[0]], torch.ones(x.shape[0], H, W)))
@@ -216,7 +216,7 @@ def test_training_step_feeds_the_premixed_boundaries_to_head_and_alignment(tmp_p
     t = _trainer(tmp_path, "bfa", pretrain=0.0, supervised_weight=0.5, min_boundary_voxels=1)
     t.copy_student_to_teacher()
     box = _box(2, slice(8, 30), slice(0, 21))  # rows 28-29 fill half a pooled cell: origin ties at 0.5
-    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device, **kw: box[:n].clone())
     monkeypatch.setattr(t.method, "pseudo_labels", _fake_pseudo_labels)
     calls, aligned = [], []
     monkeypatch.setattr(bfa_module, "boundary_loss", lambda *a: calls.append(a) or boundary_loss(*a))
@@ -437,7 +437,7 @@ def test_bfa_loss_is_its_logged_terms_with_their_weights_and_ramps(tmp_path, mon
                  min_boundary_voxels=1)
     t.copy_student_to_teacher()
     box = _box(2, slice(8, 29), slice(0, 21))
-    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device: box[:n].clone())
+    monkeypatch.setattr(bcp_module, "cuboid_mask", lambda shape, n, fraction, device, **kw: box[:n].clone())
     monkeypatch.setattr(t.method, "pseudo_labels", _fake_pseudo_labels)
     seen = []
     monkeypatch.setattr(bfa_module, "distance_loss", lambda *a: seen.append(a) or distance_loss(*a))

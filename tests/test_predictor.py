@@ -58,7 +58,7 @@ def test_2d_networks_predict_slices_at_the_patch_size_sixteen_per_pass():
     assert np.array_equal(labels, want_labels) and torch.equal(probs, want_probs)
     assert counting.calls == [16, 4]
     assert settings == {"mode": "slice-wise", "requested_mode": "paper", "precision": "fp32", "patch_size": [16, 12],
-                        "largest_component": False}
+                        "image_resize": "zoom_linear", "largest_component": False}
     assert len(np.unique(labels)) == 3  # the bands show: a resize or axis bug would change the labels
     without, none, _ = predict_array(net, cfg, vol, ndim=2, forward=counting)
     assert none is None and np.array_equal(without, labels)

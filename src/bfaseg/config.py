@@ -74,7 +74,19 @@ class DataConfig(_Section):
     split_file: UserPath | None = None  # YAML/JSON with `labeled:` and `unlabeled:` id lists
     patch_size: list[Int] = Field(default_factory=lambda: [64, 64])
     downsample: Num = Field(default=1.0, ge=1.0)  # LA/Pancreas: shrink volumes by this factor at load time
-    rotation: Literal["rot90_flip", "rotate", "both"] = "both"  # 2-D augmentation
+    # 2-D augmentation: rot90+flip, a small rotation, either (half each), or BCP's split (half rot90+flip, a quarter
+    # rotation, a quarter unaugmented)
+    rotation: Literal["rot90_flip", "rotate", "both", "both_or_none"] = "both"
+    # the rotation's angle and image interpolation: bfaseg's (a real angle, linear) or the references' (an integer
+    # angle in [-20, 20), nearest: SSL4MIS's and BCP's random_rotate)
+    rotation_style: Literal["bfaseg", "reference"] = "bfaseg"
+    # ACDC: how 2-D slices are resized to data.patch_size, at load and at inference: linear (bfaseg) or nearest
+    # (the references' zoom(order=0), in training and in test_single_volume)
+    slice_resize: Literal["linear", "nearest"] = "linear"
+    # how batches draw samples: independently with replacement (random) or, as the references' TwoStreamBatchSampler,
+    # each labeled sample once per cycle of len(labeled) // batch_labeled steps, the unlabeled from a fresh
+    # permutation each cycle (epoch)
+    sampler: Literal["random", "epoch"] = "random"
     num_workers: Int = Field(default=0, ge=0)
     # synthetic data
     synthetic_ndim: Literal[2, 3] = 2

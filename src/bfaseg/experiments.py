@@ -36,6 +36,11 @@ PROTOTYPE = {"align_form": "prototype", "align_target": "gt"}
 EVAL_TEACHER = "eval"
 TRAIN_TEACHER = "train"
 
+# the references' 2-D data pipeline, for parity runs (docs/METHOD.md, "Differences from the reference code"): each
+# labeled slice once per cycle (TwoStreamBatchSampler / a shuffled DataLoader), integer rotation angles with a nearest
+# image interpolation, slices resized with nearest (as in the references' training and test_single_volume)
+REFERENCE_DATA = {"sampler": "epoch", "rotation_style": "reference", "slice_resize": "nearest"}
+
 # name -> config overrides; every variant shares the base config's budget
 VARIANTS: dict[str, dict] = {
     "supervised": {"method": {"name": "supervised"}},
@@ -45,6 +50,8 @@ VARIANTS: dict[str, dict] = {
                      MATCH: "bfa"},
     # the teacher predicts in train mode (BatchNorm on its own noisy unlabeled batch, dropout), as the SSL4MIS
     # reference's: the mean teacher's default since it beat eval mode (earlier runs: mean_teacher_teacher_train)
+    # supervised-only with SSL4MIS's data pipeline (its RandomGenerator's split is bfaseg's: rot90+flip or rotate)
+    "supervised_reference_data": {"method": {"name": "supervised"}, "data": REFERENCE_DATA},
     "mean_teacher": {"method": {"name": "mean_teacher"}},
     # the mean teacher as it was before: its teacher in eval mode (EMA-averaged BatchNorm statistics, no dropout)
     "mean_teacher_teacher_eval": {"method": {"name": "mean_teacher"}, "train": {"teacher_mode": EVAL_TEACHER}},
@@ -70,6 +77,11 @@ VARIANTS: dict[str, dict] = {
     "bcp_teacher_eval": {"method": {"name": "bcp"}, "train": {"teacher_mode": EVAL_TEACHER}},
     # BCP with the reference's constant learning rate (its two stages never decay it; bfaseg's poly schedule does)
     "bcp_constant_lr": {"method": {"name": "bcp"}, "train": {"schedule": "constant"}},
+    # BCP with its reference's data pipeline (its RandomGenerator: half rot90+flip, a quarter rotation, a quarter
+    # unaugmented), its one paste box per batch, and its one student forward per mixing direction, one at a time
+    "bcp_reference_data": {"method": {"name": "bcp"}, "data": {**REFERENCE_DATA, "rotation": "both_or_none"}},
+    "bcp_box_per_batch": {"method": {"name": "bcp", "box_per_batch": True}},
+    "bcp_per_direction": {"method": {"name": "bcp", "per_direction_forward": True}},
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999; made (and
     # pinned) with the eval-mode teacher of its time, as BFA's
     "bcp_slow_teacher": {"method": {"name": "bcp"}, "train": {"ema_decay": 0.999, "teacher_mode": EVAL_TEACHER}},

@@ -4,6 +4,12 @@ A batch is a pure function of (seed, iteration, rank): ``TwoStreamBatches[it]``
 draws its own generator from those numbers, so worker processes are seeded
 correctly, a resumed run sees the same batches, and each DDP rank draws from its
 own disjoint shard of the cases.
+
+Samples are drawn independently with replacement (``sampler="random"``), or as the reference
+code's ``TwoStreamBatchSampler`` (``"epoch"``): every labeled sample once per cycle of
+``len(labeled) // batch_labeled`` iterations, the unlabeled ones without repeats from a fresh
+permutation each cycle. The cycle's permutations are drawn from (seed, cycle, rank), so the
+batches are still a pure function of the iteration.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class TwoStreamBatches(Dataset):
         rank: int = 0,
         world_size: int = 1,
         rotation: str = "both",
+        rotation_style: str = "bfaseg",
+        sampler: str = "random",
         unlabeled_targets: bool = False,
     ):
         self.labeled = shard(labeled, rank, world_size)
@@ -47,18 +55,32 @@ class TwoStreamBatches(Dataset):
         self.patch_size = tuple(patch_size)
         self.seed, self.rank = seed, rank
         self.total = total_iterations
-        self.rotation = rotation
+        self.rotation, self.rotation_style = rotation, rotation_style
+        if sampler not in ("random", "epoch"):
+            raise ValueError(f"sampler must be 'random' or 'epoch', got {sampler!r}")
+        self.sampler = sampler
+        self.cycle = max(1, len(self.labeled) // batch_labeled)  # iterations per labeled cycle (epoch sampler)
         self.unlabeled_targets = unlabeled_targets  # oracle mode for diagnostics: keep true labels
 
     def __len__(self) -> int:
         return self.total
 
-    def _draw(self, pool: list[Case], n: int, rng: np.random.Generator, keep_label: bool):
+    def _indices(self, pool: list[Case], n: int, iteration: int, stream: int, rng: np.random.Generator):
+        if self.sampler == "random":
+            return rng.integers(0, len(pool), size=n)
+        cycle, step = divmod(int(iteration), self.cycle)
+        start = step * n
+        perms, need = [], start + n  # the unlabeled stream may need more than one permutation per cycle
+        while sum(len(p) for p in perms) < need:
+            perms.append(np.random.default_rng([self.seed, cycle, self.rank, stream, len(perms)]).permutation(len(pool)))
+        return np.concatenate(perms)[start:need]
+
+    def _draw(self, pool: list[Case], idx: np.ndarray, rng: np.random.Generator, keep_label: bool):
         images, labels = [], []
-        for idx in rng.integers(0, len(pool), size=n):
-            case = pool[int(idx)]
+        for i in idx:
+            case = pool[int(i)]
             label = case.label if case.label is not None else np.zeros(case.image.shape, np.uint8)
-            image, label = augment([case.image, label], self.patch_size, rng, self.rotation)
+            image, label = augment([case.image, label], self.patch_size, rng, self.rotation, self.rotation_style)
             images.append(image)
             labels.append(label)
         x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
@@ -68,13 +90,20 @@ class TwoStreamBatches(Dataset):
     def __getitem__(self, iteration: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(iteration), self.rank])
         batch = {}
-        batch["image_l"], batch["label_l"] = self._draw(self.labeled, self.batch_labeled, rng, True)
+        idx = self._indices(self.labeled, self.batch_labeled, iteration, 0, rng)
+        batch["image_l"], batch["label_l"] = self._draw(self.labeled, idx, rng, True)
         if self.batch_unlabeled:
-            x_u, y_u = self._draw(self.unlabeled, self.batch_unlabeled, rng, self.unlabeled_targets)
+            idx = self._indices(self.unlabeled, self.batch_unlabeled, iteration, 1, rng)
+            x_u, y_u = self._draw(self.unlabeled, idx, rng, self.unlabeled_targets)
             batch["image_u"] = x_u
             if y_u is not None:
                 batch["label_u"] = y_u
         return batch
+
+
+def batch_options(data_cfg) -> dict:
+    """The sampling and augmentation keys of a ``DataConfig`` that ``TwoStreamBatches`` takes."""
+    return dict(rotation=data_cfg.rotation, rotation_style=data_cfg.rotation_style, sampler=data_cfg.sampler)
 
 
 def make_loader(batches: TwoStreamBatches, start_iteration: int, num_workers: int) -> DataLoader:

@@ -127,6 +127,8 @@ def benchmark_split_ids(cfg: DataConfig, root: Path) -> tuple[list[str], list[st
 
 
 def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> DataBundle:
+    if cfg.slice_resize != "linear" and cfg.dataset != "acdc":
+        raise BfasegError(f"data.slice_resize: only ACDC resizes its 2-D slices, not {cfg.dataset!r} (keep 'linear')")
     if cfg.dataset == "synthetic":
         return _build_synthetic(cfg, num_classes)
     if cfg.dataset == "nifti":
@@ -147,8 +149,9 @@ def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> Data
         size = tuple(cfg.patch_size)
         if len(size) != 2:
             raise BfasegError(f"data.patch_size: ACDC trains 2-D slices, got {list(size)}")
+        image_order = {"linear": 1, "nearest": 0}[cfg.slice_resize]
         for c in labeled + unlabeled:  # resize once at load, not every iteration
-            c.image = resize(c.image, size, order=1)
+            c.image = resize(c.image, size, order=image_order)
             if c.label is not None:
                 c.label = resize(c.label, size, order=0)
         train_ndim = 2

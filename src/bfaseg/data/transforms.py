@@ -47,25 +47,43 @@ def random_rot90_flip(arrays: list[np.ndarray], rng: np.random.Generator, keep_s
     return out
 
 
-def random_rotate(arrays: list[np.ndarray], rng: np.random.Generator, max_degrees: float = 20.0) -> list[np.ndarray]:
-    """Rotation in [-max, max] degrees in the first two axes; image linear, label nearest."""
-    angle = float(rng.uniform(-max_degrees, max_degrees))
+def random_rotate(
+    arrays: list[np.ndarray], rng: np.random.Generator, max_degrees: float = 20.0, style: str = "bfaseg"
+) -> list[np.ndarray]:
+    """Rotation in the first two axes, labels nearest. ``bfaseg``: a real angle in [-max, max], image linear;
+    ``reference``: an integer angle in [-max, max), image nearest (SSL4MIS's and BCP's ``random_rotate``)."""
+    if style == "reference":
+        angle, image_order = float(rng.integers(-int(max_degrees), int(max_degrees))), 0
+    else:
+        angle, image_order = float(rng.uniform(-max_degrees, max_degrees)), 1
     image, *labels = arrays
-    image = ndimage.rotate(image, angle, axes=(1, 0), reshape=False, order=1, mode="constant")
+    image = ndimage.rotate(image, angle, axes=(1, 0), reshape=False, order=image_order, mode="constant")
     labels = [ndimage.rotate(lb, angle, axes=(1, 0), reshape=False, order=0, mode="constant") for lb in labels]
     return [image, *labels]
 
 
 def augment(
-    arrays: list[np.ndarray], patch_size: tuple[int, ...], rng: np.random.Generator, rotation: str = "both"
+    arrays: list[np.ndarray], patch_size: tuple[int, ...], rng: np.random.Generator, rotation: str = "both",
+    rotation_style: str = "bfaseg",
 ) -> list[np.ndarray]:
-    """The protocol augmentation: 3-D = crop + rot90/flip; 2-D = rot90/flip or a small rotation, then crop."""
+    """The protocol augmentation: 3-D = crop + rot90/flip; 2-D = rot90/flip or a small rotation (``rotation``:
+    which, see ``DataConfig.rotation``), then crop."""
     if arrays[0].ndim == 3:
         arrays = random_crop(arrays, patch_size, rng)
         arrays = random_rot90_flip(arrays, rng, keep_shape=True)
     else:
-        use_rot90 = rotation == "rot90_flip" or (rotation == "both" and rng.random() < 0.5)
-        arrays = random_rot90_flip(arrays, rng) if use_rot90 else random_rotate(arrays, rng)
+        if rotation == "rot90_flip":
+            branch = "rot90"
+        elif rotation == "rotate":
+            branch = "rotate"
+        elif rotation == "both":
+            branch = "rot90" if rng.random() < 0.5 else "rotate"
+        else:  # both_or_none, BCP's RandomGenerator: `if random() > 0.5: rot_flip elif random() > 0.5: rotate`
+            branch = "rot90" if rng.random() < 0.5 else ("rotate" if rng.random() < 0.5 else "none")
+        if branch == "rot90":
+            arrays = random_rot90_flip(arrays, rng)
+        elif branch == "rotate":
+            arrays = random_rotate(arrays, rng, style=rotation_style)
         arrays = random_crop(arrays, patch_size, rng)
     return [np.ascontiguousarray(a) for a in arrays]
 

@@ -57,6 +57,11 @@ def inference_fn(model: torch.nn.Module, ndim: int, device: str | torch.device =
     return forward
 
 
+def slice_image_resize(cfg: RunConfig) -> str:
+    """The 2-D slices' image zoom at inference: the one their training used (``data.slice_resize``)."""
+    return {"linear": "zoom_linear", "nearest": "zoom_nearest"}[cfg.data.slice_resize]
+
+
 def predict_array(
     model: torch.nn.Module,
     cfg: RunConfig,
@@ -90,9 +95,9 @@ def predict_array(
             image = image[None]
         labels, probs = predict_slices(
             image, fwd, input_size=patch, precision=precision, device=device,  # 16 slices per pass
-            return_probs=return_probs, num_classes=cfg.model.num_classes,
+            return_probs=return_probs, num_classes=cfg.model.num_classes, image_resize=slice_image_resize(cfg),
         )
-        settings.update(mode="slice-wise", requested_mode=mode)
+        settings.update(mode="slice-wise", requested_mode=mode, image_resize=slice_image_resize(cfg))
         if single:
             labels, probs = labels[0], (probs[:, 0] if probs is not None else None)
     else:

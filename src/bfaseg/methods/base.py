@@ -91,12 +91,14 @@ def noisy(x: torch.Tensor, sigma: float, clip: float) -> torch.Tensor:
     return x + torch.clamp(torch.randn_like(x) * sigma, -clip, clip)
 
 
-def cuboid_mask(shape: tuple[int, ...], batch: int, fraction: float, device) -> torch.Tensor:
-    """Per-sample boxes of ``fraction`` of each side (rounded down, as the reference's ``int(s * ratio)``)
-    at a random offset: 1 inside, 0 outside."""
+def cuboid_mask(
+    shape: tuple[int, ...], batch: int, fraction: float, device, same_for_batch: bool = False
+) -> torch.Tensor:
+    """Boxes of ``fraction`` of each side (rounded down, as the reference's ``int(s * ratio)``) at a random
+    offset, one per sample (or one for the whole batch, as the BCP reference's): 1 inside, 0 outside."""
     mask = torch.zeros((batch, *shape), device=device)
-    for n in range(batch):
-        sl = [n]
+    for n in range(1 if same_for_batch else batch):
+        sl = [slice(None) if same_for_batch else n]
         for s in shape:
             size = max(1, int(s * fraction))
             start = int(torch.randint(0, s - size + 1, (1,)))

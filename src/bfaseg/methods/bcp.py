@@ -47,6 +47,10 @@ class BCPParams(MethodParams):
     confidence: float = 0.0  # pseudo-label voxels below this teacher confidence get weight 0
     component_filter: float = 1.0  # keep components >= this fraction of the largest (1.0 = largest only, 0 = off)
     supervised_weight: float = 0.0  # extra Dice+CE on the un-mixed labeled images (0 = as in BCP)
+    # parity switches (the reference's choices where bfaseg differs on purpose, docs/METHOD.md): one box for the
+    # whole batch instead of one per sample; one student forward per mixing direction instead of one for all
+    box_per_batch: bool = False
+    per_direction_forward: bool = False
 
 
 class BCP(Method):
@@ -112,7 +116,7 @@ class BCP(Method):
         a, b = split_pairs(x_l.shape[0], x_l.shape[0] if self.in_pretrain(iteration) else batch["image_u"].shape[0])
         spatial = tuple(x_l.shape[2:])
         n = x_l[a].shape[0]
-        box = cuboid_mask(spatial, n, self.p.box_fraction, x_l.device)
+        box = cuboid_mask(spatial, n, self.p.box_fraction, x_l.device, same_for_batch=self.p.box_per_batch)
         one = torch.ones_like(box)
         if self.in_pretrain(iteration):
             # labeled-labeled copy-paste: both sources are ground truth
@@ -181,7 +185,11 @@ class BCP(Method):
         mix = self.mixed_batch(batch, iteration)
         extra = self.p.supervised_weight > 0
         inputs = torch.cat([mix["image"], batch["image_l"]]) if extra else mix["image"]
-        logits = self.student(inputs)
+        if self.p.per_direction_forward:  # as the reference: BatchNorm sees each direction (and the extra batch) alone
+            sizes = [mix["box"].shape[0]] * len(mix["regions"]) + ([batch["image_l"].shape[0]] if extra else [])
+            logits = torch.cat([self.student(part) for part in inputs.split(sizes)])
+        else:
+            logits = self.student(inputs)
         n_mix = mix["image"].shape[0]
         seg = self.mixed_loss(logits[:n_mix], mix)
         logs = {"seg": seg.detach()}

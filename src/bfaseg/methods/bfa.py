@@ -43,7 +43,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bfaseg.methods.base import paste, sigmoid_rampup
 from bfaseg.methods.bcp import BCP, BCPParams
@@ -93,6 +93,13 @@ class BFAParams(BCPParams):
         if self.pseudo_boundary == "teacher_head" and not self.boundary_head:
             raise ValueError("pseudo_boundary: teacher_head needs boundary_head: true")
         return self
+
+    @field_validator("per_direction_forward")
+    @classmethod
+    def _one_forward(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("BCP only (BFA's alignment needs both directions in one forward)")
+        return value
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from bfaseg.config import RunConfig
-from bfaseg.data.batches import TwoStreamBatches
+from bfaseg.data.batches import TwoStreamBatches, batch_options
 from bfaseg.errors import BfasegError
 
 
@@ -53,7 +53,7 @@ def gradient_shares(trainer, iterations: list[int], stage: int | None = None) ->
         trainer.data.labeled, trainer.data.unlabeled if method.uses_unlabeled else [],
         batch_labeled=cfg.train.batch_labeled, batch_unlabeled=cfg.train.batch_unlabeled,
         patch_size=trainer.patch_size, seed=cfg.train.seed, total_iterations=trainer.total_iterations,
-        rotation=cfg.data.rotation,
+        **batch_options(cfg.data),
     )
     trainer.student.train()
     sums: dict[str, dict[str, float]] = {}
@@ -125,7 +125,7 @@ def pseudo_boundary_errors(trainer, iterations: list[int], band: int = 2) -> dic
     batches = TwoStreamBatches(
         trainer.data.labeled, pool, batch_labeled=cfg.train.batch_labeled,
         batch_unlabeled=cfg.train.batch_unlabeled, patch_size=trainer.patch_size, seed=cfg.train.seed,
-        total_iterations=trainer.total_iterations, rotation=cfg.data.rotation, unlabeled_targets=True,
+        total_iterations=trainer.total_iterations, **batch_options(cfg.data), unlabeled_targets=True,
     )
     sums: dict[str, float] = {}
 
