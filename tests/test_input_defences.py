@@ -168,6 +168,42 @@ def test_config_diff_compares_as_json_and_leaves_out_what_may_change():
     assert config_diff(older, full) == ["train.lr"]
 
 
+def test_a_changed_method_default_is_a_difference_for_runs_recorded_with_their_parameters():
+    """Runs record every method parameter (resolved_config); a default that changed since is then a difference,
+    while a record from before (method name only) is compared with today's defaults."""
+    from conftest import tiny_config
+    from bfaseg.config import validate_config
+    from bfaseg.training.run_record import config_diff, resolved_config
+
+    cfg = validate_config(tiny_config("ua_mt"))
+    recorded = resolved_config(cfg)
+    assert recorded["method"]["mc_passes"] == 8 and "entropy_bound_classes" in recorded["method"]
+    assert config_diff(recorded, cfg.model_dump()) == []
+    recorded["method"]["mc_passes"] = 4  # as if the default had been 4 when the run was made
+    assert config_diff(recorded, cfg.model_dump()) == ["method.mc_passes"]
+    assert config_diff({**recorded, "method": {"name": "ua_mt"}}, cfg.model_dump()) == []
+
+
+def test_a_finished_run_whose_teacher_mode_was_another_default_is_not_reused(tmp_path):
+    """A finished run records the mode its teacher predicted in (train_summary.json); when the config leaves the
+    mode to the method and the method's default has changed since, the run is not the same config."""
+    import json
+    from conftest import tiny_config
+    from bfaseg.experiments import PlannedRun, reused_runs
+    from bfaseg.config import validate_config
+    from bfaseg.training.run_record import resolved_config, write_run_config
+
+    base = tiny_config("mean_teacher")
+    cfg = validate_config(base)
+    run = tmp_path / "mean_teacher_s1"
+    run.mkdir()
+    write_run_config(run, resolved_config(cfg))
+    planned = [PlannedRun("mean_teacher_s1", "mean_teacher", 1, cfg)]
+    for made, stale in (("train", {}), ("eval", {"mean_teacher_s1": ["train.teacher_mode"]})):
+        (run / "train_summary.json").write_text(json.dumps({"teacher_mode": made}))
+        assert reused_runs(tmp_path, planned, {}, base, []) == stale
+
+
 def test_experiment_folder_of_another_config_is_refused_then_replaced_with_force(tmp_path, capsys):
     out = tmp_path / "exp"
     assert _experiment(tmp_path, _tiny(), out) == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from bfaseg.config import apply_overrides, load_yaml, validate_config
 from bfaseg.errors import BfasegError, Interrupted
 from bfaseg.io.files import atomic_write_text
-from bfaseg.methods import check_method_params
+from bfaseg.methods import check_method_params, resolve_teacher_mode
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,10 @@ def reused_runs(out: Path, runs: list[PlannedRun], results: dict, base_raw: dict
         finished = (run_dir / "train_summary.json").exists()
         allowed = RESUMABLE_CHANGES - {("train", "iterations")} if finished else RESUMABLE_CHANGES
         diffs = config_diff(recorded, cfg.model_dump(), allowed)
+        if finished and "train.teacher_mode" not in diffs:  # a record older than the method's default it left to
+            made = json.loads((run_dir / "train_summary.json").read_text()).get("teacher_mode")
+            if made is not None and made != resolve_teacher_mode(cfg)[0]:
+                diffs.append("train.teacher_mode")
         if diffs:
             stale[name] = diffs
     return stale

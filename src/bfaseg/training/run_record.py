@@ -42,6 +42,20 @@ def config_diff(old: dict, new: dict, allowed: set[tuple[str, str]] = RESUMABLE_
     return sorted(diffs)
 
 
+def resolved_config(cfg) -> dict:
+    """A validated config as runs record it: its method section with every parameter, the method's defaults
+    included, so that a later change of a default cannot make a reuse of the run look like the same config."""
+    from bfaseg.methods import check_method_params
+
+    dump = cfg.model_dump()
+    try:
+        params = check_method_params(cfg)
+    except BfasegError:  # an unknown method or bad parameters: recorded as given
+        return dump
+    dump["method"] = {"name": cfg.method.name, **params.model_dump()}
+    return dump
+
+
 def _completed(config: dict) -> dict:
     from bfaseg.config import RunConfig
     from bfaseg.methods import resolve_teacher_mode
@@ -50,7 +64,7 @@ def _completed(config: dict) -> dict:
         cfg = RunConfig.model_validate(config or {})
     except ValueError:  # pydantic's ValidationError: compared as recorded, the keys that differ are named
         return config or {}
-    completed = cfg.model_dump()
+    completed = resolved_config(cfg)
     # train.teacher_mode unset means the method's default: compared as the mode it resolves to, so a run recorded
     # with an explicit "eval" (every run before the per-method default) matches a config that leaves BCP's eval
     # to the method, and a mean-teacher run made in eval mode does not match the mean teacher's train default

@@ -35,7 +35,7 @@ from bfaseg.training.distributed import (
     DistInfo, average_buffers, barrier, cpu_sync_batchnorm, init_distributed,
 )
 from bfaseg.training.ema import ema_decay, ema_update
-from bfaseg.training.run_record import config_diff, recorded_config, write_run_config
+from bfaseg.training.run_record import config_diff, recorded_config, resolved_config, write_run_config
 from bfaseg.training.validation import validate
 
 log = logging.getLogger(__name__)
@@ -471,7 +471,7 @@ class Trainer:
             # a fresh run: a log left by an earlier run that never reached a checkpoint describes nothing kept
             (self.output_dir / "log.jsonl").unlink(missing_ok=True)
         if self.dist.is_main:  # what this folder was made with (run_record): reuse with another config is refused
-            write_run_config(self.output_dir, self.cfg.model_dump())
+            write_run_config(self.output_dir, resolved_config(self.cfg))
         self._open_tensorboard()
         if self.dist.is_main and self.start_iteration == 0 and "wrong" in self.precision_reason:
             # auto fell back (or bf16 was forced) because bf16 gradients are wrong here: say so once
