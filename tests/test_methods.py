@@ -253,6 +253,22 @@ def _fit(tmp_path, method, resume=False, **train):
     return t, t.fit()
 
 
+def test_resume_refuses_a_method_default_that_changed_since_the_checkpoint(tmp_path):
+    """The checkpoint records every method parameter: a run made when a default was different does not
+    continue under the new one (here: as if UA-MT's mc_passes default had been 4)."""
+    from bfaseg.errors import BfasegError
+    from bfaseg.io.checkpoint import load_checkpoint, save_checkpoint
+
+    t, _ = _fit(tmp_path, "ua_mt")
+    path = t.ckpt_dir / "last.pt"
+    state = load_checkpoint(path)
+    assert state["config"]["method"]["mc_passes"] == 8
+    state["config"]["method"]["mc_passes"] = 4
+    save_checkpoint(path, state)
+    with pytest.raises(BfasegError, match=r"^--resume: the config differs from the run's in method\.mc_passes$"):
+        _fit(tmp_path, "ua_mt", resume=True, iterations=3)
+
+
 def test_the_run_records_its_teacher_mode_and_who_chose_it(tmp_path):
     import json
 

@@ -332,7 +332,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "method": self.method.state_dict(),
             "rng": ckpt.rng_state(),
-            "config": self.cfg.model_dump(),
+            "config": resolved_config(self.cfg),  # every method parameter: a later default cannot pass for this one
             "best": dict(self.best),
             "running": {k: v.detach().float().cpu() for k, v in self.running.items()},
             "precision": self.precision,  # what auto chose: inference of this checkpoint repeats it
