@@ -535,9 +535,10 @@ class _FixedTeacher(torch.nn.Module):
 
 
 def test_ua_mt_mask_keeps_the_low_entropy_voxels(tmp_path, monkeypatch):
-    # a constant threshold of 0.95 ln 3 = 1.04 (the schedule has its own reference test)
+    # a constant threshold of 0.95 ln 3 = 1.04 with the K-class constants (the schedule and the reference's
+    # constants have their own reference tests)
     t = _trainer(tmp_path, "ua_mt", mc_passes=3, threshold_start=0.95, threshold_end=0.95, consistency=1.0, rampup=0,
-                 noise_sigma=0.5, noise_clip=0.3)
+                 noise_sigma=0.5, noise_clip=0.3, entropy_bound_classes=None, consistency_classes=None)
     t.teacher = _FixedTeacher()
     entropy = t.method.uncertainty(torch.zeros(2, 1, H, W))
     assert entropy.shape == (2, H, W)
@@ -641,7 +642,8 @@ def test_mean_teacher_consistency_is_the_mse_of_softmaxes(tmp_path):
 
 
 def test_ua_mt_threshold_ramps_from_start_to_end_over_the_run(tmp_path):
-    t = _trainer(tmp_path, "ua_mt", threshold_start=0.75, threshold_end=1.0)  # 10 iterations, K = 3
+    t = _trainer(tmp_path, "ua_mt", threshold_start=0.75, threshold_end=1.0, entropy_bound_classes=None)  # K = 3
+    assert _trainer(tmp_path / "default", "ua_mt").method.threshold(10) == pytest.approx(math.log(2))  # the reference's
     ln_k = math.log(K)
     assert t.method.threshold(0) == pytest.approx((0.75 + 0.25 * math.exp(-5.0)) * ln_k)
     assert t.method.threshold(5) == pytest.approx((0.75 + 0.25 * math.exp(-5.0 * 0.25)) * ln_k)

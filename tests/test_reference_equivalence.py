@@ -177,19 +177,17 @@ def test_bcp_mixed_loss_equals_reference_mix_loss(tmp_path, ndim, stage):
     torch.testing.assert_close(_grad(ours, logits), _grad(ref, logits), rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("classes, ssl4mis_2d", [(2, False), (4, True)], ids=["la_original", "ssl4mis_2d_port"])
-def test_ua_mt_threshold_and_mask_follow_reference(tmp_path, classes, ssl4mis_2d):
+@pytest.mark.parametrize("classes", [2, 4], ids=["la_original", "ssl4mis_2d_port"])
+def test_ua_mt_threshold_and_mask_follow_reference(tmp_path, classes):
     """Threshold (0.75 + 0.25 sigmoid_rampup(iter, max_iterations)) ln 2 (yulequan/UA-MT
     train_LA_meanteacher_certainty_unlabel.py); mask = entropy < threshold; consistency =
     sum(mask * mse) / (2 sum(mask)); the certain fraction is logged. The original has two classes (ln 2 = ln K,
     2 = K); SSL4MIS's train_uncertainty_aware_mean_teacher_2D.py keeps ln 2 and the 2 for its four classes,
-    which entropy_bound_classes: 2 and consistency_classes: 2 reproduce (the default there: ln 4 and 4)."""
+    as bfaseg's defaults (entropy_bound_classes: 2, consistency_classes: 2) do."""
     total = 6000
     raw = tiny_config("ua_mt", iterations=total, precision="fp32")
     raw["data"]["synthetic_classes"] = classes
     raw["model"]["num_classes"] = classes
-    if ssl4mis_2d:
-        raw["method"].update(entropy_bound_classes=2, consistency_classes=2)
     t = Trainer(validate_config(raw), tmp_path / "uamt", progress=False)
     batch = _batch(t)
     spatial = tuple(batch["image_u"].shape[2:])
@@ -215,10 +213,11 @@ def test_ua_mt_threshold_and_mask_follow_reference(tmp_path, classes, ssl4mis_2d
     assert fractions == sorted(fractions) and fractions[3] < 0.95  # still uncertain voxels at half the run
 
 
-def test_ua_mt_defaults_follow_the_number_of_classes(tmp_path):
-    """Without the 2-D port's constants, four classes give the bound ln 4 and the mean over the 4 classes:
-    half the port's consistency term on the same batch."""
+def test_ua_mt_k_class_constants_follow_the_number_of_classes(tmp_path):
+    """With entropy_bound_classes and consistency_classes null, four classes give the bound ln 4 and the mean
+    over the 4 classes: half the reference's consistency term on the same batch."""
     raw = tiny_config("ua_mt", iterations=100, precision="fp32")
+    raw["method"].update(entropy_bound_classes=None, consistency_classes=None)
     raw["data"]["synthetic_classes"] = raw["model"]["num_classes"] = 4
     t = Trainer(validate_config(raw), tmp_path / "uamt", progress=False)
     assert t.method.threshold(99) == pytest.approx(math.log(4) * (0.75 + 0.25 * ref_sigmoid_rampup(99, 100)))
