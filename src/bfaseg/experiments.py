@@ -308,7 +308,9 @@ def reused_runs(out: Path, runs: list[PlannedRun], results: dict, base_raw: dict
         finished = (run_dir / "train_summary.json").exists()
         allowed = RESUMABLE_CHANGES - {("train", "iterations")} if finished else RESUMABLE_CHANGES
         diffs = config_diff(recorded, cfg.model_dump(), allowed)
-        if finished and "train.teacher_mode" not in diffs:  # a record older than the method's default it left to
+        # a finished run's recorded teacher mode must be the one its config gives today (a config that leaves the
+        # mode to the method resolves it with today's default, which config_diff cannot tell from the run's)
+        if finished and "train.teacher_mode" not in diffs:
             made = json.loads((run_dir / "train_summary.json").read_text()).get("teacher_mode")
             if made is not None and made != resolve_teacher_mode(cfg)[0]:
                 diffs.append("train.teacher_mode")
