@@ -69,10 +69,10 @@ class TwoStreamBatches(Dataset):
         if self.sampler == "random":
             return rng.integers(0, len(pool), size=n)
         cycle, step = divmod(int(iteration), self.cycle)
-        start = step * n
-        perms, need = [], start + n  # the unlabeled stream may need more than one permutation per cycle
-        while sum(len(p) for p in perms) < need:
-            perms.append(np.random.default_rng([self.seed, cycle, self.rank, stream, len(perms)]).permutation(len(pool)))
+        start, need = step * n, (step + 1) * n
+        # a stream smaller than a cycle needs draws from as many permutations as cover it
+        perms = [np.random.default_rng([self.seed, cycle, self.rank, stream, k]).permutation(len(pool))
+                 for k in range(-(-need // len(pool)))]
         return np.concatenate(perms)[start:need]
 
     def _draw(self, pool: list[Case], idx: np.ndarray, rng: np.random.Generator, keep_label: bool):
