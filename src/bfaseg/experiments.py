@@ -83,6 +83,9 @@ VARIANTS: dict[str, dict] = {
     "bcp_reference_data": {"method": {"name": "bcp"}, "data": {**REFERENCE_DATA, "rotation": "both_or_none"}},
     "bcp_box_per_batch": {"method": {"name": "bcp", "box_per_batch": True}},
     "bcp_per_direction": {"method": {"name": "bcp", "per_direction_forward": True}},
+    # both of the two that each moved seed 1 toward the reference: its data pipeline and its per-direction forward
+    "bcp_reference_data_per_direction": {"method": {"name": "bcp", "per_direction_forward": True},
+                                         "data": {**REFERENCE_DATA, "rotation": "both_or_none"}},
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999; made (and
     # pinned) with the eval-mode teacher of its time, as BFA's
     "bcp_slow_teacher": {"method": {"name": "bcp"}, "train": {"ema_decay": 0.999, "teacher_mode": EVAL_TEACHER}},
