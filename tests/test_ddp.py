@@ -251,8 +251,9 @@ def test_ddp_matches_single_process(ddp_run, tmp_path, monkeypatch):
     from bfaseg.training import trainer as trainer_mod
     from bfaseg.training.trainer import Trainer
 
-    class GlobalBatch:
-        """Rank 0's batch followed by rank 1's, as the two DDP processes draw them."""
+    class GlobalBatch(TwoStreamBatches):
+        """Rank 0's batch followed by rank 1's, as the two DDP processes draw them (the trainer builds it with
+        ``from_config``, which this class inherits)."""
 
         def __init__(self, labeled, unlabeled, **kw):
             kw["batch_labeled"] //= WORLD

@@ -62,6 +62,17 @@ class TwoStreamBatches(Dataset):
         self.cycle = max(1, len(self.labeled) // batch_labeled)  # iterations per labeled cycle (epoch sampler)
         self.unlabeled_targets = unlabeled_targets  # oracle mode for diagnostics: keep true labels
 
+    @classmethod
+    def from_config(cls, cfg, labeled: list[Case], unlabeled: list[Case], *, patch_size: tuple[int, ...],
+                    total_iterations: int, rank: int = 0, world_size: int = 1,
+                    unlabeled_targets: bool = False) -> "TwoStreamBatches":
+        """A run's batch stream: batch sizes and seed from ``cfg.train``, sampling and augmentation from ``cfg.data``."""
+        tc, dc = cfg.train, cfg.data
+        return cls(labeled, unlabeled, batch_labeled=tc.batch_labeled, batch_unlabeled=tc.batch_unlabeled,
+                   patch_size=patch_size, seed=tc.seed, total_iterations=total_iterations, rank=rank,
+                   world_size=world_size, rotation=dc.rotation, rotation_style=dc.rotation_style, sampler=dc.sampler,
+                   unlabeled_targets=unlabeled_targets)
+
     def __len__(self) -> int:
         return self.total
 
@@ -99,11 +110,6 @@ class TwoStreamBatches(Dataset):
             if y_u is not None:
                 batch["label_u"] = y_u
         return batch
-
-
-def batch_options(data_cfg) -> dict:
-    """The sampling and augmentation keys of a ``DataConfig`` that ``TwoStreamBatches`` takes."""
-    return dict(rotation=data_cfg.rotation, rotation_style=data_cfg.rotation_style, sampler=data_cfg.sampler)
 
 
 def make_loader(batches: TwoStreamBatches, start_iteration: int, num_workers: int) -> DataLoader:

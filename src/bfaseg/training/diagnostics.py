@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from bfaseg.config import RunConfig
-from bfaseg.data.batches import TwoStreamBatches, batch_options
+from bfaseg.data.batches import TwoStreamBatches
 from bfaseg.errors import BfasegError
 
 
@@ -49,12 +49,9 @@ def gradient_shares(trainer, iterations: list[int], stage: int | None = None) ->
     if stage is None:
         stage = getattr(p, "align_stage", None)
         stage = getattr(p, "boundary_stage", 1) if stage is None else stage
-    batches = TwoStreamBatches(
-        trainer.data.labeled, trainer.data.unlabeled if method.uses_unlabeled else [],
-        batch_labeled=cfg.train.batch_labeled, batch_unlabeled=cfg.train.batch_unlabeled,
-        patch_size=trainer.patch_size, seed=cfg.train.seed, total_iterations=trainer.total_iterations,
-        **batch_options(cfg.data),
-    )
+    batches = TwoStreamBatches.from_config(
+        cfg, trainer.data.labeled, trainer.data.unlabeled if method.uses_unlabeled else [],
+        patch_size=trainer.patch_size, total_iterations=trainer.total_iterations)
     trainer.student.train()
     sums: dict[str, dict[str, float]] = {}
     for it in iterations:
@@ -122,11 +119,9 @@ def pseudo_boundary_errors(trainer, iterations: list[int], band: int = 2) -> dic
     if missing:
         raise BfasegError(f"no true label for unlabeled case {missing[0]}")
     pool = [by_id[c.case_id] for c in trainer.data.unlabeled]
-    batches = TwoStreamBatches(
-        trainer.data.labeled, pool, batch_labeled=cfg.train.batch_labeled,
-        batch_unlabeled=cfg.train.batch_unlabeled, patch_size=trainer.patch_size, seed=cfg.train.seed,
-        total_iterations=trainer.total_iterations, **batch_options(cfg.data), unlabeled_targets=True,
-    )
+    batches = TwoStreamBatches.from_config(
+        cfg, trainer.data.labeled, pool, patch_size=trainer.patch_size, total_iterations=trainer.total_iterations,
+        unlabeled_targets=True)
     sums: dict[str, float] = {}
 
     def add(key, value):

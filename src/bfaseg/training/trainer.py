@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bfaseg.config import RunConfig
-from bfaseg.data.batches import TwoStreamBatches, batch_options, make_loader
+from bfaseg.data.batches import TwoStreamBatches, make_loader
 from bfaseg.data.build import DataBundle, build_data
 from bfaseg.errors import BfasegError, Interrupted, TrainingDiverged
 from bfaseg.io import checkpoint as ckpt
@@ -460,12 +460,10 @@ class Trainer:
 
     def fit(self) -> dict:
         tc = self.cfg.train
-        batches = TwoStreamBatches(
-            self.data.labeled, self.data.unlabeled if self.method.uses_unlabeled else [],
-            batch_labeled=tc.batch_labeled, batch_unlabeled=tc.batch_unlabeled, patch_size=self.patch_size,
-            seed=tc.seed, total_iterations=self.total_iterations, rank=self.dist.rank,
-            world_size=self.dist.world_size, **batch_options(self.cfg.data),
-        )
+        batches = TwoStreamBatches.from_config(
+            self.cfg, self.data.labeled, self.data.unlabeled if self.method.uses_unlabeled else [],
+            patch_size=self.patch_size, total_iterations=self.total_iterations, rank=self.dist.rank,
+            world_size=self.dist.world_size)
         loader = make_loader(batches, self.start_iteration, self.cfg.data.num_workers)
         if self.start_iteration == 0 and self.dist.is_main:
             # a fresh run: a log left by an earlier run that never reached a checkpoint describes nothing kept
