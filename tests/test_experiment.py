@@ -217,6 +217,8 @@ def test_mean_teacher_variants_teacher_modes():
                     "bcp_box_per_batch": ("train", "the method's default"),
                     "bcp_per_direction": ("train", "the method's default"),
                     "bcp_reference_data_per_direction": ("train", "the method's default"),
+                    "bcp_resize_after_augment": ("train", "the method's default"),
+                    "bcp_as_reference": ("train", "the method's default"),
                     "bfa": ("eval", "the method's default"),
                     "bfa_teacher_train": ("train", "train.teacher_mode")}
     assert "mean_teacher_teacher_train" not in VARIANTS and "bcp_teacher_train" not in VARIANTS  # the defaults now

@@ -118,6 +118,36 @@ def test_nearest_slice_resize_in_training_and_at_inference(tmp_path):
     assert seen == {"linear": "zoom_linear", "nearest": "zoom_nearest"}
 
 
+def test_nearest_resize_after_augment_keeps_native_slices_and_resizes_every_draw(tmp_path):
+    """The references' RandomGenerator: augment the native slice, then zoom it (order 0) to the patch, so a quarter
+    turn of a non-square slice changes its aspect ratio; inference zooms with nearest as for ``nearest``."""
+    make_acdc(tmp_path, patients=2, slices=2, vol_shape=(2, 30, 26))
+    dc = DataConfig(dataset="acdc", root=str(tmp_path), patch_size=[32, 32], labeled=2,
+                    slice_resize="nearest_after_augment", rotation="rot90_flip")
+    data = build_data(dc, 4, False)
+    stored = load_cases("acdc", tmp_path, [data.labeled[0].case_id])[0]
+    assert data.labeled[0].image.shape == (30, 26) and np.array_equal(data.labeled[0].image, stored.image)
+    cfg = validate_config({**tiny_config("bcp", iterations=3, precision="fp32"), "data": dc.model_dump()})
+    batches = TwoStreamBatches.from_config(cfg, data.labeled, data.unlabeled, patch_size=(32, 32), total_iterations=3)
+    assert batches.resize_after_augment
+    batch = batches[1]
+    assert batch["image_l"].shape[-2:] == (32, 32) and batch["label_l"].shape[-2:] == (32, 32)
+    # the same draws by hand: the iteration's generator picks the cases, turns and flips each native slice, then zooms
+    rng = np.random.default_rng([cfg.train.seed, 1, 0])
+    idx = rng.integers(0, len(data.labeled), size=cfg.train.batch_labeled)
+    for row, i in enumerate(idx):
+        case = data.labeled[int(i)]
+        k, axis = int(rng.integers(0, 4)), int(rng.integers(0, 2))
+        turned = [np.flip(np.rot90(a, k), axis=axis) for a in (case.image, case.label)]
+        zoomed = [ndimage.zoom(a, (32 / a.shape[0], 32 / a.shape[1]), order=0, grid_mode=False) for a in turned]
+        rng.integers(0, 1, size=2)  # the crop of an exact-size slice still draws its (zero) offsets
+        assert np.array_equal(batch["image_l"][row, 0].numpy(), zoomed[0].astype(np.float32))
+        assert np.array_equal(batch["label_l"][row].numpy(), zoomed[1])
+    model = torch.nn.Conv2d(1, 3, 1)
+    _, _, settings = predict_array(model, cfg, np.random.default_rng(0).random((2, 20, 20)).astype(np.float32), ndim=2)
+    assert settings["image_resize"] == "zoom_nearest"
+
+
 def test_one_box_for_the_whole_batch():
     torch.manual_seed(0)
     box = cuboid_mask((12, 12), 5, 2 / 3, "cpu", same_for_batch=True)

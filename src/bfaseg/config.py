@@ -80,9 +80,11 @@ class DataConfig(_Section):
     # the rotation's angle and image interpolation: bfaseg's (a real angle, linear) or the references' (an integer
     # angle in [-20, 20), nearest: SSL4MIS's and BCP's random_rotate)
     rotation_style: Literal["bfaseg", "reference"] = "bfaseg"
-    # ACDC: how 2-D slices are resized to data.patch_size, at load and at inference: linear (bfaseg) or nearest
-    # (the references' zoom(order=0), in training and in test_single_volume)
-    slice_resize: Literal["linear", "nearest"] = "linear"
+    # ACDC: how 2-D slices are resized to data.patch_size, in training and at inference: linear once at load
+    # (bfaseg), nearest once at load, or nearest after each draw's augmentation (the references' zoom(order=0) in
+    # their RandomGenerator: a quarter turn of a non-square slice then changes its aspect ratio); inference: nearest
+    # for both nearest modes (test_single_volume's zoom)
+    slice_resize: Literal["linear", "nearest", "nearest_after_augment"] = "linear"
     # how batches draw samples: independently with replacement (random) or, as the references' TwoStreamBatchSampler,
     # each labeled sample once per cycle of len(labeled) // batch_labeled steps, the unlabeled from a fresh
     # permutation each cycle (epoch)

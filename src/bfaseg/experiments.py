@@ -86,6 +86,13 @@ VARIANTS: dict[str, dict] = {
     # both of the two that each moved seed 1 toward the reference: its data pipeline and its per-direction forward
     "bcp_reference_data_per_direction": {"method": {"name": "bcp", "per_direction_forward": True},
                                          "data": {**REFERENCE_DATA, "rotation": "both_or_none"}},
+    # the references' resize after each draw's augmentation (a quarter turn of a non-square slice changes its aspect
+    # ratio), alone; then BCP with every switch to its reference's choice at once (data pipeline with that resize,
+    # per-direction forward, one box per batch, constant lr)
+    "bcp_resize_after_augment": {"method": {"name": "bcp"}, "data": {"slice_resize": "nearest_after_augment"}},
+    "bcp_as_reference": {"method": {"name": "bcp", "per_direction_forward": True, "box_per_batch": True},
+                         "data": {**REFERENCE_DATA, "rotation": "both_or_none", "slice_resize": "nearest_after_augment"},
+                         "train": {"schedule": "constant"}},
     # control for BFA's slow teacher: BCP (which BFA extends) with the same teacher EMA decay, 0.999; made (and
     # pinned) with the eval-mode teacher of its time, as BFA's
     "bcp_slow_teacher": {"method": {"name": "bcp"}, "train": {"ema_decay": 0.999, "teacher_mode": EVAL_TEACHER}},

@@ -46,6 +46,7 @@ class TwoStreamBatches(Dataset):
         rotation: str = "both",
         rotation_style: str = "bfaseg",
         sampler: str = "random",
+        resize_after_augment: bool = False,
         unlabeled_targets: bool = False,
     ):
         self.labeled = shard(labeled, rank, world_size)
@@ -56,6 +57,7 @@ class TwoStreamBatches(Dataset):
         self.seed, self.rank = seed, rank
         self.total = total_iterations
         self.rotation, self.rotation_style = rotation, rotation_style
+        self.resize_after_augment = resize_after_augment  # native 2-D slices, resized to patch_size every draw
         if sampler not in ("random", "epoch"):
             raise ValueError(f"sampler must be 'random' or 'epoch', got {sampler!r}")
         self.sampler = sampler
@@ -71,6 +73,7 @@ class TwoStreamBatches(Dataset):
         return cls(labeled, unlabeled, batch_labeled=tc.batch_labeled, batch_unlabeled=tc.batch_unlabeled,
                    patch_size=patch_size, seed=tc.seed, total_iterations=total_iterations, rank=rank,
                    world_size=world_size, rotation=dc.rotation, rotation_style=dc.rotation_style, sampler=dc.sampler,
+                   resize_after_augment=dc.slice_resize == "nearest_after_augment",
                    unlabeled_targets=unlabeled_targets)
 
     def __len__(self) -> int:
@@ -91,7 +94,8 @@ class TwoStreamBatches(Dataset):
         for i in idx:
             case = pool[int(i)]
             label = case.label if case.label is not None else np.zeros(case.image.shape, np.uint8)
-            image, label = augment([case.image, label], self.patch_size, rng, self.rotation, self.rotation_style)
+            image, label = augment([case.image, label], self.patch_size, rng, self.rotation, self.rotation_style,
+                                   self.resize_after_augment)
             images.append(image)
             labels.append(label)
         x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))

@@ -149,11 +149,12 @@ def build_data(cfg: DataConfig, num_classes: int, progress: bool = True) -> Data
         size = tuple(cfg.patch_size)
         if len(size) != 2:
             raise BfasegError(f"data.patch_size: ACDC trains 2-D slices, got {list(size)}")
-        image_order = {"linear": 1, "nearest": 0}[cfg.slice_resize]
-        for c in labeled + unlabeled:  # resize once at load, not every iteration
-            c.image = resize(c.image, size, order=image_order)
-            if c.label is not None:
-                c.label = resize(c.label, size, order=0)
+        if cfg.slice_resize != "nearest_after_augment":  # that one resizes every draw (data/batches.py)
+            image_order = {"linear": 1, "nearest": 0}[cfg.slice_resize]
+            for c in labeled + unlabeled:  # resize once at load, not every iteration
+                c.image = resize(c.image, size, order=image_order)
+                if c.label is not None:
+                    c.label = resize(c.label, size, order=0)
         train_ndim = 2
     else:
         if len(cfg.patch_size) != 3:

@@ -64,10 +64,11 @@ def random_rotate(
 
 def augment(
     arrays: list[np.ndarray], patch_size: tuple[int, ...], rng: np.random.Generator, rotation: str = "both",
-    rotation_style: str = "bfaseg",
+    rotation_style: str = "bfaseg", resize_after: bool = False,
 ) -> list[np.ndarray]:
     """The protocol augmentation: 3-D = crop + rot90/flip; 2-D = rot90/flip or a small rotation (``rotation``:
-    which, see ``DataConfig.rotation``), then crop."""
+    which, see ``DataConfig.rotation``), then crop; ``resize_after`` (2-D): first resize every array to
+    ``patch_size`` with nearest interpolation, as the references' RandomGenerator."""
     if arrays[0].ndim == 3:
         arrays = random_crop(arrays, patch_size, rng)
         arrays = random_rot90_flip(arrays, rng, keep_shape=True)
@@ -84,6 +85,8 @@ def augment(
             arrays = random_rot90_flip(arrays, rng)
         elif branch == "rotate":
             arrays = random_rotate(arrays, rng, style=rotation_style)
+        if resize_after:
+            arrays = [resize(a, tuple(patch_size), order=0) for a in arrays]
         arrays = random_crop(arrays, patch_size, rng)
     return [np.ascontiguousarray(a) for a in arrays]
 

@@ -59,7 +59,7 @@ def inference_fn(model: torch.nn.Module, ndim: int, device: str | torch.device =
 
 def slice_image_resize(cfg: RunConfig) -> str:
     """The 2-D slices' image zoom at inference: the one their training used (``data.slice_resize``)."""
-    return {"linear": "zoom_linear", "nearest": "zoom_nearest"}[cfg.data.slice_resize]
+    return "zoom_linear" if cfg.data.slice_resize == "linear" else "zoom_nearest"
 
 
 def predict_array(
