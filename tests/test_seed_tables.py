@@ -35,6 +35,9 @@ def test_one_seed_has_no_sd_and_missing_values_are_skipped():
     assert format_mean_sd([0.7352], 100) == "73.52"
     assert format_mean_sd([0.7352, 0.7176], 100) == "72.64 ± 1.24"
     assert format_mean_sd([None]) == "n/a"
+    # a metric some seeds' records lack: the cell says how many seeds it averages
+    assert format_mean_sd([0.7941, None], 100) == "79.41 (1 of 2 seeds)"
+    assert format_mean_sd([0.70, float("nan"), 0.72], 100) == "71.00 ± 1.41 (2 of 3 seeds)"
 
 
 def test_seed_table_groups_by_variant_in_the_order_asked():

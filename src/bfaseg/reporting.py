@@ -346,11 +346,15 @@ def mean_sd(values: Sequence) -> tuple[float | None, float | None, int]:
 
 
 def format_mean_sd(values: Sequence, scale: float = 1.0, digits: int = 2) -> str:
-    """``"72.64 ± 1.24"`` (mean ± sample sd), ``"73.52"`` for one value, ``"n/a"`` for none."""
+    """``"72.64 ± 1.24"`` (mean ± sample sd), ``"73.52"`` for one value, ``"n/a"`` for none. When some
+    seeds lack the metric (an older record), the cell says over how many it is: ``"79.41 (1 of 2 seeds)"``,
+    so a one-seed number never reads as the mean of its row's seeds."""
+    values = list(values)
     mean, sd, n = mean_sd([v * scale if _finite(v) else None for v in values])
     if n == 0:
         return "n/a"
-    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    text = f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return text if n == len(values) else f"{text} ({n} of {len(values)} seeds)"
 
 
 def load_results(path: str | Path) -> dict:
